@@ -1,0 +1,158 @@
+"""Audience refresh: the day's recipients, computed in SQL into audience_snapshots.
+
+An audience is a named SQL query over the shop's data as of the snapshot
+instant (R-OC-5: T+1, data before 00:00 of the send day). The refresh then
+applies the exclusions (R-EXC-1), drops who this phase already reached,
+drops who an earlier overlapping task of the shop covers (R-OC-6), keeps the
+likely readers (R-OC-7), numbers the rest densely by `seq` and returns only
+counts. New audiences are new entries in AUDIENCES.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+from temporalio import activity
+
+from activities.context import bind_activity_context
+from schemas.activities import RefreshAudienceInput, RefreshAudienceResult
+
+# $1 shop_id, $2 snapshot instant, $3 campaign start instant. Each yields consumer_id.
+AUDIENCES: dict[str, str] = {
+    # R-OC-1: purchase within 365 days and a shop visit or live view within 90 days.
+    "oldcust_valid": """
+        SELECT c.consumer_id FROM shop_customers c
+        WHERE c.shop_id = $1
+          AND EXISTS (SELECT 1 FROM orders o
+                      WHERE o.shop_id = $1 AND o.consumer_id = c.consumer_id AND o.status <> 'pending'
+                        AND o.created_at >= $2::timestamptz - interval '365 days' AND o.created_at < $2::timestamptz)
+          AND EXISTS (SELECT 1 FROM behaviour_events e
+                      WHERE e.shop_id = $1 AND e.consumer_id = c.consumer_id
+                        AND e.kind IN ('visit', 'live_view')
+                        AND e.occurred_at >= $2::timestamptz - interval '90 days' AND e.occurred_at < $2::timestamptz)
+          AND $3::timestamptz IS NOT NULL  -- every audience takes the same three parameters
+    """,
+    # R-PH-4: an inquiry (chat consultation) in the last 30 days.
+    "inquired_30d": """
+        SELECT DISTINCT e.consumer_id FROM behaviour_events e
+        WHERE e.shop_id = $1 AND e.kind = 'inquiry'
+          AND e.occurred_at >= $2::timestamptz - interval '30 days' AND e.occurred_at < $2::timestamptz
+          AND $3::timestamptz IS NOT NULL  -- every audience takes the same three parameters
+    """,
+    # R-PH-4: recall = inquired in the last 30 days and no order since the campaign started.
+    "inquired_30d_no_order_since_start": """
+        SELECT DISTINCT e.consumer_id FROM behaviour_events e
+        WHERE e.shop_id = $1 AND e.kind = 'inquiry'
+          AND e.occurred_at >= $2::timestamptz - interval '30 days' AND e.occurred_at < $2::timestamptz
+          AND NOT EXISTS (SELECT 1 FROM orders o
+                          WHERE o.shop_id = $1 AND o.consumer_id = e.consumer_id
+                            AND o.created_at >= $3 AND o.created_at < $2::timestamptz)
+    """,
+    # R-RP-3: a merchant's custom audience: every customer of the shop (the benchmark's phase day).
+    "shop_all": """
+        SELECT c.consumer_id FROM shop_customers c
+        WHERE c.shop_id = $1
+          AND $2::timestamptz IS NOT NULL AND $3::timestamptz IS NOT NULL  -- the same three parameters
+    """,
+}
+
+# Per channel: the opt-out column and the contact that must exist (R-EXC-1).
+CHANNEL_COLUMNS = {
+    "chat": ("unsub_chat", "c.chat_id IS NOT NULL"),
+    "sms": ("unsub_sms", "c.phone IS NOT NULL AND c.phone_valid"),
+    "email": ("unsub_email", "c.email IS NOT NULL AND c.email_valid"),
+    "inbox": ("unsub_inbox", "true"),
+}
+# Where a channel's message goes, for the send path.
+CHANNEL_ADDRESS = {"chat": "c.chat_id", "sms": "c.phone", "email": "c.email", "inbox": "c.consumer_id::text"}
+
+# R-OC-7: likely readers logged in, visited, viewed live, favourited within 30 days or read a message within 90.
+_LOW_ACTIVITY = """NOT EXISTS (
+    SELECT 1 FROM behaviour_events a
+    WHERE a.shop_id = $1 AND a.consumer_id = m.consumer_id AND a.occurred_at < $2::timestamptz
+      AND ((a.kind IN ('login', 'visit', 'live_view', 'favourite') AND a.occurred_at >= $2::timestamptz - interval '30 days')
+        OR (a.kind = 'message_read' AND a.occurred_at >= $2::timestamptz - interval '90 days')))"""
+
+
+def refresh_sql(audience: str, channel: str, kind: str) -> str:
+    unsub, has_contact = CHANNEL_COLUMNS[channel]
+    oldcust = kind == "K-OLDCUST"
+    overlap = (
+        "WHEN EXISTS (SELECT 1 FROM audience_snapshots o WHERE o.campaign_id = ANY($7::bigint[])"
+        " AND o.day = $6 AND o.consumer_id = m.consumer_id) THEN 'overlap'"
+        if oldcust
+        else ""
+    )
+    low_activity = f"WHEN {_LOW_ACTIVITY} THEN 'low_activity'" if oldcust else ""
+    return f"""
+    WITH matched AS ({AUDIENCES[audience]}),
+    flagged AS (
+        SELECT m.consumer_id,
+            CASE WHEN c.deleted THEN 'deleted'
+                 WHEN c.blacklisted THEN 'blacklisted'
+                 WHEN c.{unsub} THEN 'unsubscribed'
+                 WHEN NOT ({has_contact}) THEN 'no_contact'
+                 WHEN EXISTS (SELECT 1 FROM deliveries d
+                              WHERE d.campaign_id = $4 AND d.phase = $5 AND d.consumer_id = m.consumer_id
+                                AND d.state IN ('reserved', 'sent', 'unknown')) THEN 'already_reached'
+                 {overlap}
+                 {low_activity}
+            END AS reason
+        FROM matched m JOIN shop_customers c ON c.shop_id = $1 AND c.consumer_id = m.consumer_id
+    ),
+    ins AS (
+        INSERT INTO audience_snapshots (campaign_id, phase, day, seq, consumer_id)
+        SELECT $4, $5, $6, (row_number() OVER (ORDER BY consumer_id) - 1)::int, consumer_id
+        FROM flagged WHERE reason IS NULL
+    )
+    SELECT coalesce(reason, 'eligible') AS reason, count(*)::int AS n FROM flagged GROUP BY 1
+    """
+
+
+class AudienceActivities:
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    @activity.defn
+    async def refresh_audience(self, inp: RefreshAudienceInput) -> RefreshAudienceResult:
+        log = bind_activity_context(shop_id=inp.shop_id, campaign_db_id=inp.campaign_db_id)
+        if inp.audience not in AUDIENCES:
+            raise ValueError(f"unknown audience {inp.audience!r}")
+        sql = refresh_sql(inp.audience, inp.channel.value, inp.kind)
+        async with self.pool.acquire() as conn, conn.transaction():
+            # A retried refresh rebuilds the day's snapshot from scratch: the
+            # workflow only slices it after this activity has completed.
+            await conn.execute(
+                "DELETE FROM audience_snapshots WHERE campaign_id = $1 AND phase = $2 AND day = $3",
+                inp.campaign_db_id,
+                inp.phase_index,
+                inp.day,
+            )
+            args = [inp.shop_id, inp.snapshot_at, inp.campaign_started_at, inp.campaign_db_id, inp.phase_index, inp.day]
+            if inp.kind == "K-OLDCUST":
+                earlier = await conn.fetchval(
+                    "SELECT coalesce(array_agg(id), '{}') FROM campaigns"
+                    " WHERE shop_id = $1 AND kind = 'K-OLDCUST' AND id < $2"
+                    " AND state NOT IN ('cancelled', 'failed')",
+                    inp.shop_id,
+                    inp.campaign_db_id,
+                )
+                args.append(earlier)
+            rows = await conn.fetch(sql, *args)
+            counts = {r["reason"]: r["n"] for r in rows}
+            eligible = counts.pop("eligible", 0)
+            matched = eligible + sum(counts.values())
+            await conn.execute(
+                """INSERT INTO audience_refreshes (campaign_id, phase, day, matched, eligible, excluded)
+                   VALUES ($1, $2, $3, $4, $5, $6)
+                   ON CONFLICT (campaign_id, phase, day) DO UPDATE
+                   SET matched = EXCLUDED.matched, eligible = EXCLUDED.eligible,
+                       excluded = EXCLUDED.excluded, refreshed_at = now()""",
+                inp.campaign_db_id,
+                inp.phase_index,
+                inp.day,
+                matched,
+                eligible,
+                counts,
+            )
+        log.info("audience refreshed", day=str(inp.day), matched=matched, eligible=eligible, excluded=counts)
+        return RefreshAudienceResult(matched=matched, eligible=eligible, excluded=counts)

@@ -1,0 +1,89 @@
+"""Closing a phase day in the ledger, the daily report, and the campaign's state row."""
+
+from __future__ import annotations
+
+import asyncpg
+from temporalio import activity
+
+from activities.context import bind_activity_context
+from schemas.activities import CampaignStateInput, CloseDayInput, DayReport, DayReportInput
+
+
+class ReportActivities:
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    @activity.defn
+    async def close_day(self, inp: CloseDayInput) -> int:
+        """Record the day's unsent snapshot rows as not_sent with the reason (R-PH-2 on a phase's
+        last day, or cancellation); they consume no cap (R-OC-8). Idempotent."""
+        log = bind_activity_context(shop_id=inp.shop_id, campaign_db_id=inp.campaign_db_id)
+        n = await self.pool.fetchval(
+            """
+            WITH ins AS (
+                INSERT INTO deliveries (campaign_id, phase, consumer_id, day, channel, shop_id, template_group,
+                                        fatigue_day, state, reason, decided_at)
+                SELECT s.campaign_id, s.phase, s.consumer_id, s.day, $4, $5, $6, $3, 'not_sent', $7, $8
+                FROM audience_snapshots s
+                WHERE s.campaign_id = $1 AND s.phase = $2 AND s.day = $3
+                ON CONFLICT DO NOTHING
+                RETURNING 1
+            )
+            SELECT count(*) FROM ins
+            """,
+            inp.campaign_db_id,
+            inp.phase_index,
+            inp.day,
+            inp.channel.value,
+            inp.shop_id,
+            inp.template_group,
+            inp.reason,
+            inp.decided_at,
+        )
+        log.info("day closed", day=str(inp.day), not_sent=n, reason=inp.reason)
+        return n
+
+    @activity.defn
+    async def day_report(self, inp: DayReportInput) -> DayReport:
+        """Counts per state and per reason for one phase day, kept in campaign_day_reports."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """SELECT state, reason, count(*)::int AS n FROM deliveries
+                   WHERE campaign_id = $1 AND phase = $2 AND day = $3 GROUP BY state, reason""",
+                inp.campaign_db_id,
+                inp.phase_index,
+                inp.day,
+            )
+            refresh = await conn.fetchrow(
+                "SELECT matched, eligible, excluded FROM audience_refreshes"
+                " WHERE campaign_id = $1 AND phase = $2 AND day = $3",
+                inp.campaign_db_id,
+                inp.phase_index,
+                inp.day,
+            )
+            counts: dict[str, int] = {}
+            for r in rows:
+                counts[r["state"]] = counts.get(r["state"], 0) + r["n"]
+                if r["reason"]:
+                    key = f"{r['state']}:{r['reason']}"
+                    counts[key] = counts.get(key, 0) + r["n"]
+            if refresh:
+                counts["audience_matched"] = refresh["matched"]
+                counts["audience_eligible"] = refresh["eligible"]
+                for reason, n in refresh["excluded"].items():
+                    counts[f"excluded:{reason}"] = n
+            await conn.execute(
+                """INSERT INTO campaign_day_reports (campaign_id, phase, day, counts) VALUES ($1, $2, $3, $4)
+                   ON CONFLICT (campaign_id, phase, day) DO UPDATE SET counts = EXCLUDED.counts, reported_at = now()""",
+                inp.campaign_db_id,
+                inp.phase_index,
+                inp.day,
+                counts,
+            )
+        return DayReport(day=inp.day, phase=inp.phase_name, counts=counts)
+
+    @activity.defn
+    async def set_campaign_state(self, inp: CampaignStateInput) -> None:
+        await self.pool.execute(
+            "UPDATE campaigns SET state = $2, updated_at = now() WHERE id = $1", inp.campaign_db_id, inp.state
+        )

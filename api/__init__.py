@@ -1,0 +1,1 @@
+"""The interfaces people use: the HTTP API and the `sluice` CLI, over one service layer."""

@@ -1,0 +1,210 @@
+"""The naive design, for comparison: one activity per recipient.
+
+Each activity does, for one recipient, the same work as a chunk of the
+batched send (activities/send.py) does for thousands: read the snapshot row
+with the customer's exclusions and any earlier decision, lock the consumer's
+fatigue_day row, read the shop-day and template caps, decide, insert the
+delivery and bump the counters in one transaction, hand it to the outbox
+channel, then mark it sent. The workflow keeps `inflight` of them running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date, datetime, timedelta
+
+from temporalio import activity, workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel
+
+    from schemas import rules
+    from schemas.activities import (
+        SUPPRESS_BLACKLISTED,
+        SUPPRESS_DELETED,
+        SUPPRESS_GLOBAL_DAY,
+        SUPPRESS_GLOBAL_SHOPS,
+        SUPPRESS_NO_CONTACT,
+        SUPPRESS_SHOP_DAY,
+        SUPPRESS_TEMPLATE,
+        SUPPRESS_UNSUBSCRIBED,
+    )
+
+
+class NaiveInput(BaseModel):
+    campaign_db_id: int
+    shop_id: str
+    phase: int = 0
+    day: date
+    channel: str
+    template_group: str
+    template_count: int = 1
+    template_days: int = 1
+    text: str
+    fatigue_day: date
+    decided_at: datetime
+    recipients: int
+    inflight: int = 200
+
+
+class NaiveOne(BaseModel):
+    job: NaiveInput
+    seq: int
+
+
+@workflow.defn
+class NaiveWorkflow:
+    @workflow.run
+    async def run(self, inp: NaiveInput) -> dict[str, int]:
+        window = asyncio.Semaphore(inp.inflight)
+        counts: dict[str, int] = {}
+
+        async def one(seq: int) -> None:
+            async with window:
+                state = await workflow.execute_activity_method(
+                    NaiveActivities.send_one,
+                    NaiveOne(job=inp, seq=seq),
+                    start_to_close_timeout=timedelta(minutes=5),
+                    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5),
+                )
+            counts[state] = counts.get(state, 0) + 1
+
+        await asyncio.gather(*(one(seq) for seq in range(inp.recipients)))
+        return counts
+
+
+def _channel_sql(channel: str) -> str:
+    from activities.audience import CHANNEL_ADDRESS, CHANNEL_COLUMNS
+
+    unsub, has_contact = CHANNEL_COLUMNS[channel]
+    return f"""
+        SELECT s.consumer_id, c.deleted, c.blacklisted, c.{unsub} AS unsub, ({has_contact}) AS has_contact,
+               {CHANNEL_ADDRESS[channel]} AS address,
+               (SELECT d.state FROM deliveries d WHERE d.campaign_id = $1 AND d.phase = $2
+                   AND d.consumer_id = s.consumer_id AND d.day = $3 AND d.channel = $6) AS prior
+        FROM audience_snapshots s
+        JOIN shop_customers c ON c.shop_id = $4 AND c.consumer_id = s.consumer_id
+        WHERE s.campaign_id = $1 AND s.phase = $2 AND s.day = $3 AND s.seq = $5
+    """
+
+
+class NaiveActivities:
+    def __init__(self, pool, channels):
+        self.pool = pool
+        self.channels = channels
+
+    @activity.defn
+    async def send_one(self, one: NaiveOne) -> str:
+        from activities.channels import Outbound
+
+        j = one.job
+        async with self.pool.acquire() as conn, conn.transaction():
+            r = await conn.fetchrow(_channel_sql(j.channel), j.campaign_db_id, j.phase, j.day, j.shop_id, one.seq, j.channel)
+            if r is None:
+                return "missing"
+            if r["prior"] is not None and r["prior"] != "reserved":
+                return r["prior"]  # decided by an earlier attempt
+            cid = r["consumer_id"]
+            reason = None
+            if r["prior"] is None:
+                if r["deleted"]:
+                    reason = SUPPRESS_DELETED
+                elif r["blacklisted"]:
+                    reason = SUPPRESS_BLACKLISTED
+                elif r["unsub"]:
+                    reason = SUPPRESS_UNSUBSCRIBED
+                elif not r["has_contact"] or r["address"] is None:
+                    reason = SUPPRESS_NO_CONTACT
+                new_shop = 0
+                if reason is None:
+                    g = await conn.fetchrow(
+                        "INSERT INTO fatigue_day (consumer_id, day) VALUES ($1, $2) ON CONFLICT (consumer_id, day)"
+                        " DO UPDATE SET sent = fatigue_day.sent RETURNING sent, shops",
+                        cid,
+                        j.fatigue_day,
+                    )
+                    shop_sent = await conn.fetchval(
+                        "SELECT coalesce((SELECT sent FROM fatigue_shop_day"
+                        " WHERE consumer_id = $1 AND shop_id = $2 AND day = $3), 0)",
+                        cid,
+                        j.shop_id,
+                        j.fatigue_day,
+                    )
+                    template = await conn.fetchval(
+                        "SELECT coalesce(sum(sent), 0)::int FROM fatigue_template WHERE consumer_id = $1"
+                        " AND shop_id = $2 AND template_group = $3 AND day > $4::date - $5::int AND day <= $4::date",
+                        cid,
+                        j.shop_id,
+                        j.template_group,
+                        j.fatigue_day,
+                        j.template_days,
+                    )
+                    if g["sent"] >= rules.GLOBAL_DAY_MAX:
+                        reason = SUPPRESS_GLOBAL_DAY
+                    elif shop_sent >= rules.SHOP_DAY_MAX:
+                        reason = SUPPRESS_SHOP_DAY
+                    elif shop_sent == 0 and g["shops"] >= rules.GLOBAL_SHOPS_MAX:
+                        reason = SUPPRESS_GLOBAL_SHOPS
+                    elif template >= j.template_count:
+                        reason = SUPPRESS_TEMPLATE
+                    new_shop = 1 if shop_sent == 0 else 0
+                inserted = await conn.fetchval(
+                    "INSERT INTO deliveries (campaign_id, phase, consumer_id, day, channel, shop_id, template_group,"
+                    " fatigue_day, state, reason, decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                    " ON CONFLICT DO NOTHING RETURNING state",
+                    j.campaign_db_id,
+                    j.phase,
+                    cid,
+                    j.day,
+                    j.channel,
+                    j.shop_id,
+                    j.template_group,
+                    j.fatigue_day,
+                    "reserved" if reason is None else "suppressed",
+                    reason,
+                    j.decided_at,
+                )
+                if inserted is None:
+                    return "raced"
+                if reason is not None:
+                    return "suppressed"
+                await conn.execute(
+                    "UPDATE fatigue_day SET sent = sent + 1, shops = shops + $3 WHERE consumer_id = $1 AND day = $2",
+                    cid,
+                    j.fatigue_day,
+                    new_shop,
+                )
+                await conn.execute(
+                    "INSERT INTO fatigue_shop_day (consumer_id, shop_id, day, sent) VALUES ($1, $2, $3, 1)"
+                    " ON CONFLICT (consumer_id, shop_id, day) DO UPDATE SET sent = fatigue_shop_day.sent + 1",
+                    cid,
+                    j.shop_id,
+                    j.fatigue_day,
+                )
+                await conn.execute(
+                    "INSERT INTO fatigue_template (consumer_id, shop_id, template_group, day, sent)"
+                    " VALUES ($1, $2, $3, $4, 1) ON CONFLICT (consumer_id, shop_id, template_group, day)"
+                    " DO UPDATE SET sent = fatigue_template.sent + 1",
+                    cid,
+                    j.shop_id,
+                    j.template_group,
+                    j.fatigue_day,
+                )
+        # Committed before the provider call (DESIGN 4); the outbox is idempotent per delivery key.
+        channel = self.channels.get(j.channel)
+        outcomes = await channel.send([Outbound(j.campaign_db_id, j.phase, cid, j.day, j.channel, r["address"], j.text)])
+        for o in outcomes:
+            await self.pool.execute(
+                "UPDATE deliveries SET state = $6, provider_ref = $7, updated_at = now()"
+                " WHERE campaign_id = $1 AND phase = $2 AND consumer_id = $3 AND day = $4 AND channel = $5"
+                " AND state = 'reserved'",
+                j.campaign_db_id,
+                j.phase,
+                o.consumer_id,
+                j.day,
+                j.channel,
+                o.state,
+                o.provider_ref,
+            )
+        return outcomes[0].state if outcomes else "unknown"

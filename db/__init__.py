@@ -1,0 +1,1 @@
+"""The database layer: connection pool, migrations, the embedded server, the seed generator."""

@@ -1,0 +1,204 @@
+-- The system of record: shops, their customers and behaviour, campaigns,
+-- audience snapshots, the delivery ledger and the fatigue counters.
+
+CREATE TABLE shops (
+    shop_id          text PRIMARY KEY,
+    name             text NOT NULL,
+    timezone         text NOT NULL,              -- IANA name, R-WIN-1
+    industry         text NOT NULL,
+    sms_signature    text,                       -- R-AQ-6 (industry signature)
+    virtual_category boolean NOT NULL DEFAULT false,  -- R-AQ-5
+    created_at       timestamptz NOT NULL DEFAULT now()
+);
+
+-- A platform-wide consumer: the unit the cross-shop caps count (R-FAT-3).
+CREATE TABLE consumers (
+    consumer_id bigint PRIMARY KEY,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE shop_customers (
+    shop_id          text   NOT NULL REFERENCES shops,
+    consumer_id      bigint NOT NULL REFERENCES consumers,
+    nick             text,
+    phone            text,
+    email            text,
+    chat_id          text,
+    phone_valid      boolean NOT NULL DEFAULT true,
+    email_valid      boolean NOT NULL DEFAULT true,
+    locale           text NOT NULL DEFAULT 'zh-CN',
+    timezone         text,                        -- the customer's own, when known
+    is_member        boolean NOT NULL DEFAULT false,
+    is_fan           boolean NOT NULL DEFAULT false,
+    blacklisted      boolean NOT NULL DEFAULT false,  -- R-SC-4, R-EXC-1
+    deleted          boolean NOT NULL DEFAULT false,  -- recycle bin, R-EXC-1
+    unsub_chat       boolean NOT NULL DEFAULT false,  -- unsubscribed per channel, R-EXC-1
+    unsub_sms        boolean NOT NULL DEFAULT false,
+    unsub_email      boolean NOT NULL DEFAULT false,
+    unsub_inbox      boolean NOT NULL DEFAULT false,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (shop_id, consumer_id)
+);
+
+CREATE TABLE products (
+    product_id        bigint PRIMARY KEY,
+    shop_id           text NOT NULL REFERENCES shops,
+    title             text NOT NULL,
+    category          text NOT NULL,
+    price             numeric(12,2) NOT NULL,
+    repurchase_cycle_days integer,              -- R-RP-1, estimated from history
+    on_shelf          boolean NOT NULL DEFAULT true
+);
+CREATE INDEX products_shop ON products (shop_id);
+
+CREATE TABLE orders (
+    order_id     bigint PRIMARY KEY,
+    shop_id      text NOT NULL REFERENCES shops,
+    consumer_id  bigint NOT NULL,
+    created_at   timestamptz NOT NULL,
+    paid_at      timestamptz,
+    amount       numeric(12,2) NOT NULL,
+    status       text NOT NULL DEFAULT 'paid'   -- pending | paid | refunded
+);
+CREATE INDEX orders_shop_consumer ON orders (shop_id, consumer_id, created_at);
+
+CREATE TABLE order_items (
+    order_id   bigint NOT NULL REFERENCES orders,
+    product_id bigint NOT NULL,
+    quantity   integer NOT NULL,
+    price      numeric(12,2) NOT NULL,
+    PRIMARY KEY (order_id, product_id)
+);
+
+-- visit, favourite, cart, inquiry, live_view, coupon_claim, login,
+-- message_read, message_click, message_reply
+CREATE TABLE behaviour_events (
+    shop_id     text NOT NULL,
+    consumer_id bigint NOT NULL,
+    kind        text NOT NULL,
+    product_id  bigint,
+    occurred_at timestamptz NOT NULL
+);
+CREATE INDEX behaviour_shop_consumer ON behaviour_events (shop_id, consumer_id, kind, occurred_at);
+
+CREATE TABLE coupons (
+    coupon_id   text PRIMARY KEY,
+    shop_id     text NOT NULL REFERENCES shops,
+    name        text NOT NULL,
+    valid_from  timestamptz NOT NULL,
+    valid_to    timestamptz NOT NULL,
+    stock       integer NOT NULL,            -- remaining, R-BEN-1, R-SC-2
+    CHECK (stock >= 0)
+);
+
+CREATE TABLE campaigns (
+    id           bigserial PRIMARY KEY,       -- compact key used by the ledger
+    shop_id      text NOT NULL REFERENCES shops,
+    campaign_ref text NOT NULL,               -- the merchant's id
+    workflow_id  text NOT NULL UNIQUE,
+    kind         text NOT NULL,
+    spec         jsonb NOT NULL,
+    state        text NOT NULL DEFAULT 'created',
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (shop_id, campaign_ref)
+);
+
+-- One row per recipient of a phase day (R-OC-5: T+1 snapshot). seq numbers
+-- the rows densely so batch activities can be handed [lo, hi) ranges.
+CREATE TABLE audience_snapshots (
+    campaign_id bigint   NOT NULL,
+    phase       smallint NOT NULL,
+    day         date     NOT NULL,
+    seq         integer  NOT NULL,
+    consumer_id bigint   NOT NULL,
+    PRIMARY KEY (campaign_id, phase, day, seq)
+);
+CREATE INDEX audience_snapshots_consumer ON audience_snapshots (campaign_id, day, consumer_id);
+
+-- What the refresh left out, per reason (R-PRE-1, R-EXC-1), per phase day.
+CREATE TABLE audience_refreshes (
+    campaign_id bigint   NOT NULL,
+    phase       smallint NOT NULL,
+    day         date     NOT NULL,
+    matched     integer  NOT NULL,
+    eligible    integer  NOT NULL,
+    excluded    jsonb    NOT NULL,
+    refreshed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (campaign_id, phase, day)
+);
+
+-- The delivery ledger: the truth of who was sent what (DESIGN 4).
+-- state: reserved -> sent | failed | unknown; suppressed and not_sent are
+-- decisions that consumed no cap (R-OC-8).
+CREATE TABLE deliveries (
+    campaign_id   bigint   NOT NULL,
+    phase         smallint NOT NULL,
+    consumer_id   bigint   NOT NULL,
+    day           date     NOT NULL,
+    channel       text     NOT NULL,
+    shop_id       text     NOT NULL,
+    template_group text    NOT NULL,
+    fatigue_day   date     NOT NULL,           -- platform natural day the caps were counted on
+    state         text     NOT NULL,
+    reason        text,
+    provider_ref  text,
+    decided_at    timestamptz NOT NULL,        -- workflow time of the decision
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (campaign_id, phase, consumer_id, day, channel),
+    CHECK (state IN ('reserved', 'sent', 'failed', 'unknown', 'suppressed', 'not_sent'))
+);
+CREATE INDEX deliveries_reserved ON deliveries (campaign_id, state) WHERE state IN ('reserved', 'unknown');
+
+-- Fatigue counters (R-FAT-1..4). Every change of a consumer's counters first
+-- locks that consumer's fatigue_day row, so the row is the consumer's mutex.
+CREATE TABLE fatigue_day (
+    consumer_id bigint NOT NULL,
+    day         date   NOT NULL,
+    sent        integer NOT NULL DEFAULT 0,    -- R-FAT-3: <= 10 a day
+    shops       integer NOT NULL DEFAULT 0,    -- R-FAT-3: <= 5 distinct shops a day
+    PRIMARY KEY (consumer_id, day)
+);
+
+CREATE TABLE fatigue_shop_day (
+    consumer_id bigint NOT NULL,
+    shop_id     text   NOT NULL,
+    day         date   NOT NULL,
+    sent        integer NOT NULL DEFAULT 0,    -- R-FAT-2: <= 2 a day per shop
+    PRIMARY KEY (consumer_id, shop_id, day)
+);
+
+CREATE TABLE fatigue_template (
+    consumer_id    bigint NOT NULL,
+    shop_id        text   NOT NULL,
+    template_group text   NOT NULL,
+    day            date   NOT NULL,
+    sent           integer NOT NULL DEFAULT 0, -- R-FAT-1: <= K per N natural days
+    PRIMARY KEY (consumer_id, shop_id, template_group, day)
+);
+
+-- The outbox channel: a table a dispatcher drains. The unique key makes a
+-- resend of the same delivery a no-op (DESIGN 4).
+CREATE TABLE outbox (
+    id           bigserial PRIMARY KEY,
+    campaign_id  bigint   NOT NULL,
+    phase        smallint NOT NULL,
+    consumer_id  bigint   NOT NULL,
+    day          date     NOT NULL,
+    channel      text     NOT NULL,
+    address      text     NOT NULL,
+    body         text     NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    dispatched_at timestamptz,
+    UNIQUE (campaign_id, phase, consumer_id, day, channel)
+);
+CREATE INDEX outbox_pending ON outbox (id) WHERE dispatched_at IS NULL;
+
+CREATE TABLE campaign_day_reports (
+    campaign_id bigint   NOT NULL,
+    phase       smallint NOT NULL,
+    day         date     NOT NULL,
+    counts      jsonb    NOT NULL,             -- per state and per reason
+    reported_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (campaign_id, phase, day)
+);

@@ -1,0 +1,1 @@
+"""pydantic v2 models: the system's vocabulary (specs, activity I/O, API bodies, settings)."""

@@ -1,0 +1,114 @@
+"""Inputs and results of activities: ids, ranges, instants and counts, never recipients (DESIGN 2)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from pydantic import BaseModel, Field
+
+from schemas.campaign import Channel, TemplateCap
+
+# Why a recipient got no message; stored in deliveries.reason and counted in reports.
+SUPPRESS_SHOP_DAY = "fatigue_shop_day"  # R-FAT-2
+SUPPRESS_GLOBAL_DAY = "fatigue_global_day"  # R-FAT-3 (10 a day)
+SUPPRESS_GLOBAL_SHOPS = "fatigue_global_shops"  # R-FAT-3 (5 shops a day)
+SUPPRESS_TEMPLATE = "fatigue_template"  # R-FAT-1 / R-OC-2
+SUPPRESS_UNSUBSCRIBED = "unsubscribed"  # R-EXC-1
+SUPPRESS_BLACKLISTED = "blacklisted"  # R-EXC-1 / R-SC-4
+SUPPRESS_DELETED = "deleted"  # R-EXC-1
+SUPPRESS_NO_CONTACT = "no_contact"  # R-EXC-1
+SUPPRESS_BENEFIT = "benefit_unavailable"  # R-OC-9 / R-BEN-1
+NOT_SENT_WINDOW = "window_closed_phase_ended"  # R-PH-2: unsent at 22:00 of the phase's last day
+NOT_SENT_CANCELLED = "campaign_cancelled"
+
+
+class RefreshAudienceInput(BaseModel):
+    campaign_db_id: int
+    shop_id: str
+    kind: str
+    phase_index: int
+    audience: str
+    channel: Channel
+    day: date
+    snapshot_at: datetime = Field(description="00:00 shop-local of the send day (R-OC-5: T+1)")
+    campaign_started_at: datetime
+
+
+class RefreshAudienceResult(BaseModel):
+    matched: int
+    eligible: int
+    excluded: dict[str, int]
+
+
+class SendSliceInput(BaseModel):
+    campaign_db_id: int
+    shop_id: str
+    phase_index: int
+    day: date
+    channel: Channel
+    template_cap: TemplateCap | None
+    text: str
+    title: str | None = None
+    coupon_id: str | None = None
+    seq_lo: int
+    seq_hi: int
+    budget: int = Field(description="most recipients this slice may reserve (R-PH-7 daily cap)")
+    decided_at: datetime = Field(description="workflow time when the slice was scheduled")
+    window_end: datetime = Field(description="22:00 shop-local; nothing is handed to a channel after it")
+    chunk_size: int = 5000
+
+
+class SendSliceResult(BaseModel):
+    next_seq: int = Field(description="first seq not yet decided; == seq_hi when the slice is done")
+    reserved: int = 0
+    sent: int = 0
+    failed: int = 0
+    unknown: int = 0
+    suppressed: dict[str, int] = Field(default_factory=dict)
+    stopped_reason: str | None = None
+
+
+class CloseDayInput(BaseModel):
+    campaign_db_id: int
+    phase_index: int
+    day: date
+    channel: Channel
+    shop_id: str
+    template_group: str
+    decided_at: datetime
+    reason: str | None = Field(
+        default=None, description="when set, unsent snapshot rows are recorded as not_sent with it"
+    )
+
+
+class DayReport(BaseModel):
+    day: date
+    phase: str
+    counts: dict[str, int]
+
+
+class DayReportInput(BaseModel):
+    campaign_db_id: int
+    phase_index: int
+    phase_name: str
+    day: date
+
+
+class CampaignStateInput(BaseModel):
+    campaign_db_id: int
+    state: str
+
+
+class ReconcileInput(BaseModel):
+    campaign_db_id: int
+    shop_id: str
+    channel: Channel
+    template_cap: TemplateCap | None = None
+    coupon_id: str | None = None
+
+
+class ReconcileResult(BaseModel):
+    sent: int = 0
+    failed: int = 0
+    released: int = 0
+    still_unknown: int = 0

@@ -1,0 +1,41 @@
+"""The campaign workflow's input, carried state and query answer."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from pydantic import BaseModel, Field
+
+from schemas.campaign import CampaignPlan
+
+
+class CampaignProgress(BaseModel):
+    """Everything the workflow must remember across continue-as-new: small and count-only."""
+
+    started_at: datetime
+    state: str = "scheduled"  # scheduled | sending | waiting | paused | completed | cancelled
+    phase_index: int = 0
+    next_day: date | None = None
+    paused: bool = False
+    cancel_requested: bool = False
+    cancel_reason: str | None = None
+    totals: dict[str, dict[str, int]] = Field(default_factory=dict, description="per phase name, per count key")
+    last_report: dict[str, int] = Field(default_factory=dict)
+    current_day: date | None = None
+    day_eligible: int = 0
+    day_done: int = 0
+    runs: int = 1
+
+
+class CampaignInput(BaseModel):
+    plan: CampaignPlan
+    progress: CampaignProgress | None = None
+
+
+class CampaignStatus(BaseModel):
+    workflow_id: str
+    shop_id: str
+    campaign_id: str
+    kind: str
+    phase: str | None
+    progress: CampaignProgress

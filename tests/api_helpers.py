@@ -1,0 +1,44 @@
+"""The HTTP API in-process (httpx over ASGI) with a worker, and API keys for test shops."""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import asynccontextmanager
+
+import asyncpg
+import httpx
+
+from api.http import create_app
+from api.keys import create_key
+from schemas.settings import Settings
+from tests.factories import make_shop
+from workers.worker import build_worker
+
+
+async def shop_key(pool: asyncpg.Pool, shop_id: str, tz: str = "Asia/Shanghai") -> str:
+    """The shop (created if absent) and a new API key for it."""
+    await make_shop(pool, shop_id, tz)
+    return (await create_key(pool, shop_id)).key
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@asynccontextmanager
+async def running_app(pool: asyncpg.Pool, ts_env, *, worker: bool = True):
+    """The app with its lifespan entered (and a worker on its task queue when `worker`)."""
+    settings = Settings(SLUICE_TASK_QUEUE=f"api-{uuid.uuid4().hex[:6]}")
+    app = create_app(settings, pool=pool, client=ts_env.client)
+    if worker:
+        async with build_worker(ts_env.client, pool, settings), app.router.lifespan_context(app):
+            yield app
+    else:
+        async with app.router.lifespan_context(app):
+            yield app
+
+
+def client(app, key: str | None = None) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://sluice", headers=bearer(key) if key else None
+    )

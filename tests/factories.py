@@ -1,0 +1,66 @@
+"""Small, exact test data: shops and customers whose eligibility a test controls to the minute."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import asyncpg
+
+
+async def make_shop(pool: asyncpg.Pool, shop_id: str, timezone: str, industry: str = "beauty") -> None:
+    await pool.execute(
+        "INSERT INTO shops (shop_id, name, timezone, industry) VALUES ($1, $1, $2, $3) ON CONFLICT DO NOTHING",
+        shop_id,
+        timezone,
+        industry,
+    )
+
+
+async def add_customers(
+    pool: asyncpg.Pool,
+    shop_id: str,
+    consumer_ids: list[int],
+    *,
+    ordered_at: datetime,
+    visited_at: datetime | None = None,
+    inquiry_at: datetime | None = None,
+    **flags,
+) -> None:
+    """Old customers (R-OC-1) when ordered_at and visited_at fall in the windows; flags set
+    shop_customers columns (blacklisted=True, unsub_chat=True, chat_id=None, ...)."""
+    visited_at = visited_at or ordered_at
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.executemany(
+            "INSERT INTO consumers (consumer_id) VALUES ($1) ON CONFLICT DO NOTHING", [(c,) for c in consumer_ids]
+        )
+        chat = flags.pop("chat_id", "present")
+        await conn.copy_records_to_table(
+            "shop_customers",
+            columns=["shop_id", "consumer_id", "chat_id", "phone", "email", *flags.keys()],
+            records=[
+                (
+                    shop_id,
+                    c,
+                    None if chat is None else f"tb_{c}",
+                    f"138{c:08d}",
+                    f"user{c}@example.com",
+                    *flags.values(),
+                )
+                for c in consumer_ids
+            ],
+        )
+        base = await conn.fetchval("SELECT coalesce(max(order_id), 0) FROM orders")
+        await conn.copy_records_to_table(
+            "orders",
+            columns=["order_id", "shop_id", "consumer_id", "created_at", "paid_at", "amount", "status"],
+            records=[
+                (base + i + 1, shop_id, c, ordered_at, ordered_at + timedelta(minutes=5), 99, "paid")
+                for i, c in enumerate(consumer_ids)
+            ],
+        )
+        events = [(shop_id, c, "visit", visited_at) for c in consumer_ids]
+        if inquiry_at:
+            events += [(shop_id, c, "inquiry", inquiry_at) for c in consumer_ids]
+        await conn.copy_records_to_table(
+            "behaviour_events", columns=["shop_id", "consumer_id", "kind", "occurred_at"], records=events
+        )

@@ -1,0 +1,56 @@
+"""K-OLDCUST end to end on the time-skipping server and a real Postgres."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import time, timedelta
+
+from api.service import start_campaign
+from schemas.campaign import OldCustomerSpec
+from schemas.settings import Settings
+from tests.factories import add_customers, make_shop
+from workers.worker import build_worker
+from workflows.calendar import local_day, zone
+
+
+def _settings() -> Settings:
+    return Settings(SLUICE_PLATFORM_TZ="Asia/Shanghai")
+
+
+async def _run(env, pool, specs, **kw):
+    queue = f"q-{uuid.uuid4().hex[:6]}"
+    async with build_worker(env.client, pool, _settings(), task_queue=queue):
+        now = await env.get_current_time()
+        started = [await start_campaign(pool, env.client, s, task_queue=queue, now=now, **kw) for s in specs]
+        plans = [p for p, _ in started]
+        results = [await h.result() for _, h in started]
+    return plans, results
+
+
+async def test_oldcust_sends_once_in_window_and_excludes(clean_db, ts_env):
+    pool = clean_db
+    now = await ts_env.get_current_time()
+    tz = "Asia/Shanghai"
+    await make_shop(pool, "s1", tz)
+    await add_customers(pool, "s1", list(range(1, 151)), ordered_at=now - timedelta(days=30), visited_at=now - timedelta(days=3))
+    await add_customers(pool, "s1", [151, 152], ordered_at=now - timedelta(days=30), visited_at=now - timedelta(days=3), blacklisted=True)
+    await add_customers(pool, "s1", [153], ordered_at=now - timedelta(days=30), visited_at=now - timedelta(days=3), unsub_chat=True)
+    await add_customers(pool, "s1", [154], ordered_at=now - timedelta(days=400))  # R-OC-1: too old
+    send_day = local_day(now, tz) + timedelta(days=1)
+    spec = OldCustomerSpec(
+        kind="K-OLDCUST", shop_id="s1", campaign_id="c1", scene="Spring", card_text="Hi",
+        send_date=send_day, send_time=time(9, 30),
+    )
+    plans, results = await _run(ts_env, pool, [spec])
+    rows = await pool.fetch("SELECT consumer_id, state, reason, decided_at FROM deliveries ORDER BY consumer_id")
+    sent = [r for r in rows if r["state"] == "sent"]
+    assert [r["consumer_id"] for r in sent] == list(range(1, 151))
+    for r in sent:
+        local = r["decided_at"].astimezone(zone(tz))
+        assert local.date() == send_day
+        assert time(9, 30) <= local.time() < time(22, 0)
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 150
+    refresh = await pool.fetchrow("SELECT matched, eligible, excluded FROM audience_refreshes")
+    assert refresh["eligible"] == 150
+    assert refresh["excluded"] == {"blacklisted": 2, "unsubscribed": 1}
+    assert results[0].state == "completed"

@@ -1,0 +1,171 @@
+"""Tenant isolation and the API's exposure (issue 4).
+
+* Another shop's key against every route of the app (taken from app.routes, so
+  a route added later is covered or fails this test): no read, no control, and
+  the very answer a campaign that does not exist gets (no existence leak).
+* The API binds to loopback unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import typing
+from datetime import timedelta
+
+import pytest
+from fastapi.routing import APIRoute
+from starlette.routing import Route
+from temporalio.api.enums.v1 import EventType
+
+from api.http import PUBLIC_PATHS
+from schemas.settings import Settings
+from tests.api_helpers import client, running_app, shop_key
+from tests.factories import add_customers
+from workflows.calendar import local_day
+
+VICTIM, ATTACKER = "s1", "s2"
+# Strings of the victim's campaigns that no answer to the attacker may contain.
+SECRETS = ("K-OLDCUST", "Spring secret", "progress", "paused", "totals", "not running", "cancelled", "completed")
+
+
+def _spec(now, campaign_id: str, shop_id: str = VICTIM) -> dict:
+    return {
+        "kind": "K-OLDCUST", "shop_id": shop_id, "campaign_id": campaign_id, "scene": "Spring secret",
+        "card_text": "Hello again", "send_date": (local_day(now, "Asia/Shanghai") + timedelta(days=2)).isoformat(),
+        "send_time": "10:00",
+    }
+
+
+def _path_values(route: APIRoute, victim_id: str) -> list[dict[str, str]]:
+    """Every way to fill the route's path parameters aiming at the victim's campaign."""
+    combos: list[dict[str, str]] = [{}]
+    for param in route.dependant.path_params:
+        if param.name == "workflow_id":
+            values = [victim_id]
+        elif typing.get_origin(param.field_info.annotation) is typing.Literal:
+            values = list(typing.get_args(param.field_info.annotation))
+        else:
+            pytest.fail(f"{route.path}: this test does not know how to fill path parameter {param.name!r}; "
+                        "teach it, so that the route is checked against another shop's key")
+        combos = [{**c, param.name: v} for c in combos for v in values]
+    return combos
+
+
+def _body_for(route: APIRoute, method: str, now, shop_id: str) -> dict | None:
+    if route.body_field is None:
+        return None
+    if route.path == "/campaigns" and method == "POST":
+        return _spec(now, "c9", shop_id=shop_id)
+    pytest.fail(f"{method} {route.path} takes a body this test does not know; teach it")
+
+
+async def test_another_shops_key_gets_nothing_on_every_route(clean_db, ts_env):
+    pool = clean_db
+    now = await ts_env.get_current_time()
+    victim_key = await shop_key(pool, VICTIM)
+    attacker_key = await shop_key(pool, ATTACKER)
+    await add_customers(pool, VICTIM, list(range(1, 121)), ordered_at=now - timedelta(days=20),
+                        visited_at=now - timedelta(days=2))
+    async with running_app(pool, ts_env) as app, client(app, victim_key) as owner, \
+            client(app, attacker_key) as attacker:
+        # The victim's campaigns: one running (scheduled two days ahead), one finished.
+        assert (await owner.post("/campaigns", json=_spec(now, "c1"))).status_code == 201
+        assert (await owner.post("/campaigns", json=_spec(now, "done"))).status_code == 201
+        assert (await owner.post("/campaigns/s1.done/cancel")).status_code == 202
+        await ts_env.client.get_workflow_handle("s1.done").result()
+        before = [dict(r) for r in await pool.fetch("SELECT * FROM campaigns ORDER BY id")]
+        history_before = await _signals(ts_env, "s1.c1")
+
+        checked: list[str] = []
+        for route in app.routes:
+            if route.path in PUBLIC_PATHS:
+                continue
+            if not isinstance(route, APIRoute):
+                kind = type(route).__name__
+                assert isinstance(route, Route), f"{route.path}: a {kind} is not covered by this test"
+                pytest.fail(f"{route.path}: a non-API route outside PUBLIC_PATHS; check it here")
+            for method in sorted(route.methods):
+                for victim_id in ("s1.c1", "s1.done"):
+                    for params in _path_values(route, victim_id):
+                        path = route.path_format.format(**params)
+                        body = _body_for(route, method, now, VICTIM)
+                        res = await attacker.request(method, path, json=body)
+                        # The same request for something that does not exist at all.
+                        ghost_params = {k: ("s1.ghost" if k == "workflow_id" else v) for k, v in params.items()}
+                        ghost_body = _body_for(route, method, now, "ghost-shop")
+                        ghost = await attacker.request(method, route.path_format.format(**ghost_params),
+                                                       json=ghost_body)
+                        what = f"{method} {path}"
+                        assert res.status_code in (403, 404), (what, res.status_code, res.text)
+                        assert res.status_code == ghost.status_code, (what, res.text, ghost.text)
+                        assert res.text.replace(victim_id, "ID") == ghost.text.replace("s1.ghost", "ID"), what
+                        assert _headers(res) == _headers(ghost), what
+                        for secret in SECRETS:
+                            assert secret not in res.text, (what, secret, res.text)
+                        checked.append(what)
+        assert any(c.startswith("GET /campaigns/") for c in checked)
+        assert {"pause", "resume", "cancel"} <= {c.rsplit("/", 1)[-1] for c in checked}
+        assert "POST /campaigns" in checked
+
+        # No control: nothing written, no signal reached the victim's workflow, still running.
+        assert [dict(r) for r in await pool.fetch("SELECT * FROM campaigns ORDER BY id")] == before
+        assert await _signals(ts_env, "s1.c1") == history_before == []
+        desc = await ts_env.client.get_workflow_handle("s1.c1").describe()
+        assert desc.status is not None and desc.status.name == "RUNNING"
+        status = await owner.get("/campaigns/s1.c1")
+        assert status.status_code == 200 and status.json()["progress"]["paused"] is False
+        # The owner is answered on the same paths: the attacker's 404s were not wrong URLs.
+        assert (await owner.post("/campaigns/s1.c1/pause")).status_code == 202
+        assert await _signals(ts_env, "s1.c1") == ["pause"]
+        assert "not running" in (await owner.post("/campaigns/s1.done/pause")).text
+
+
+async def _signals(ts_env, workflow_id: str) -> list[str]:
+    history = await ts_env.client.get_workflow_handle(workflow_id).fetch_history()
+    return [
+        e.workflow_execution_signaled_event_attributes.signal_name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+    ]
+
+
+def _headers(res) -> dict:
+    return {k: v for k, v in res.headers.items() if k not in ("content-length", "date")}
+
+
+async def test_a_key_cannot_start_for_another_shop_even_with_its_own_campaign_id(clean_db, ts_env):
+    """The 403 comes before any lookup: the victim's coupon or shop is never consulted."""
+    pool = clean_db
+    now = await ts_env.get_current_time()
+    await shop_key(pool, VICTIM)
+    attacker_key = await shop_key(pool, ATTACKER)
+    await pool.execute(
+        "INSERT INTO coupons (coupon_id, shop_id, name, valid_from, valid_to, stock) VALUES ($1, $2, $1, $3, $4, 5)",
+        "victim-coupon", VICTIM, now - timedelta(days=1), now + timedelta(days=30),
+    )
+    async with running_app(pool, ts_env, worker=False) as app, client(app, attacker_key) as attacker:
+        answers = set()
+        for shop, coupon in [(VICTIM, "victim-coupon"), (VICTIM, "no-such"), ("ghost", "victim-coupon")]:
+            res = await attacker.post("/campaigns", json={**_spec(now, "c1", shop_id=shop), "coupon_id": coupon})
+            answers.add((res.status_code, res.text))
+        assert len(answers) == 1 and next(iter(answers))[0] == 403
+        # Its own shop, the victim's coupon: the coupon is "not found for this shop".
+        res = await attacker.post("/campaigns",
+                                  json={**_spec(now, "c1", shop_id=ATTACKER), "coupon_id": "victim-coupon"})
+        assert res.status_code == 422 and res.json()["detail"][0]["rule"] == "R-BEN-1"
+    assert await pool.fetchval("SELECT count(*) FROM campaigns") == 0
+
+
+def test_the_api_binds_to_loopback_by_default(monkeypatch):
+    monkeypatch.delenv("SLUICE_API_HOST", raising=False)
+    assert Settings().api_host == "127.0.0.1"
+    assert Settings.model_fields["api_host"].default == "127.0.0.1"
+    # serve() passes it to uvicorn unchanged.
+    import api.http as http
+
+    seen = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: seen.update(kw))
+    monkeypatch.setattr(http, "create_app", lambda settings: None)
+    http.serve(Settings())
+    assert seen["host"] == "127.0.0.1"
+    monkeypatch.setenv("SLUICE_API_HOST", "0.0.0.0")
+    assert Settings().api_host == "0.0.0.0"  # an explicit choice (the compose file makes it)

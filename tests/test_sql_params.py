@@ -1,0 +1,203 @@
+"""No request text reaches SQL except as a bound parameter (issue 4).
+
+1. A source scan of the packages that run in production: every SQL-looking
+   string built by interpolation (f-string, %, .format, +) may interpolate
+   only the expressions of ALLOWED_INTERPOLATIONS, each a constant chosen
+   by code (a column per channel enum, a table list, an audience query
+   picked by a validated name); every query call (execute, fetch, ...) gets
+   its SQL as a literal, a module constant or one of ALLOWED_SQL_ARGUMENTS.
+2. End to end: a campaign whose free-text fields are SQL (legal text, so it is
+   accepted) runs through the API, the worker and the ledger, while every
+   statement the pool runs is logged: the text appears in bound arguments,
+   never in a statement. Ids that look like SQL are refused by the id pattern
+   (tests/test_bad_input.py: sql-campaign, sql-coupon, sql-audience, shop ids
+   with quotes, workflow ids in paths).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from datetime import timedelta
+from pathlib import Path
+
+import asyncpg
+
+from activities.audience import AUDIENCES, CHANNEL_ADDRESS, CHANNEL_COLUMNS
+from db.pool import _init_connection
+from schemas.campaign import Channel
+from tests.api_helpers import client, running_app, shop_key
+from tests.factories import add_customers
+from workflows.calendar import local_day
+from workflows.campaign import CampaignWorkflow
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ["api", "activities", "db", "schemas", "workers", "workflows"]
+SQL = re.compile(
+    r"\b(SELECT|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE|DROP|TRUNCATE|ANALYZE|ALTER|COPY|VALUES|WHERE)\b",
+    re.IGNORECASE,
+)
+QUERY_METHODS = {"execute", "executemany", "fetch", "fetchrow", "fetchval", "prepare", "cursor", "copy_from_query"}
+
+# (file, interpolated expression): why it is safe.
+ALLOWED_INTERPOLATIONS = {
+    ("activities/audience.py", "AUDIENCES[audience]"):
+        "a constant query from the AUDIENCES dict; the name is checked `in AUDIENCES` before (and at submission)",
+    ("activities/audience.py", "unsub"): "CHANNEL_COLUMNS[channel]: an opt-out column per Channel enum value",
+    ("activities/audience.py", "has_contact"): "CHANNEL_COLUMNS[channel]: a constant predicate per Channel",
+    ("activities/audience.py", "overlap"): "a constant SQL fragment chosen by the campaign kind",
+    ("activities/audience.py", "low_activity"): "a constant SQL fragment (_LOW_ACTIVITY) chosen by kind",
+    ("activities/send.py", "unsub"): "CHANNEL_COLUMNS[channel], as above",
+    ("activities/send.py", "has_contact"): "CHANNEL_COLUMNS[channel], as above",
+    ("activities/send.py", "CHANNEL_ADDRESS[channel]"): "a constant address column per Channel",
+    ("activities/send.py", "CHANNEL_ADDRESS[inp.channel.value]"): "a constant address column per Channel",
+    ("db/embedded.py", "name"):
+        "CREATE DATABASE takes no parameters; the name comes from the test fixtures / launcher, never a request",
+    ("db/seed.py", "', '.join(SEEDED_TABLES)"): "ANALYZE over a constant list of table names",
+}
+# (file, first argument of a query call): why it is safe.
+ALLOWED_SQL_ARGUMENTS = {
+    ("activities/send.py", "_chunk_sql(ch)"): "built only from the allowed interpolations above",
+    ("activities/audience.py", "sql"): "refresh_sql(): built only from the allowed interpolations above",
+    ("db/migrate.py", "path.read_text()"): "the migration files shipped in db/migrations",
+}
+
+
+def _sources():
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            yield path.relative_to(ROOT).as_posix(), ast.parse(path.read_text(), filename=str(path))
+
+
+def _module_constants(tree: ast.Module) -> set[str]:
+    """Module-level names bound once to a string literal (the SQL constants)."""
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return names
+
+
+def _sql_text(node) -> str:
+    if isinstance(node, ast.JoinedStr):
+        return "".join(v.value for v in node.values if isinstance(v, ast.Constant))
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    return ""
+
+
+def test_sql_is_built_only_from_allowed_constants():
+    interpolations, bad_calls = [], []
+    for rel, tree in _sources():
+        constants = _module_constants(tree)
+        for node in ast.walk(tree):
+            # f"... SELECT ... {expr} ..."
+            if isinstance(node, ast.JoinedStr) and SQL.search(_sql_text(node)):
+                for v in node.values:
+                    if isinstance(v, ast.FormattedValue):
+                        interpolations.append((rel, ast.unparse(v.value), node.lineno))
+            # "... %s ..." % x, "SELECT " + x
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod | ast.Add):
+                if any(SQL.search(_sql_text(side)) for side in (node.left, node.right)):
+                    interpolations.append((rel, ast.unparse(node), node.lineno))
+            # "... {} ...".format(x)
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format"
+                    and SQL.search(_sql_text(node.func.value))):
+                interpolations.append((rel, ast.unparse(node), node.lineno))
+            # conn.execute(<sql>, ...): the SQL must be a literal, a module constant, or allowed.
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in QUERY_METHODS and node.args):
+                first = node.args[0]
+                if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                    continue
+                if isinstance(first, ast.JoinedStr):
+                    continue  # judged by its interpolations above
+                if isinstance(first, ast.Name) and first.id in constants:
+                    continue
+                if (rel, ast.unparse(first)) not in ALLOWED_SQL_ARGUMENTS:
+                    bad_calls.append((rel, node.lineno, ast.unparse(node)[:120]))
+    unexpected = [(f, e, line) for f, e, line in interpolations if (f, e) not in ALLOWED_INTERPOLATIONS]
+    assert not unexpected, (
+        "SQL built by interpolating something that is not a known constant; use a bound parameter ($1), "
+        f"or add it to ALLOWED_INTERPOLATIONS with the reason it can never carry request text: {unexpected}"
+    )
+    assert not bad_calls, f"query calls whose SQL is not a literal or a module constant: {bad_calls}"
+    # The allowlist is not stale: every entry still names a real interpolation.
+    seen = {(f, e) for f, e, _ in interpolations}
+    assert set(ALLOWED_INTERPOLATIONS) <= seen, set(ALLOWED_INTERPOLATIONS) - seen
+
+
+def test_the_allowed_interpolations_are_constants_without_quotes():
+    """What the allowlist interpolates: fixed per Channel, no quote or statement separator in it."""
+    assert set(CHANNEL_COLUMNS) == set(CHANNEL_ADDRESS) == {c.value for c in Channel}
+    fragments = [*CHANNEL_ADDRESS.values()] + [part for pair in CHANNEL_COLUMNS.values() for part in pair]
+    for fragment in fragments:
+        assert re.fullmatch(r"[a-z_. ():]+", fragment, re.IGNORECASE), fragment
+    for name, query in AUDIENCES.items():
+        assert re.fullmatch(r"[a-z0-9_]+", name)
+        assert "{" not in query and ";" not in query.split("--")[0], name
+
+
+MARKERS = {
+    "card_text": "x'); DROP TABLE campaigns;-- \\ \"q\" $1",
+    "scene": "S'; DELETE FROM shops;--",
+    "title": "T\"; TRUNCATE deliveries CASCADE;--",
+    "body": "') OR 1=1; UPDATE coupons SET stock = 0 WHERE '1'='1'; -- %s {0} $$ E'\\x27'",
+}
+
+
+async def test_sql_looking_text_only_ever_travels_as_bound_arguments(clean_db, db_dsn, ts_env):
+    logged: list = []
+
+    async def init(conn):
+        await _init_connection(conn)
+        conn.add_query_logger(logged.append)
+
+    now = await ts_env.get_current_time()
+    key = await shop_key(clean_db, "s1")
+    await add_customers(clean_db, "s1", list(range(1, 121)), ordered_at=now - timedelta(days=20),
+                        visited_at=now - timedelta(days=2))
+    spec = {"kind": "K-OLDCUST", "shop_id": "s1", "campaign_id": "c1", "send_time": "09:00",
+            "send_date": (local_day(now, "Asia/Shanghai") + timedelta(days=1)).isoformat(), **MARKERS}
+    # db.pool's pool, plus a logger of every statement on each connection.
+    pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=6, init=init,
+                                     server_settings={"plan_cache_mode": "force_custom_plan"})
+    try:
+        async with running_app(pool, ts_env) as app, client(app, key) as http:
+            res = await http.post("/campaigns", json=spec)
+            assert res.status_code == 201, res.text
+            # A handle from get_workflow_handle does not skip time by itself (only start_workflow's do).
+            async with ts_env.time_skipping_unlocked():
+                result = await ts_env.client.get_workflow_handle_for(CampaignWorkflow.run, "s1.c1").result()
+            assert result.state == "completed"
+            status = await http.get("/campaigns/s1.c1")
+            assert status.status_code == 200
+    finally:
+        await pool.close()
+
+    # The text went all the way: stored verbatim, and sent (the outbox has the card text) ...
+    stored = await clean_db.fetchval("SELECT spec FROM campaigns WHERE workflow_id = 's1.c1'")
+    assert {k: stored[k] for k in MARKERS} == MARKERS
+    assert await clean_db.fetchval("SELECT count(*) FROM outbox WHERE strpos(body, $1) > 0",
+                                   MARKERS["card_text"]) == 120
+    assert await clean_db.fetchval("SELECT count(*) FROM shops") == 1
+    assert await clean_db.fetchval("SELECT count(*) FROM coupons WHERE stock = 0") == 0
+    # ... and in every statement the pool ran, it was an argument, never SQL text.
+    assert logged, "the query logger saw nothing"
+    statements = "\n".join(r.query for r in logged)
+    for marker in MARKERS.values():
+        for piece in (marker, marker[:12]):
+            assert piece not in statements, piece
+    arguments = [s for r in logged for s in _strings(r.args)]
+    assert any(MARKERS["card_text"] in a for a in arguments), "the logger did not see the arguments"
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _strings(v)

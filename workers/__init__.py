@@ -1,0 +1,1 @@
+"""Processes: the Temporal worker, the local stack launcher, logging setup."""

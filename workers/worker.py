@@ -1,0 +1,91 @@
+"""The Temporal worker: the campaign workflow and its activities on one task queue.
+
+Workers are stateless; run as many as load needs on the same task queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from datetime import timedelta
+
+import asyncpg
+import structlog
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+
+from activities.audience import AudienceActivities
+from activities.channels import ChannelRegistry
+from activities.report import ReportActivities
+from activities.send import SendActivities
+from db.pool import create_pool
+from schemas.settings import Settings, get_settings
+from workers.logs import configure_logging
+from workflows.campaign import CampaignWorkflow
+
+log = structlog.get_logger("sluice.worker")
+
+
+def build_worker(
+    client: Client,
+    pool: asyncpg.Pool,
+    settings: Settings,
+    *,
+    channels: ChannelRegistry | None = None,
+    task_queue: str | None = None,
+) -> Worker:
+    channels = channels or ChannelRegistry.outbox_for_all(pool)
+    audience = AudienceActivities(pool)
+    send = SendActivities(pool, channels, platform_timezone=settings.platform_timezone)
+    report = ReportActivities(pool)
+    return Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=[CampaignWorkflow],
+        activities=[
+            audience.refresh_audience,
+            send.send_slice,
+            send.reconcile_pending,
+            report.close_day,
+            report.day_report,
+            report.set_campaign_state,
+        ],
+        max_concurrent_activities=settings.max_concurrent_activities,
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.sticky_timeout_s),
+    )
+
+
+async def connect_client(settings: Settings) -> Client:
+    if not settings.temporal_address:
+        raise SystemExit("TEMPORAL_ADDRESS is not set; start the local stack with `sluice dev`")
+    return await Client.connect(
+        settings.temporal_address, namespace=settings.temporal_namespace, data_converter=pydantic_data_converter
+    )
+
+
+async def run_worker(settings: Settings | None = None) -> None:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    if not settings.database_url:
+        raise SystemExit("DATABASE_URL is not set; start the local stack with `sluice dev`")
+    client = await connect_client(settings)
+    pool = await create_pool(settings.database_url, size=settings.pool_size)
+    worker = build_worker(client, pool, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker started", task_queue=settings.task_queue, temporal=settings.temporal_address)
+    async with worker:
+        await stop.wait()
+        log.info("worker stopping")
+    await pool.close()
+
+
+def main() -> None:
+    asyncio.run(run_worker())
+
+
+if __name__ == "__main__":
+    main()

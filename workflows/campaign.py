@@ -1,0 +1,409 @@
+"""The campaign workflow: one per campaign, walking its phases day by day.
+
+For each phase day: a durable timer to the send time (never before 08:00
+shop-local), the audience refresh (counts only), send slices in a sliding
+window of concurrent activities until the audience is done, the daily cap is
+spent or 22:00 comes, then the daily report. Pause, resume and cancel are
+signals; `progress` is a query. The workflow continues as new at every
+phase boundary (and inside a long phase when the server suggests it), so
+history stays small however long the campaign runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.audience import AudienceActivities
+    from activities.report import ReportActivities
+    from activities.send import SendActivities
+    from schemas import activities as A
+    from schemas.activities import (
+        CampaignStateInput,
+        CloseDayInput,
+        DayReportInput,
+        ReconcileInput,
+        RefreshAudienceInput,
+        SendSliceInput,
+        SendSliceResult,
+    )
+    from schemas.campaign import CampaignPlan, PhasePlan
+    from schemas.workflow import CampaignInput, CampaignProgress, CampaignStatus
+    from workflows import search_attributes as SA
+    from workflows.calendar import DayWindow, day_window
+
+_SHORT = dict(
+    start_to_close_timeout=timedelta(minutes=10),
+    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
+)
+_UNLIMITED = 2**31 - 1
+
+
+@dataclass
+class _Slice:
+    lo: int
+    hi: int
+    allot: int = 0
+    handle: asyncio.Task | None = None
+
+
+@workflow.defn
+class CampaignWorkflow:
+    def __init__(self) -> None:
+        self.plan: CampaignPlan | None = None
+        self.progress: CampaignProgress | None = None
+
+    # ------------------------------------------------------------------ control
+
+    @workflow.signal
+    def pause(self) -> None:
+        if self.progress and not self.progress.cancel_requested:
+            self.progress.paused = True
+
+    @workflow.signal
+    def resume(self) -> None:
+        if self.progress:
+            self.progress.paused = False
+
+    @workflow.signal
+    def cancel(self, reason: str | None = None) -> None:
+        if self.progress:
+            self.progress.cancel_requested = True
+            self.progress.cancel_reason = reason or "cancelled by request"
+
+    @workflow.query(name="progress")
+    def progress_query(self) -> CampaignStatus:
+        plan, progress = self.plan, self.progress
+        assert plan and progress
+        phase = plan.phases[progress.phase_index].name if progress.phase_index < len(plan.phases) else None
+        return CampaignStatus(
+            workflow_id=plan.workflow_id,
+            shop_id=plan.shop_id,
+            campaign_id=plan.campaign_id,
+            kind=plan.kind,
+            phase=phase,
+            progress=progress,
+        )
+
+    # ------------------------------------------------------------------ main
+
+    @workflow.run
+    async def run(self, inp: CampaignInput) -> CampaignProgress:
+        self.plan = plan = inp.plan
+        self.progress = progress = inp.progress or CampaignProgress(started_at=workflow.now())
+        try:
+            while progress.phase_index < len(plan.phases) and not progress.cancel_requested:
+                phase = plan.phases[progress.phase_index]
+                await self._publish(progress.state if progress.runs > 1 else "scheduled")
+                if await self._run_phase(phase):
+                    return await self._continue_as_new()
+                if progress.cancel_requested:
+                    break
+                progress.phase_index += 1
+                progress.next_day = None
+                if progress.phase_index < len(plan.phases):
+                    # Phase boundary: a fresh run keeps history small (DESIGN 6).
+                    return await self._continue_as_new()
+        except asyncio.CancelledError:
+            # `temporal workflow cancel` behaves like the cancel signal, then ends as cancelled.
+            progress.cancel_requested = True
+            progress.cancel_reason = progress.cancel_reason or "workflow cancellation"
+            await self._finish()
+            raise
+        await self._finish()
+        return progress
+
+    async def _finish(self) -> None:
+        progress = self.progress
+        assert progress
+        await self._publish("cancelled" if progress.cancel_requested else "completed")
+
+    async def _continue_as_new(self) -> CampaignProgress:
+        assert self.progress
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        self.progress.runs += 1
+        workflow.continue_as_new(CampaignInput(plan=self.plan, progress=self.progress))
+
+    async def _run_phase(self, phase: PhasePlan) -> bool:
+        """Walk the phase's remaining days; True when the run should continue as new mid-phase."""
+        plan, progress = self.plan, self.progress
+        assert plan and progress
+        days = [d for d in phase.days() if progress.next_day is None or d >= progress.next_day]
+        for day in days:
+            if progress.cancel_requested:
+                return False
+            last_day = day == phase.end_date
+            win = day_window(day, phase.send_time, plan.timezone)
+            stop = await self._run_day(phase, win, last_day)
+            progress.next_day = day + timedelta(days=1)
+            if stop == A.SUPPRESS_BENEFIT:
+                # R-BEN-1: a benefit used up or expired stops the offer for the rest of the phase.
+                return False
+            if not last_day and workflow.info().is_continue_as_new_suggested():
+                return True
+        return False
+
+    async def _run_day(self, phase: PhasePlan, win: DayWindow, last_day: bool) -> str | None:
+        plan, progress = self.plan, self.progress
+        assert plan and progress
+        progress.current_day, progress.day_eligible, progress.day_done = win.day, 0, 0
+        if workflow.now() < win.send_at:
+            await self._publish("waiting")
+            workflow.set_current_details(f"{phase.name}: waiting for {win.day} send time")
+            await _wait(lambda: progress.cancel_requested, win.send_at - workflow.now())
+        if progress.cancel_requested:
+            return None
+        stop_reason: str | None = None
+        if workflow.now() >= win.close_at:
+            # Started late or the worker was away all day: no stale sends (DESIGN 5).
+            stop_reason = "window_missed"
+        else:
+            refresh = await workflow.execute_activity_method(
+                AudienceActivities.refresh_audience,
+                RefreshAudienceInput(
+                    campaign_db_id=plan.campaign_db_id,
+                    shop_id=plan.shop_id,
+                    kind=plan.kind,
+                    phase_index=progress.phase_index,
+                    audience=phase.audience,
+                    channel=phase.channel,
+                    day=win.day,
+                    snapshot_at=win.snapshot_at,
+                    campaign_started_at=progress.started_at,
+                ),
+                summary=f"audience {phase.audience} {win.day}",
+                **_SHORT,
+            )
+            progress.day_eligible = refresh.eligible
+            # R-OC-4 bounds the task's audience: today's eligible plus whom this phase already
+            # reached, so a multi-day task's leftover under 100 still goes out.
+            if refresh.eligible + refresh.excluded.get("already_reached", 0) < phase.min_audience:
+                stop_reason = "audience_below_minimum"  # R-OC-4
+            elif refresh.eligible:
+                stop_reason = await self._send_day(phase, win, refresh.eligible)
+                # Deliveries whose provider answer was lost are settled by reference, never resent.
+                await workflow.execute_activity_method(
+                    SendActivities.reconcile_pending,
+                    ReconcileInput(
+                        campaign_db_id=plan.campaign_db_id,
+                        shop_id=plan.shop_id,
+                        channel=phase.channel,
+                        template_cap=phase.template_cap,
+                        coupon_id=phase.coupon_id,
+                    ),
+                    summary="reconcile",
+                    **_SHORT,
+                )
+        if progress.cancel_requested:
+            await self._close_day(phase, win.day, A.NOT_SENT_CANCELLED)
+        elif stop_reason == A.SUPPRESS_BENEFIT:
+            await self._close_day(phase, win.day, A.SUPPRESS_BENEFIT)
+        elif last_day and stop_reason:
+            await self._close_day(phase, win.day, _phase_end_reason(stop_reason))
+        report = await workflow.execute_activity_method(
+            ReportActivities.day_report,
+            DayReportInput(
+                campaign_db_id=plan.campaign_db_id, phase_index=progress.phase_index, phase_name=phase.name, day=win.day
+            ),
+            summary=f"report {win.day}",
+            **_SHORT,
+        )
+        if stop_reason:
+            report.counts[f"stopped:{stop_reason}"] = 1
+        progress.last_report = report.counts
+        totals = progress.totals.setdefault(phase.name, {})
+        for key in ("sent", "suppressed", "failed", "unknown", "not_sent", "reserved"):
+            totals[key] = totals.get(key, 0) + report.counts.get(key, 0)
+        totals["days"] = totals.get("days", 0) + 1
+        return stop_reason
+
+    async def _close_day(self, phase: PhasePlan, day: date, reason: str) -> None:
+        plan, progress = self.plan, self.progress
+        assert plan and progress
+        await workflow.execute_activity_method(
+            ReportActivities.close_day,
+            CloseDayInput(
+                campaign_db_id=plan.campaign_db_id,
+                phase_index=progress.phase_index,
+                day=day,
+                channel=phase.channel,
+                shop_id=plan.shop_id,
+                template_group=phase.template_cap.group if phase.template_cap else "",
+                decided_at=workflow.now(),
+                reason=reason,
+            ),
+            summary=f"close {day}: {reason}",
+            **_SHORT,
+        )
+
+    # ------------------------------------------------------------------ sending
+
+    async def _send_day(self, phase: PhasePlan, win: DayWindow, eligible: int) -> str | None:
+        """Send slices of [0, eligible) until done; returns why it stopped early, or None."""
+        plan, progress = self.plan, self.progress
+        assert plan and progress
+        tuning = plan.tuning
+        slice_size = tuning.slice_size
+        if phase.pacing_per_hour:
+            # Paced sends go in five-minute slices so the window closes between them, not inside one.
+            slice_size = max(1, min(slice_size, phase.pacing_per_hour // 12))
+        pending = deque(_Slice(lo, min(lo + slice_size, eligible)) for lo in range(0, eligible, slice_size))
+        running: list[_Slice] = []
+        unallotted = phase.daily_cap or _UNLIMITED
+        next_launch: datetime = workflow.now()
+        stop: str | None = None
+        await self._publish("sending")
+
+        def control_stop() -> str | None:
+            if progress.cancel_requested:
+                return "cancelled"
+            if progress.paused:
+                return "paused"
+            if workflow.now() >= win.close_at:
+                return "window_closed"
+            return None
+
+        while pending or running:
+            stop = control_stop() or stop
+            if stop is None:
+                while pending and len(running) < tuning.concurrency and unallotted > 0:
+                    if workflow.now() < next_launch:
+                        break
+                    s = pending.popleft()
+                    s.allot = min(s.hi - s.lo, unallotted)
+                    unallotted -= s.allot
+                    s.handle = self._start_slice(phase, win, s)
+                    running.append(s)
+                    if phase.pacing_per_hour:
+                        next_launch = workflow.now() + timedelta(hours=(s.hi - s.lo) / phase.pacing_per_hour)
+            if not running:
+                if stop == "paused":
+                    if await self._wait_while_paused(win):
+                        stop = None
+                        continue
+                    stop = control_stop() or "window_closed"
+                if stop or not pending or unallotted <= 0:
+                    break
+            wake_at = min(win.close_at, next_launch) if pending and next_launch > workflow.now() else win.close_at
+            await _wait(
+                lambda: any(s.handle.done() for s in running) or control_stop() is not None,
+                max(wake_at - workflow.now(), timedelta(seconds=1)),
+            )
+            if control_stop() is not None:
+                for s in running:
+                    s.handle.cancel()
+                await asyncio.gather(*(s.handle for s in running), return_exceptions=True)
+            for s in [s for s in running if s.handle.done()]:
+                running.remove(s)
+                unallotted, reason = self._settle(s, pending, unallotted)
+                stop = stop or reason
+            workflow.set_current_details(
+                f"{phase.name} {win.day}: {progress.day_done:,}/{eligible:,} decided, state {progress.state}"
+            )
+        if stop is None and pending:
+            stop = "daily_cap"
+        if stop in ("paused", None) and workflow.now() >= win.close_at and pending:
+            stop = "window_closed"
+        return stop
+
+    def _settle(self, s: _Slice, pending: deque, unallotted: int) -> tuple[int, str | None]:
+        """Account a finished slice; its unsent rest goes back to the front of the queue."""
+        try:
+            res: SendSliceResult = s.handle.result()
+        except (ActivityError, asyncio.CancelledError):
+            # Outcome unknown (cancelled while retrying): the whole range runs again, and the
+            # re-run finds its committed rows in the ledger, so nothing is sent or counted twice.
+            pending.appendleft(_Slice(s.lo, s.hi))
+            return unallotted + s.allot, None
+        self.progress.day_done += res.next_seq - s.lo
+        if res.next_seq < s.hi:
+            pending.appendleft(_Slice(res.next_seq, s.hi))
+        stop = res.stopped_reason if res.stopped_reason in ("window_closed", A.SUPPRESS_BENEFIT) else None
+        return unallotted + max(0, s.allot - res.reserved), stop
+
+    def _start_slice(self, phase: PhasePlan, win: DayWindow, s: _Slice) -> asyncio.Task:
+        plan, progress = self.plan, self.progress
+        tuning = plan.tuning
+        return workflow.start_activity_method(
+            SendActivities.send_slice,
+            SendSliceInput(
+                campaign_db_id=plan.campaign_db_id,
+                shop_id=plan.shop_id,
+                phase_index=progress.phase_index,
+                day=win.day,
+                channel=phase.channel,
+                template_cap=phase.template_cap,
+                text=phase.text,
+                title=phase.title,
+                coupon_id=phase.coupon_id,
+                seq_lo=s.lo,
+                seq_hi=s.hi,
+                budget=s.allot,
+                decided_at=workflow.now(),
+                window_end=win.close_at,
+                chunk_size=tuning.chunk_size,
+            ),
+            start_to_close_timeout=timedelta(hours=2),
+            heartbeat_timeout=timedelta(seconds=tuning.heartbeat_timeout_s),
+            retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            summary=f"send {win.day} [{s.lo}, {s.hi})",
+        )
+
+    async def _wait_while_paused(self, win: DayWindow) -> bool:
+        """Hold while paused; True when resumed inside today's window."""
+        progress = self.progress
+        await self._publish("paused")
+        workflow.set_current_details("paused")
+        await _wait(lambda: not progress.paused or progress.cancel_requested, win.close_at - workflow.now())
+        if not progress.paused and not progress.cancel_requested and workflow.now() < win.close_at:
+            await self._publish("sending")
+            return True
+        return False
+
+    async def _publish(self, state: str) -> None:
+        """Keep search attributes and the campaigns row current (Temporal UI, GET /campaigns)."""
+        plan, progress = self.plan, self.progress
+        assert plan and progress
+        phase = plan.phases[min(progress.phase_index, len(plan.phases) - 1)].name
+        first = not getattr(self, "_published", False)
+        if not first and state == progress.state and phase == getattr(self, "_published_phase", None):
+            return
+        self._published, self._published_phase = True, phase
+        progress.state = state
+        workflow.upsert_search_attributes(
+            [SA.CAMPAIGN_STATE.value_set(state), SA.CAMPAIGN_PHASE.value_set(phase)]
+        )
+        await workflow.execute_activity_method(
+            ReportActivities.set_campaign_state,
+            CampaignStateInput(campaign_db_id=plan.campaign_db_id, state=state),
+            summary=f"state {state}",
+            **_SHORT,
+        )
+
+
+async def _wait(condition, timeout: timedelta) -> bool:
+    """A durable wait for `condition`, at most `timeout`; True when the condition came true."""
+    if timeout <= timedelta(0):
+        return bool(condition())
+    try:
+        await workflow.wait_condition(condition, timeout=timeout)
+        return True
+    except TimeoutError:
+        return False
+
+
+def _phase_end_reason(stop: str) -> str:
+    return {
+        "window_closed": A.NOT_SENT_WINDOW,
+        "window_missed": "window_missed_phase_ended",
+        "daily_cap": "daily_cap_phase_ended",
+        "audience_below_minimum": "audience_below_minimum",
+    }.get(stop, f"{stop}_phase_ended")
