@@ -57,7 +57,9 @@ async def test_fifty_campaigns_twenty_shops_caps_and_coupons_exact(clean_db, ts_
         started = await asyncio.gather(*(
             start_campaign(pool, ts_env.client, spec, task_queue=settings.task_queue, now=now, tuning=tuning)
             for spec in specs))
-        results = await asyncio.gather(*(h.result() for _, h in started))
+        # One result at a time: each wait unlocks the test server's clock. Fifty waits at once
+        # (asyncio.gather) left the clock still here and the test hung with every campaign waiting.
+        results = [await h.result() for _, h in started]
     assert {r.state for r in results} == {"completed"}
 
     await assert_fatigue_matches_ledger(pool)
