@@ -49,7 +49,18 @@ class Channel(Protocol):
         ...
 
 
-class OutboxChannel:
+class InDatabaseChannel:
+    """A channel whose provider inbox is the `outbox` table of sluice's own database.
+
+    The send path writes the hand-off in the ledger's own transaction (the
+    delivery commits `sent` together with its outbox row) instead of committing
+    `reserved` and calling send() after the commit: one transaction per chunk
+    instead of three, and the ledger still never holds a send that did not
+    happen. send() and reconcile() remain for deliveries reserved otherwise.
+    """
+
+
+class OutboxChannel(InDatabaseChannel):
     """Writes messages to the `outbox` table, which a dispatcher drains.
 
     The provider reference is the outbox row id; the unique delivery key
@@ -90,7 +101,6 @@ class OutboxChannel:
         )
         return [Outcome(r["consumer_id"], "sent", f"outbox:{r['id']}") for r in rows]
 
-
     async def reconcile(self, messages: list[Outbound]) -> list[Outcome]:
         if not messages:
             return []
@@ -107,6 +117,9 @@ class OutboxChannel:
         return [Outcome(r["consumer_id"], "sent", f"outbox:{r['id']}") for r in rows]
 
 
+CHANNELS = ("chat", "sms", "email", "inbox")
+
+
 class ChannelRegistry:
     def __init__(self, channels: dict[str, Channel]):
         self._channels = channels
@@ -119,4 +132,25 @@ class ChannelRegistry:
 
     @classmethod
     def outbox_for_all(cls, pool: asyncpg.Pool) -> ChannelRegistry:
-        return cls({name: OutboxChannel(pool, name) for name in ("chat", "sms", "email", "inbox")})
+        return cls({name: OutboxChannel(pool, name) for name in CHANNELS})
+
+    @classmethod
+    def from_settings(cls, pool: asyncpg.Pool, settings) -> ChannelRegistry:
+        """The outbox for every channel, except those SLUICE_GATEWAY_CHANNELS hands to the gateway."""
+        registry = cls.outbox_for_all(pool)
+        if settings.gateway_url:
+            from activities.http_channel import HttpGatewayChannel
+
+            for name in (n.strip() for n in settings.gateway_channels.split(",") if n.strip()):
+                if name not in CHANNELS:
+                    raise ValueError(f"SLUICE_GATEWAY_CHANNELS: unknown channel {name!r} (one of {', '.join(CHANNELS)})")
+                registry._channels[name] = HttpGatewayChannel(
+                    name, settings.gateway_url, timeout_s=settings.gateway_timeout_s
+                )
+        return registry
+
+    async def aclose(self) -> None:
+        for channel in self._channels.values():
+            close = getattr(channel, "aclose", None)
+            if close:
+                await close()

@@ -27,7 +27,7 @@ import asyncpg
 from temporalio import activity
 
 from activities.audience import CHANNEL_ADDRESS, CHANNEL_COLUMNS
-from activities.channels import ChannelRegistry, Outbound, Outcome
+from activities.channels import ChannelRegistry, InDatabaseChannel, Outbound, Outcome
 from activities.context import bind_activity_context
 from schemas import activities as A
 from schemas import rules
@@ -57,7 +57,13 @@ class ChunkOutcome:
     # Reserved by an earlier attempt whose provider answer was lost: ask the provider first.
     to_reconcile: list[Outbound] = field(default_factory=list)
     already_sent: int = 0
+    # Committed `sent` with their outbox rows in the reservation's own transaction.
+    handed_off: int = 0
     suppressed: Counter = field(default_factory=Counter)
+
+
+def _body(inp: SendSliceInput) -> str:
+    return f"{inp.title}\n{inp.text}" if inp.title else inp.text
 
 
 def _chunk_sql(channel: str) -> str:
@@ -77,51 +83,94 @@ def _chunk_sql(channel: str) -> str:
     """
 
 
-_LOCK_GLOBAL = """
-    INSERT INTO fatigue_day (consumer_id, day)
-    SELECT id, $2 FROM unnest($1::bigint[]) AS u(id)
-    ON CONFLICT (consumer_id, day) DO UPDATE SET sent = fatigue_day.sent
-    RETURNING consumer_id, sent, shops
+# The consumer's mutex: lock each live consumer's fatigue_day row, in consumer order (racing
+# campaigns never deadlock). ON CONFLICT DO UPDATE ... WHERE false locks an existing row without
+# writing a version of it; a missing row is inserted holding the tentative send, so a consumer's
+# first message of the day writes that row once. RETURNING names only the rows inserted now.
+_LOCK = """
+    INSERT INTO fatigue_day AS f (consumer_id, day, sent, shops)
+    SELECT id, $2, 1, 1 FROM unnest($1::bigint[]) AS u(id)
+    ON CONFLICT (consumer_id, day) DO UPDATE SET sent = f.sent WHERE false
+    RETURNING consumer_id
 """
-# The cap reads and the global bump probe the primary key once per consumer of the
-# chunk. As joins, today's counter rows (newer than the statistics) were estimated
-# at one row and scanned whole for every chunk (PERF pitfall 2): 0.33 s per
-# 200-recipient chunk at 20,000 counter rows, growing with the day.
-_READ_SHOP_DAY = """
-    SELECT u.id, coalesce((SELECT f.sent FROM fatigue_shop_day f
-                           WHERE f.consumer_id = u.id AND f.shop_id = $2 AND f.day = $3), 0)
+# Every cap in one statement, after the locks are held (a fresh snapshot: PERF pitfall 1). Each
+# probes a primary key per consumer of the chunk: as joins, today's counter rows (newer than the
+# statistics) were estimated at one row and scanned whole for every chunk (PERF pitfall 2).
+_CAPS = """
+    SELECT u.id,
+           coalesce((SELECT f.sent FROM fatigue_day f WHERE f.consumer_id = u.id AND f.day = $3), 0) AS day_sent,
+           coalesce((SELECT f.shops FROM fatigue_day f WHERE f.consumer_id = u.id AND f.day = $3), 0) AS day_shops,
+           coalesce((SELECT f.sent FROM fatigue_shop_day f
+                     WHERE f.consumer_id = u.id AND f.shop_id = $2 AND f.day = $3), 0) AS shop_sent,
+           coalesce((SELECT sum(f.sent)::int FROM fatigue_template f
+                     WHERE f.consumer_id = u.id AND f.shop_id = $2 AND f.template_group = $4
+                       AND f.day > $3::date - $5::int AND f.day <= $3::date), 0) AS template_sent
     FROM unnest($1::bigint[]) AS u(id)
 """
-_READ_TEMPLATE = """
-    SELECT u.id, coalesce((SELECT sum(f.sent)::int FROM fatigue_template f
-                           WHERE f.consumer_id = u.id AND f.shop_id = $2 AND f.template_group = $3
-                             AND f.day > $4::date - $5::int AND f.day <= $4::date), 0)
-    FROM unnest($1::bigint[]) AS u(id)
+
+
+def _write_sql(handoff: bool) -> str:
+    """The chunk's ledger rows and counter bumps in one statement.
+
+    The bumps are driven by the ledger rows this statement actually inserted: a racing
+    duplicate attempt of the same chunk inserts none, so it bumps none. With `handoff`
+    (a channel whose inbox is the outbox table of this database) the live rows are
+    inserted `sent`, and their outbox rows in the same statement: the delivery and its
+    hand-off commit together, and a dispatcher only ever sees committed rows.
+
+    $1 campaign, $2 phase, $3 day, $4 channel, $5 shop, $6 template group, $7 fatigue day,
+    $8 decided_at, $9 ids, $10 states, $11 reasons, $12 new_shop, $13 fresh,
+    [$14 addresses, $15 body].
+    """
+    live_state = "sent" if handoff else "reserved"
+    ref = "CASE WHEN u.state = 'sent' THEN 'outbox:' || nextval('outbox_id_seq') END" if handoff else "NULL"
+    cols = ", $14::text[]" if handoff else ""
+    alias = ", address" if handoff else ""
+    outbox = (
+        """, o AS (
+        INSERT INTO outbox (id, campaign_id, phase, day, channel, consumer_id, address, body)
+        SELECT substr(d.provider_ref, 8)::bigint, $1, $2, $3, $4, d.consumer_id, u.address, $15
+        FROM d JOIN u ON u.id = d.consumer_id WHERE d.state = 'sent'
+    )"""
+        if handoff
+        else ""
+    )
+    return f"""
+    WITH u AS (
+        SELECT * FROM unnest($9::bigint[], $10::text[], $11::text[], $12::int[], $13::bool[]{cols})
+                 AS u(id, state, reason, new_shop, fresh{alias})
+    ), d AS (
+        INSERT INTO deliveries (campaign_id, phase, consumer_id, day, channel, shop_id, template_group,
+                                fatigue_day, state, reason, provider_ref, decided_at)
+        SELECT $1, $2, u.id, $3, $4, $5, $6, $7, u.state, u.reason, {ref}, $8
+        FROM u
+        ON CONFLICT DO NOTHING
+        RETURNING consumer_id, state, provider_ref
+    ){outbox}, g AS (
+        -- an existing row: one more send; a fresh row already holds this one
+        UPDATE fatigue_day f SET sent = f.sent + 1, shops = f.shops + u.new_shop
+        FROM d JOIN u ON u.id = d.consumer_id
+        WHERE d.state = '{live_state}' AND NOT u.fresh AND f.consumer_id = d.consumer_id AND f.day = $7
+    ), gz AS (
+        -- a fresh row whose consumer got no message after all gives its tentative send back
+        UPDATE fatigue_day f SET sent = f.sent - 1, shops = f.shops - 1
+        FROM u WHERE u.fresh AND f.consumer_id = u.id AND f.day = $7
+          AND NOT EXISTS (SELECT 1 FROM d WHERE d.consumer_id = u.id AND d.state = '{live_state}')
+    ), s AS (
+        INSERT INTO fatigue_shop_day AS f (consumer_id, shop_id, day, sent)
+        SELECT d.consumer_id, $5, $7, 1 FROM d WHERE d.state = '{live_state}'
+        ON CONFLICT (consumer_id, shop_id, day) DO UPDATE SET sent = f.sent + 1
+    ), t AS (
+        INSERT INTO fatigue_template AS f (consumer_id, shop_id, template_group, day, sent)
+        SELECT d.consumer_id, $5, $6, $7, 1 FROM d WHERE d.state = '{live_state}' AND $6 <> ''
+        ON CONFLICT (consumer_id, shop_id, template_group, day) DO UPDATE SET sent = f.sent + 1
+    )
+    SELECT d.consumer_id, d.state FROM d
 """
-_INSERT_DELIVERIES = """
-    INSERT INTO deliveries (campaign_id, phase, consumer_id, day, channel, shop_id, template_group,
-                            fatigue_day, state, reason, decided_at)
-    SELECT $1, $2, u.id, $3, $4, $5, $6, $7, u.state, u.reason, $8
-    FROM unnest($9::bigint[], $10::text[], $11::text[]) AS u(id, state, reason)
-    ON CONFLICT DO NOTHING
-    RETURNING consumer_id, state
-"""
-_BUMP_GLOBAL = """
-    INSERT INTO fatigue_day (consumer_id, day, sent, shops)
-    SELECT u.id, $3, 1, u.new_shop FROM unnest($1::bigint[], $2::int[]) AS u(id, new_shop)
-    ON CONFLICT (consumer_id, day) DO UPDATE
-    SET sent = fatigue_day.sent + 1, shops = fatigue_day.shops + EXCLUDED.shops
-"""
-_BUMP_SHOP_DAY = """
-    INSERT INTO fatigue_shop_day (consumer_id, shop_id, day, sent)
-    SELECT id, $2, $3, 1 FROM unnest($1::bigint[]) AS u(id)
-    ON CONFLICT (consumer_id, shop_id, day) DO UPDATE SET sent = fatigue_shop_day.sent + 1
-"""
-_BUMP_TEMPLATE = """
-    INSERT INTO fatigue_template (consumer_id, shop_id, template_group, day, sent)
-    SELECT id, $2, $3, $4, 1 FROM unnest($1::bigint[]) AS u(id)
-    ON CONFLICT (consumer_id, shop_id, template_group, day) DO UPDATE SET sent = fatigue_template.sent + 1
-"""
+
+
+_WRITE_RESERVED = _write_sql(handoff=False)
+_WRITE_HANDED_OFF = _write_sql(handoff=True)
 _RECORD_OUTCOMES = """
     UPDATE deliveries d SET state = u.state, provider_ref = u.ref, reason = u.reason, updated_at = now()
     FROM unnest($6::bigint[], $7::text[], $8::text[], $9::text[]) AS u(id, state, ref, reason)
@@ -191,7 +240,8 @@ class SendActivities:
 
     async def _run_chunk(self, inp: SendSliceInput, result: SendSliceResult, channel, fatigue_day: date) -> None:
         hi = min(result.next_seq + inp.chunk_size, inp.seq_hi)
-        chunk = await self._reserve(inp, result.next_seq, hi, inp.budget - result.reserved, fatigue_day)
+        handoff = channel if isinstance(channel, InDatabaseChannel) else None
+        chunk = await self._reserve(inp, result.next_seq, hi, inp.budget - result.reserved, fatigue_day, handoff)
         outcomes = await dispatch(channel, chunk.to_send, chunk.to_reconcile)
         await self._record(
             LedgerDay(inp.campaign_db_id, inp.phase_index, inp.day, inp.channel.value, inp.shop_id, fatigue_day,
@@ -199,10 +249,10 @@ class SendActivities:
             outcomes,
         )
         result.next_seq = chunk.next_seq
-        result.reserved += len(chunk.to_send) + len(chunk.to_reconcile) + chunk.already_sent
+        result.reserved += len(chunk.to_send) + len(chunk.to_reconcile) + chunk.already_sent + chunk.handed_off
         for o in outcomes:
             setattr(result, o.state, getattr(result, o.state) + 1)
-        result.sent += chunk.already_sent
+        result.sent += chunk.already_sent + chunk.handed_off
         for reason, n in chunk.suppressed.items():
             result.suppressed[reason] = result.suppressed.get(reason, 0) + n
 
@@ -278,7 +328,14 @@ class SendActivities:
             )
         )
 
-    async def _reserve(self, inp: SendSliceInput, lo: int, hi: int, budget: int, fday: date) -> ChunkOutcome:
+    async def _reserve(
+        self, inp: SendSliceInput, lo: int, hi: int, budget: int, fday: date, handoff: InDatabaseChannel | None = None
+    ) -> ChunkOutcome:
+        """Decide the chunk [lo, hi) in one transaction: exclusions, caps, ledger rows, counters.
+
+        Without `handoff` the live rows are committed `reserved` and returned in `to_send`
+        for the channel; with it they are committed `sent` together with their outbox rows.
+        """
         ch = inp.channel.value
         cap = inp.template_cap
         async with self.pool.acquire() as conn, conn.transaction():
@@ -286,92 +343,85 @@ class SendActivities:
                 _chunk_sql(ch), inp.campaign_db_id, inp.phase_index, inp.day, inp.shop_id, lo, hi, ch
             )
             out = ChunkOutcome(next_seq=hi)
-            candidates: list[tuple[int, str | None]] = []
+            decisions: dict[int, str | None] = {}
             addresses: dict[int, str] = {}
             # Budget (R-PH-7) counts every delivery this slice stands behind: new
             # candidates, reservations to finish and sends already made.
             committed = 0
             for r in rows:
                 prior = r["prior"]
-                live = prior in ("reserved", "unknown", "sent") or (prior is None and _exclusion(r) is None)
+                reason = _exclusion(r) if prior is None else None
+                live = prior in ("reserved", "unknown", "sent") or (prior is None and reason is None)
                 if live and committed >= budget:
                     out.next_seq = r["seq"]
                     break
-                if prior is not None:
-                    # Decided by an earlier attempt of this chunk: finish its work, decide nothing anew.
-                    if prior in _LIVE_STATES:
-                        out.to_reconcile.append(self._outbound(inp, r["consumer_id"], r["address"]))
-                    elif prior == "sent":
-                        out.already_sent += 1
-                    else:
-                        out.suppressed["already_decided"] += 1
-                    committed += live
-                    continue
-                candidates.append((r["consumer_id"], _exclusion(r)))
-                addresses[r["consumer_id"]] = r["address"]
                 committed += live
-            if not candidates:
+                if prior is None:
+                    decisions[r["consumer_id"]] = reason
+                    addresses[r["consumer_id"]] = r["address"]
+                # Decided by an earlier attempt of this chunk: finish its work, decide nothing anew.
+                elif prior in _LIVE_STATES:
+                    out.to_reconcile.append(self._outbound(inp, r["consumer_id"], r["address"]))
+                elif prior == "sent":
+                    out.already_sent += 1
+                else:
+                    out.suppressed["already_decided"] += 1
+            if not decisions:
                 return out
 
             # Lock order: ascending consumer id, the same in every transaction.
-            candidates.sort()
-            ids = [c for c, _ in candidates]
-            live = [c for c, reason in candidates if reason is None]
-            global_rows = await conn.fetch(_LOCK_GLOBAL, live, fday) if live else []
-            shop_day = dict(await conn.fetch(_READ_SHOP_DAY, live, inp.shop_id, fday)) if live else {}
-            template = (
-                dict(await conn.fetch(_READ_TEMPLATE, live, inp.shop_id, cap.group, fday, cap.days))
-                if live and cap
-                else {}
-            )
-            decisions: dict[int, str | None] = dict(candidates)
+            ids = sorted(decisions)
+            live = [c for c in ids if decisions[c] is None]
+            fresh: set[int] = set()
             new_shop: dict[int, int] = {}
-            for g in global_rows:
-                cid = g["consumer_id"]
-                shop_sent = shop_day.get(cid, 0)
-                if g["sent"] >= rules.GLOBAL_DAY_MAX:
-                    decisions[cid] = A.SUPPRESS_GLOBAL_DAY
-                elif shop_sent >= rules.SHOP_DAY_MAX:
-                    decisions[cid] = A.SUPPRESS_SHOP_DAY
-                elif shop_sent == 0 and g["shops"] >= rules.GLOBAL_SHOPS_MAX:
-                    decisions[cid] = A.SUPPRESS_GLOBAL_SHOPS
-                elif cap and template.get(cid, 0) >= cap.count:
-                    decisions[cid] = A.SUPPRESS_TEMPLATE
-                else:
-                    new_shop[cid] = 1 if shop_sent == 0 else 0
+            if live:
+                fresh = {r["consumer_id"] for r in await conn.fetch(_LOCK, live, fday)}
+                caps = await conn.fetch(_CAPS, live, inp.shop_id, fday, cap.group if cap else "", cap.days if cap else 1)
+                for c in caps:
+                    cid, shop_sent = c["id"], c["shop_sent"]
+                    # A row inserted just now holds this tentative send: nothing went out today before it.
+                    sent, shops = (0, 0) if cid in fresh else (c["day_sent"], c["day_shops"])
+                    if sent >= rules.GLOBAL_DAY_MAX:
+                        decisions[cid] = A.SUPPRESS_GLOBAL_DAY
+                    elif shop_sent >= rules.SHOP_DAY_MAX:
+                        decisions[cid] = A.SUPPRESS_SHOP_DAY
+                    elif shop_sent == 0 and shops >= rules.GLOBAL_SHOPS_MAX:
+                        decisions[cid] = A.SUPPRESS_GLOBAL_SHOPS
+                    elif cap and c["template_sent"] >= cap.count:
+                        decisions[cid] = A.SUPPRESS_TEMPLATE
+                    else:
+                        new_shop[cid] = 1 if shop_sent == 0 else 0
             if inp.coupon_id:
                 await self._grant_coupons(conn, inp, [c for c in ids if decisions[c] is None], decisions)
 
-            inserted = await conn.fetch(
-                _INSERT_DELIVERIES,
-                inp.campaign_db_id,
-                inp.phase_index,
-                inp.day,
-                ch,
-                inp.shop_id,
-                cap.group if cap else "",
-                fday,
-                inp.decided_at,
-                ids,
-                ["reserved" if decisions[c] is None else "suppressed" for c in ids],
+            live_state = "sent" if handoff else "reserved"
+            args = [
+                inp.campaign_db_id, inp.phase_index, inp.day, ch, inp.shop_id, cap.group if cap else "", fday,
+                inp.decided_at, ids,
+                [live_state if decisions[c] is None else "suppressed" for c in ids],
                 [decisions[c] for c in ids],
-            )
+                [new_shop.get(c, 0) if decisions[c] is None else 0 for c in ids],
+                [c in fresh for c in ids],
+            ]  # fmt: skip
+            if handoff:
+                args += [[addresses[c] for c in ids], _body(inp)]
+            written = await conn.fetch(_WRITE_HANDED_OFF if handoff else _WRITE_RESERVED, *args)
             # Only rows this transaction inserted count: a racing duplicate attempt
             # of the same chunk finds them taken and leaves them to their owner.
-            reserved = sorted(r["consumer_id"] for r in inserted if r["state"] == "reserved")
-            for r in inserted:
-                if r["state"] == "suppressed":
-                    out.suppressed[decisions[r["consumer_id"]]] += 1
-            if reserved:
-                await conn.execute(_BUMP_GLOBAL, reserved, [new_shop[c] for c in reserved], fday)
-                await conn.execute(_BUMP_SHOP_DAY, reserved, inp.shop_id, fday)
-                if cap:
-                    await conn.execute(_BUMP_TEMPLATE, reserved, inp.shop_id, cap.group, fday)
-                if inp.coupon_id:
-                    await conn.execute(
-                        "UPDATE coupons SET stock = stock - $2 WHERE coupon_id = $1", inp.coupon_id, len(reserved)
-                    )
-            out.to_send.extend(self._outbound(inp, c, addresses[c]) for c in reserved)
+            live_now = []
+            for w in written:
+                if w["state"] == "suppressed":
+                    out.suppressed[decisions[w["consumer_id"]]] += 1
+                else:
+                    live_now.append(w["consumer_id"])
+            if live_now and inp.coupon_id:
+                await conn.execute(
+                    "UPDATE coupons SET stock = stock - $2 WHERE coupon_id = $1", inp.coupon_id, len(live_now)
+                )
+            if handoff:
+                out.handed_off = len(live_now)
+            else:
+                out.to_send.extend(self._outbound(inp, c, addresses[c]) for c in sorted(live_now))
         return out
 
     @staticmethod
@@ -391,7 +441,6 @@ class SendActivities:
 
     @staticmethod
     def _outbound(inp: SendSliceInput, consumer_id: int, address: str) -> Outbound:
-        body = f"{inp.title}\n{inp.text}" if inp.title else inp.text
         return Outbound(
             campaign_id=inp.campaign_db_id,
             phase=inp.phase_index,
@@ -399,7 +448,7 @@ class SendActivities:
             day=inp.day,
             channel=inp.channel.value,
             address=address,
-            body=body,
+            body=_body(inp),
         )
 
     async def _record(self, key: LedgerDay, outcomes: list[Outcome]) -> None:

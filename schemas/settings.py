@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     # How long a workflow waits for its crashed worker's sticky queue before any worker takes it.
     sticky_timeout_s: float = Field(default=5.0, gt=0, alias="SLUICE_STICKY_TIMEOUT_S")
     log_level: str = Field(default="INFO", alias="SLUICE_LOG_LEVEL")
+    # An HTTP messaging gateway (activities/http_channel.py) for the channels it names; the
+    # others write to the outbox table. Unset: every channel is the outbox.
+    gateway_url: str | None = Field(default=None, alias="SLUICE_GATEWAY_URL")
+    gateway_channels: str = Field(default="sms", alias="SLUICE_GATEWAY_CHANNELS")
+    gateway_timeout_s: float = Field(default=5.0, gt=0, alias="SLUICE_GATEWAY_TIMEOUT_S")
 
     @property
     def temporal_ui_base(self) -> str:

@@ -4,9 +4,14 @@ The worker runs as its own process (`python -m workers.worker`) against the
 Temporal dev server and a real Postgres. While a K-OLDCUST campaign sends to
 20,000 old customers, the worker is SIGKILLed several times at different
 points of the send and a fresh process is started each time. Afterwards SQL
-checks the ledger: each snapshot recipient decided exactly once, one outbox
-row per sent delivery, no reservation left behind, fatigue counters equal to
-the ledger, no cap exceeded.
+checks the ledger: each snapshot recipient decided exactly once, no
+reservation left behind, fatigue counters equal to the ledger, no cap
+exceeded; and the provider holds exactly one message per sent delivery.
+
+Two providers: the outbox table (the hand-off commits with the ledger row, so
+no kill can fall between them) and an HTTP gateway on loopback (the ledger
+commits `reserved` first, then the gateway is called: kills fall between the
+two, and the retry reconciles by reference instead of resending).
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ import pytest
 from api.service import start_campaign
 from schemas import rules
 from schemas.campaign import OldCustomerSpec
+from schemas.campaign import Channel
 from tests.factories import add_customers, make_shop
+from tests.gateway import Gateway
 from tests.ledger_checks import assert_fatigue_matches_ledger, assert_ledger_exact, ledger_counts
 from workflows.calendar import local_day, platform_day, zone
 
@@ -113,7 +120,8 @@ def worker_env(db_dsn: str, temporal, queue: str) -> dict[str, str]:
     return env
 
 
-async def test_worker_sigkill_mid_send_keeps_ledger_exact(clean_db, dev_env, db_dsn, tmp_path):
+@pytest.mark.parametrize("provider", ["outbox", "gateway"])
+async def test_worker_sigkill_mid_send_keeps_ledger_exact(clean_db, dev_env, db_dsn, tmp_path, provider):
     pool = clean_db
     n_customers, n_blacklisted, n_capped, kills = 20_000, 200, 300, 3
     now = datetime.now(UTC)
@@ -137,11 +145,16 @@ async def test_worker_sigkill_mid_send_keeps_ledger_exact(clean_db, dev_env, db_
 
     queue = f"crash-{uuid.uuid4().hex[:8]}"
     env = worker_env(db_dsn, dev_env, queue)
+    gateway = None
+    if provider == "gateway":
+        gateway = Gateway().start()
+        env |= {"SLUICE_GATEWAY_URL": gateway.url, "SLUICE_GATEWAY_CHANNELS": "sms"}
     workers = [WorkerProcess(tmp_path, "worker-0", env)]
     try:
         spec = OldCustomerSpec(
             kind="K-OLDCUST", shop_id=shop, campaign_id="crash", scene="Crash", card_text="Hello again",
             send_date=local_day(now, tz), send_time=time(8, 0),
+            channel=Channel.sms if gateway else Channel.chat,
         )
         tuning = dict(slice_size=2_000, chunk_size=200, concurrency=3, heartbeat_timeout_s=4)
         t0 = walltime.monotonic()
@@ -176,9 +189,23 @@ async def test_worker_sigkill_mid_send_keeps_ledger_exact(clean_db, dev_env, db_
     finally:
         for w in workers:
             w.stop()
+        if gateway:
+            gateway.stop()
 
     assert result.state == "completed"
-    counts = await assert_ledger_exact(pool, cid)
+    counts = await assert_ledger_exact(pool, cid, outbox=gateway is None)
+    if gateway:
+        # The provider's own count: one message per sent delivery, none to anyone else, none twice.
+        sent_phones = {
+            r["phone"]
+            for r in await pool.fetch(
+                "SELECT c.phone FROM deliveries d JOIN shop_customers c USING (shop_id, consumer_id)"
+                " WHERE d.campaign_id = $1 AND d.state = 'sent'",
+                cid,
+            )
+        }
+        assert {p: n for p, n in gateway.deliveries.items() if n != 1} == {}
+        assert set(gateway.deliveries) == sent_phones
     await assert_fatigue_matches_ledger(pool)
 
     snapshot = await pool.fetchval("SELECT count(*) FROM audience_snapshots WHERE campaign_id = $1", cid)
@@ -207,12 +234,16 @@ async def test_worker_sigkill_mid_send_keeps_ledger_exact(clean_db, dev_env, db_
         line for w in workers[1:] for line in w.lines() if line.get("msg") == "resuming slice from heartbeat"
     ]
     assert resumed, "no slice resumed from its heartbeat after a kill"
-    # At least one kill left reservations whose send had not been recorded: the crash hit the
-    # window between the reserving transaction and the outcome, and the retry finished them.
     partial = sum(a.get("reserved", 0) for a in at_kill)
-    assert partial > 0, at_kill
+    if gateway:
+        # At least one kill left reservations whose send had not been recorded: the crash hit the
+        # window between the reserving transaction and the outcome, and the retry finished them.
+        assert partial > 0, at_kill
+    else:
+        # The outbox hand-off commits with the ledger row: no kill leaves one without the other.
+        assert partial == 0, at_kill
     print(
-        f"\ncrash test: zone {tz}, {expected:,} recipients, {kills} kills, {seconds:.1f} s,"
+        f"\ncrash test ({provider}): zone {tz}, {expected:,} recipients, {kills} kills, {seconds:.1f} s,"
         f" {expected / seconds:,.0f} recipients/s; reserved-but-unsent at the kills: "
         f"{[a.get('reserved', 0) for a in at_kill]} (total {partial}); ledger at the kills: {at_kill};"
         f" slices resumed from a heartbeat: {len(resumed)}"

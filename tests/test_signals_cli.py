@@ -35,10 +35,20 @@ SLOW = dict(slice_size=1_000, chunk_size=20, concurrency=2, heartbeat_timeout_s=
 PROVIDER_DELAY_S = 0.1
 
 
-class SlowOutbox(OutboxChannel):
+class SlowProvider:
+    """A provider outside the database (so the send path commits `reserved`, then calls it)
+    that takes PROVIDER_DELAY_S per call; its inbox is the outbox table, for counting."""
+
+    def __init__(self, pool, name: str):
+        self.name = name
+        self._outbox = OutboxChannel(pool, name)
+
     async def send(self, messages):
         await asyncio.sleep(PROVIDER_DELAY_S)
-        return await super().send(messages)
+        return await self._outbox.send(messages)
+
+    async def reconcile(self, messages):
+        return await self._outbox.reconcile(messages)
 
 
 async def cli_signal(env, workflow_id: str, name: str) -> None:
@@ -88,7 +98,7 @@ def spec_for(shop: str, tz: str, now: datetime) -> OldCustomerSpec:
 
 
 def slow_worker(env, pool, queue: str):
-    channels = ChannelRegistry({name: SlowOutbox(pool, name) for name in ("chat", "sms", "email", "inbox")})
+    channels = ChannelRegistry({name: SlowProvider(pool, name) for name in ("chat", "sms", "email", "inbox")})
     return build_worker(env.client, pool, Settings(SLUICE_PLATFORM_TZ="Asia/Shanghai"), channels=channels,
                         task_queue=queue)
 

@@ -71,7 +71,8 @@ async def run_worker(settings: Settings | None = None) -> None:
         raise SystemExit("DATABASE_URL is not set; start the local stack with `sluice dev`")
     client = await connect_client(settings)
     pool = await create_pool(settings.database_url, size=settings.pool_size)
-    worker = build_worker(client, pool, settings)
+    channels = ChannelRegistry.from_settings(pool, settings)
+    worker = build_worker(client, pool, settings, channels=channels)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -80,6 +81,7 @@ async def run_worker(settings: Settings | None = None) -> None:
     async with worker:
         await stop.wait()
         log.info("worker stopping")
+    await channels.aclose()
     await pool.close()
 
 
