@@ -61,10 +61,12 @@ class InDatabaseChannel:
 
 
 class OutboxChannel(InDatabaseChannel):
-    """Writes messages to the `outbox` table, which a dispatcher drains.
+    """Writes messages to the `outbox` table, one batch row per call, which a dispatcher drains.
 
-    The provider reference is the outbox row id; the unique delivery key
-    makes a repeated offer return the existing row instead of a second one.
+    The provider reference is `outbox:<batch id>`, stored on the delivery in the
+    same statement that writes the batch. A message whose delivery already has a
+    reference (an earlier attempt handed it off) is answered with that reference
+    instead of being written again: the delivery row is the idempotency key.
     """
 
     def __init__(self, pool: asyncpg.Pool, name: str):
@@ -72,49 +74,63 @@ class OutboxChannel(InDatabaseChannel):
         self.name = name
 
     async def send(self, messages: list[Outbound]) -> list[Outcome]:
-        if not messages:
-            return []
-        m0 = messages[0]
-        rows = await self.pool.fetch(
-            """
-            WITH input AS (
-                SELECT * FROM unnest($4::bigint[], $5::text[], $6::text[]) AS t(consumer_id, address, body)
-            ), ins AS (
-                INSERT INTO outbox (campaign_id, phase, day, channel, consumer_id, address, body)
-                SELECT $1, $2, $3, $7, consumer_id, address, body FROM input
-                ON CONFLICT (campaign_id, phase, consumer_id, day, channel) DO NOTHING
-                RETURNING consumer_id, id
+        outcomes: list[Outcome] = []
+        for (campaign_id, phase, day, body), group in _batches(messages).items():
+            rows = await self.pool.fetch(
+                """
+                WITH b AS (SELECT nextval('outbox_id_seq') AS id),
+                m AS (SELECT * FROM unnest($4::bigint[], $5::text[]) AS m(consumer_id, address)),
+                claimed AS (
+                    UPDATE deliveries d SET provider_ref = 'outbox:' || (SELECT id FROM b), updated_at = now()
+                    FROM m
+                    WHERE d.campaign_id = $1 AND d.phase = $2 AND d.day = $3 AND d.channel = $6
+                      AND d.consumer_id = m.consumer_id AND d.provider_ref IS NULL
+                      AND d.state IN ('reserved', 'unknown')
+                    RETURNING d.consumer_id, m.address, d.provider_ref
+                ), batch AS (
+                    INSERT INTO outbox (id, campaign_id, phase, day, channel, body, consumer_ids, addresses)
+                    SELECT (SELECT id FROM b), $1, $2, $3, $6, $7, array_agg(consumer_id), array_agg(address)
+                    FROM claimed HAVING count(*) > 0
+                )
+                SELECT consumer_id, provider_ref FROM claimed
+                UNION ALL
+                SELECT d.consumer_id, d.provider_ref FROM deliveries d JOIN m USING (consumer_id)
+                WHERE d.campaign_id = $1 AND d.phase = $2 AND d.day = $3 AND d.channel = $6
+                  AND d.provider_ref LIKE 'outbox:%'
+                  AND NOT EXISTS (SELECT 1 FROM claimed c WHERE c.consumer_id = d.consumer_id)
+                """,
+                campaign_id,
+                phase,
+                day,
+                [m.consumer_id for m in group],
+                [m.address for m in group],
+                self.name,
+                body,
             )
-            SELECT consumer_id, id FROM ins
-            UNION ALL
-            SELECT o.consumer_id, o.id FROM outbox o JOIN input i USING (consumer_id)
-            WHERE o.campaign_id = $1 AND o.phase = $2 AND o.day = $3 AND o.channel = $7
-              AND NOT EXISTS (SELECT 1 FROM ins WHERE ins.consumer_id = o.consumer_id)
-            """,
-            m0.campaign_id,
-            m0.phase,
-            m0.day,
-            [m.consumer_id for m in messages],
-            [m.address for m in messages],
-            [m.body for m in messages],
-            self.name,
-        )
-        return [Outcome(r["consumer_id"], "sent", f"outbox:{r['id']}") for r in rows]
+            outcomes += [Outcome(r["consumer_id"], "sent", r["provider_ref"]) for r in rows]
+        return outcomes
 
     async def reconcile(self, messages: list[Outbound]) -> list[Outcome]:
-        if not messages:
-            return []
-        m0 = messages[0]
-        rows = await self.pool.fetch(
-            "SELECT consumer_id, id FROM outbox WHERE campaign_id = $1 AND phase = $2 AND day = $3"
-            " AND channel = $4 AND consumer_id = ANY($5::bigint[])",
-            m0.campaign_id,
-            m0.phase,
-            m0.day,
-            self.name,
-            [m.consumer_id for m in messages],
-        )
-        return [Outcome(r["consumer_id"], "sent", f"outbox:{r['id']}") for r in rows]
+        outcomes: list[Outcome] = []
+        for (campaign_id, phase, day, _), group in _batches(messages).items():
+            rows = await self.pool.fetch(
+                "SELECT consumer_id, provider_ref FROM deliveries WHERE campaign_id = $1 AND phase = $2"
+                " AND day = $3 AND channel = $4 AND consumer_id = ANY($5::bigint[]) AND provider_ref LIKE 'outbox:%'",
+                campaign_id,
+                phase,
+                day,
+                self.name,
+                [m.consumer_id for m in group],
+            )
+            outcomes += [Outcome(r["consumer_id"], "sent", r["provider_ref"]) for r in rows]
+        return outcomes
+
+
+def _batches(messages: list[Outbound]) -> dict[tuple, list[Outbound]]:
+    groups: dict[tuple, list[Outbound]] = {}
+    for m in messages:
+        groups.setdefault((m.campaign_id, m.phase, m.day, m.body), []).append(m)
+    return groups
 
 
 CHANNELS = ("chat", "sms", "email", "inbox")

@@ -115,28 +115,30 @@ def _write_sql(handoff: bool) -> str:
     The bumps are driven by the ledger rows this statement actually inserted: a racing
     duplicate attempt of the same chunk inserts none, so it bumps none. With `handoff`
     (a channel whose inbox is the outbox table of this database) the live rows are
-    inserted `sent`, and their outbox rows in the same statement: the delivery and its
-    hand-off commit together, and a dispatcher only ever sees committed rows.
+    inserted `sent`, and their outbox batch in the same statement: the delivery and its
+    hand-off commit together, and a dispatcher only ever sees committed batches.
 
     $1 campaign, $2 phase, $3 day, $4 channel, $5 shop, $6 template group, $7 fatigue day,
     $8 decided_at, $9 ids, $10 states, $11 reasons, $12 new_shop, $13 fresh,
     [$14 addresses, $15 body].
     """
     live_state = "sent" if handoff else "reserved"
-    ref = "CASE WHEN u.state = 'sent' THEN 'outbox:' || nextval('outbox_id_seq') END" if handoff else "NULL"
+    ref = "CASE WHEN u.state = 'sent' THEN 'outbox:' || (SELECT id FROM b) END" if handoff else "NULL"
     cols = ", $14::text[]" if handoff else ""
     alias = ", address" if handoff else ""
     outbox = (
         """, o AS (
-        INSERT INTO outbox (id, campaign_id, phase, day, channel, consumer_id, address, body)
-        SELECT substr(d.provider_ref, 8)::bigint, $1, $2, $3, $4, d.consumer_id, u.address, $15
+        INSERT INTO outbox (id, campaign_id, phase, day, channel, body, consumer_ids, addresses)
+        SELECT (SELECT id FROM b), $1, $2, $3, $4, $15, array_agg(d.consumer_id), array_agg(u.address)
         FROM d JOIN u ON u.id = d.consumer_id WHERE d.state = 'sent'
+        HAVING count(*) > 0
     )"""
         if handoff
         else ""
     )
+    batch = "b AS (SELECT nextval('outbox_id_seq') AS id), " if handoff else ""
     return f"""
-    WITH u AS (
+    WITH {batch}u AS (
         SELECT * FROM unnest($9::bigint[], $10::text[], $11::text[], $12::int[], $13::bool[]{cols})
                  AS u(id, state, reason, new_shop, fresh{alias})
     ), d AS (

@@ -382,7 +382,7 @@ async def _phase_day(dsn: str, pg: Postgres, env, cfg: BenchConfig, tz: str, now
             "SELECT eligible, matched, excluded, refreshed_at FROM audience_refreshes WHERE campaign_id = $1",
             plan.campaign_db_id,
         )
-        outbox = await pool.fetchval("SELECT count(*) FROM outbox WHERE campaign_id = $1", plan.campaign_db_id)
+        outbox = await pool.fetchval("SELECT count(*) FROM outbox_messages WHERE campaign_id = $1", plan.campaign_db_id)
         history = await _history_events(env.client, plan.workflow_id)
         statements = await _top_statements(pool) if cfg.pg_stats else None
         ledger = await _verify_ledger(pool, plan.campaign_db_id)
@@ -458,10 +458,11 @@ async def _verify_ledger(pool, campaign_db_id: int) -> dict:
         "left_reserved_or_unknown": "SELECT count(*) FROM deliveries WHERE campaign_id = $1 AND state IN ('reserved', 'unknown')",
         "sent_without_matching_outbox_row": """
             SELECT count(*) FROM deliveries d WHERE d.campaign_id = $1 AND d.state = 'sent' AND NOT EXISTS (
-                SELECT 1 FROM outbox o WHERE o.campaign_id = d.campaign_id AND o.phase = d.phase AND o.day = d.day
-                AND o.channel = d.channel AND o.consumer_id = d.consumer_id AND d.provider_ref = 'outbox:' || o.id)""",
+                SELECT 1 FROM outbox_messages o WHERE o.campaign_id = d.campaign_id AND o.phase = d.phase
+                AND o.day = d.day AND o.channel = d.channel AND o.consumer_id = d.consumer_id
+                AND d.provider_ref = 'outbox:' || o.batch_id)""",
         "outbox_rows_without_sent_delivery": """
-            SELECT count(*) FROM outbox o WHERE o.campaign_id = $1 AND NOT EXISTS (
+            SELECT count(*) FROM outbox_messages o WHERE o.campaign_id = $1 AND NOT EXISTS (
                 SELECT 1 FROM deliveries d WHERE d.campaign_id = o.campaign_id AND d.phase = o.phase AND d.day = o.day
                 AND d.channel = o.channel AND d.consumer_id = o.consumer_id AND d.state = 'sent')""",
         # the day's first campaign: every counter equals this campaign's sent deliveries

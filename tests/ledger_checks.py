@@ -46,24 +46,24 @@ async def assert_ledger_exact(pool, campaign_db_id: int, *, outbox: bool = True)
 
 
 async def _assert_outbox_matches(pool, cid: int) -> None:
-    # One outbox row per sent delivery, none for anything else.
+    # One outbox message per sent delivery, none for anything else.
     assert await pool.fetchval(
-        """SELECT count(*) FROM deliveries d WHERE d.campaign_id = $1 AND (SELECT count(*) FROM outbox o
+        """SELECT count(*) FROM deliveries d WHERE d.campaign_id = $1 AND (SELECT count(*) FROM outbox_messages o
                WHERE o.campaign_id = d.campaign_id AND o.phase = d.phase AND o.day = d.day
                AND o.channel = d.channel AND o.consumer_id = d.consumer_id) <> (d.state = 'sent')::int""",
         cid,
     ) == 0
     assert await pool.fetchval(
-        """SELECT count(*) FROM outbox o WHERE o.campaign_id = $1 AND NOT EXISTS (
+        """SELECT count(*) FROM outbox_messages o WHERE o.campaign_id = $1 AND NOT EXISTS (
                SELECT 1 FROM deliveries d WHERE d.campaign_id = o.campaign_id AND d.phase = o.phase
                AND d.day = o.day AND d.channel = o.channel AND d.consumer_id = o.consumer_id)""",
         cid,
     ) == 0
-    # The provider reference of each sent delivery is its outbox row.
+    # The provider reference of each sent delivery is its outbox batch.
     assert await pool.fetchval(
-        """SELECT count(*) FROM deliveries d JOIN outbox o ON o.campaign_id = d.campaign_id AND o.phase = d.phase
+        """SELECT count(*) FROM deliveries d JOIN outbox_messages o ON o.campaign_id = d.campaign_id AND o.phase = d.phase
                AND o.day = d.day AND o.channel = d.channel AND o.consumer_id = d.consumer_id
-           WHERE d.campaign_id = $1 AND d.provider_ref IS DISTINCT FROM 'outbox:' || o.id""",
+           WHERE d.campaign_id = $1 AND d.provider_ref IS DISTINCT FROM 'outbox:' || o.batch_id""",
         cid,
     ) == 0
 

@@ -96,7 +96,7 @@ async def test_bench_small_run_prints_writes_and_keeps_the_ledger_exact(admin_ds
                 )
                 == 0
             )
-            assert await conn.fetchval("SELECT count(*) FROM outbox WHERE campaign_id = $1", cid) == results["recipients"]
+            assert await conn.fetchval("SELECT count(*) FROM outbox_messages WHERE campaign_id = $1", cid) == results["recipients"]
             assert await conn.fetchval("SELECT count(*) FROM deliveries WHERE campaign_id <> $1", cid) == 0
         finally:
             await conn.close()

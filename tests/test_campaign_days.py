@@ -213,8 +213,8 @@ async def assert_caps_and_counters(pool: asyncpg.Pool) -> None:
     assert (
         await pool.fetchval(
             "SELECT count(*) FROM deliveries d"
-            " FULL JOIN outbox o USING (campaign_id, phase, consumer_id, day, channel)"
-            " WHERE (d.state = 'sent') IS DISTINCT FROM (o.id IS NOT NULL)"
+            " FULL JOIN outbox_messages o USING (campaign_id, phase, consumer_id, day, channel)"
+            " WHERE (d.state = 'sent') IS DISTINCT FROM (o.batch_id IS NOT NULL)"
         )
         == 0
     )
@@ -349,7 +349,7 @@ async def test_send_windows_to_the_minute_in_three_zones(clean_db, ts_env):
     assert {r["fatigue_day"] for r in ny_promote} == {ny_day + timedelta(days=2)}
     ny_recall = by_key[(plans[1].campaign_db_id, 2)][ny_day + timedelta(days=2)]
     assert {r["fatigue_day"] for r in ny_recall} == {ny_day + timedelta(days=3)}
-    assert await pool.fetchval("SELECT count(*) FROM outbox") == len(rows)
+    assert await pool.fetchval("SELECT count(*) FROM outbox_messages") == len(rows)
     await assert_caps_and_counters(pool)
 
 
@@ -827,7 +827,7 @@ async def test_phased_preheat_promote_recall_audiences_and_run_chain(clean_db, t
     assert (
         sum(t["sent"] for t in result.totals.values())
         == len(rows)
-        == await pool.fetchval("SELECT count(*) FROM outbox WHERE campaign_id = $1", cid)
+        == await pool.fetchval("SELECT count(*) FROM outbox_messages WHERE campaign_id = $1", cid)
     )
     await assert_caps_and_counters(pool)
 

@@ -205,6 +205,7 @@ def cli_commands() -> set[str]:
         # below is replaced by the commands the Typer app really registers.
         return {"worker", "api", "migrate"}
     import typer.main
+
     from api.cli import app
 
     command = typer.main.get_command(app)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 
 from api.service import start_campaign
 from schemas import rules
@@ -96,4 +96,4 @@ async def test_fifty_campaigns_twenty_shops_caps_and_coupons_exact(clean_db, ts_
     assert await pool.fetchval("SELECT count(*) FROM deliveries WHERE state IN ('reserved', 'unknown')") == 0
     total = await pool.fetchval("SELECT count(*) FROM deliveries WHERE state = 'sent'")
     print(f"\nconcurrency: 50 campaigns, 20 shops, {CONSUMERS} shared consumers, {total:,} sent, caps exact"
-          f" ({datetime.now(timezone.utc):%H:%M:%S})")
+          f" ({datetime.now(UTC):%H:%M:%S})")

@@ -31,8 +31,7 @@ import pytest
 
 from api.service import start_campaign
 from schemas import rules
-from schemas.campaign import OldCustomerSpec
-from schemas.campaign import Channel
+from schemas.campaign import Channel, OldCustomerSpec
 from tests.factories import add_customers, make_shop
 from tests.gateway import Gateway
 from tests.ledger_checks import assert_fatigue_matches_ledger, assert_ledger_exact, ledger_counts

@@ -49,7 +49,7 @@ async def test_oldcust_sends_once_in_window_and_excludes(clean_db, ts_env):
         local = r["decided_at"].astimezone(zone(tz))
         assert local.date() == send_day
         assert time(9, 30) <= local.time() < time(22, 0)
-    assert await pool.fetchval("SELECT count(*) FROM outbox") == 150
+    assert await pool.fetchval("SELECT count(*) FROM outbox_messages") == 150
     refresh = await pool.fetchrow("SELECT matched, eligible, excluded FROM audience_refreshes")
     assert refresh["eligible"] == 150
     assert refresh["excluded"] == {"blacklisted": 2, "unsubscribed": 1}

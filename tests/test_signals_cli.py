@@ -139,7 +139,7 @@ async def test_cli_pause_holds_the_ledger_and_resume_finishes_exactly_once(clean
         assert 0 < sum(held.values()) < n, held
         await asyncio.sleep(3)
         assert await ledger_counts(pool, cid) == held, "the ledger grew while paused"
-        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE campaign_id = $1", cid) == held["sent"]
+        assert await pool.fetchval("SELECT count(*) FROM outbox_messages WHERE campaign_id = $1", cid) == held["sent"]
         assert (await handle.query(CampaignWorkflow.progress_query)).progress.state == "paused"
 
         await cli_signal(dev_env, plan.workflow_id, "resume")
@@ -152,7 +152,7 @@ async def test_cli_pause_holds_the_ledger_and_resume_finishes_exactly_once(clean
     # Every eligible recipient exactly once: none skipped by the pause, none sent twice by the resume.
     assert await pool.fetchval("SELECT count(*) FROM audience_snapshots WHERE campaign_id = $1", cid) == n
     assert counts == {"sent": n}
-    assert await pool.fetchval("SELECT count(DISTINCT consumer_id) FROM outbox WHERE campaign_id = $1", cid) == n
+    assert await pool.fetchval("SELECT count(DISTINCT consumer_id) FROM outbox_messages WHERE campaign_id = $1", cid) == n
     assert result.totals["reach"]["sent"] == n
     assert await pool.fetchval("SELECT state FROM campaigns WHERE id = $1", cid) == "completed"
     print(

@@ -51,6 +51,13 @@ ALLOWED_INTERPOLATIONS = {
     ("activities/send.py", "has_contact"): "CHANNEL_COLUMNS[channel], as above",
     ("activities/send.py", "CHANNEL_ADDRESS[channel]"): "a constant address column per Channel",
     ("activities/send.py", "CHANNEL_ADDRESS[inp.channel.value]"): "a constant address column per Channel",
+    # _write_sql(handoff): two statements built once at import from a bool, never from input.
+    ("activities/send.py", "live_state"): "'sent' or 'reserved', chosen by the handoff bool",
+    ("activities/send.py", "ref"): "a constant provider_ref expression or NULL, chosen by the handoff bool",
+    ("activities/send.py", "cols"): "a constant extra unnest column list, chosen by the handoff bool",
+    ("activities/send.py", "alias"): "a constant extra column alias, chosen by the handoff bool",
+    ("activities/send.py", "outbox"): "a constant outbox CTE, chosen by the handoff bool",
+    ("activities/send.py", "batch"): "a constant batch-id CTE, chosen by the handoff bool",
     ("db/embedded.py", "name"):
         "CREATE DATABASE takes no parameters; the name comes from the test fixtures / launcher, never a request",
     ("db/seed.py", "', '.join(SEEDED_TABLES)"): "ANALYZE over a constant list of table names",
@@ -58,6 +65,8 @@ ALLOWED_INTERPOLATIONS = {
 # (file, first argument of a query call): why it is safe.
 ALLOWED_SQL_ARGUMENTS = {
     ("activities/send.py", "_chunk_sql(ch)"): "built only from the allowed interpolations above",
+    ("activities/send.py", "_WRITE_HANDED_OFF if handoff else _WRITE_RESERVED"):
+        "_write_sql(True/False) at import: built only from the allowed interpolations above",
     ("activities/audience.py", "sql"): "refresh_sql(): built only from the allowed interpolations above",
     ("db/migrate.py", "path.read_text()"): "the migration files shipped in db/migrations",
 }
@@ -178,7 +187,7 @@ async def test_sql_looking_text_only_ever_travels_as_bound_arguments(clean_db, d
     # The text went all the way: stored verbatim, and sent (the outbox has the card text) ...
     stored = await clean_db.fetchval("SELECT spec FROM campaigns WHERE workflow_id = 's1.c1'")
     assert {k: stored[k] for k in MARKERS} == MARKERS
-    assert await clean_db.fetchval("SELECT count(*) FROM outbox WHERE strpos(body, $1) > 0",
+    assert await clean_db.fetchval("SELECT count(*) FROM outbox_messages WHERE strpos(body, $1) > 0",
                                    MARKERS["card_text"]) == 120
     assert await clean_db.fetchval("SELECT count(*) FROM shops") == 1
     assert await clean_db.fetchval("SELECT count(*) FROM coupons WHERE stock = 0") == 0
