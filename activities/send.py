@@ -88,24 +88,25 @@ def _chunk_sql(channel: str) -> str:
 # writing a version of it; a missing row is inserted holding the tentative send, so a consumer's
 # first message of the day writes that row once. RETURNING names only the rows inserted now.
 _LOCK = """
-    INSERT INTO fatigue_day AS f (consumer_id, day, sent, shops)
-    SELECT id, $2, 1, 1 FROM unnest($1::bigint[]) AS u(id)
+    INSERT INTO fatigue_day AS f (consumer_id, day, sent, shops, per_shop)
+    SELECT id, $2, 1, 1, jsonb_build_object($3::text, 1) FROM unnest($1::bigint[]) AS u(id)
     ON CONFLICT (consumer_id, day) DO UPDATE SET sent = f.sent WHERE false
     RETURNING consumer_id
 """
-# Every cap in one statement, after the locks are held (a fresh snapshot: PERF pitfall 1). Each
-# probes a primary key per consumer of the chunk: as joins, today's counter rows (newer than the
-# statistics) were estimated at one row and scanned whole for every chunk (PERF pitfall 2).
+# Every cap in one statement, after the locks are held (a fresh snapshot: PERF pitfall 1). A row
+# the lock inserted just now ($6 fresh) holds only this tentative send: nothing to read there.
+# Each probe is a primary-key lookup per consumer of the chunk: as joins, today's counter rows
+# (newer than the statistics) were estimated at one row and scanned whole (PERF pitfall 2).
 _CAPS = """
-    SELECT u.id,
-           coalesce((SELECT f.sent FROM fatigue_day f WHERE f.consumer_id = u.id AND f.day = $3), 0) AS day_sent,
-           coalesce((SELECT f.shops FROM fatigue_day f WHERE f.consumer_id = u.id AND f.day = $3), 0) AS day_shops,
-           coalesce((SELECT f.sent FROM fatigue_shop_day f
-                     WHERE f.consumer_id = u.id AND f.shop_id = $2 AND f.day = $3), 0) AS shop_sent,
-           coalesce((SELECT sum(f.sent)::int FROM fatigue_template f
-                     WHERE f.consumer_id = u.id AND f.shop_id = $2 AND f.template_group = $4
-                       AND f.day > $3::date - $5::int AND f.day <= $3::date), 0) AS template_sent
-    FROM unnest($1::bigint[]) AS u(id)
+    SELECT u.id, coalesce(f.sent, 0) AS day_sent, coalesce(f.shops, 0) AS day_shops,
+           coalesce((f.per_shop ->> $2)::int, 0) AS shop_sent,
+           CASE WHEN $4 = '' THEN 0 ELSE
+               coalesce((SELECT sum(t.sent)::int FROM fatigue_template t
+                         WHERE t.consumer_id = u.id AND t.shop_id = $2 AND t.template_group = $4
+                           AND t.day > $3::date - $5::int AND t.day <= $3::date), 0) END AS template_sent
+    FROM unnest($1::bigint[], $6::bool[]) AS u(id, fresh)
+    LEFT JOIN LATERAL (SELECT d.sent, d.shops, d.per_shop FROM fatigue_day d
+                       WHERE NOT u.fresh AND d.consumer_id = u.id AND d.day = $3) f ON true
 """
 
 
@@ -150,18 +151,15 @@ def _write_sql(handoff: bool) -> str:
         RETURNING consumer_id, state, provider_ref
     ){outbox}, g AS (
         -- an existing row: one more send; a fresh row already holds this one
-        UPDATE fatigue_day f SET sent = f.sent + 1, shops = f.shops + u.new_shop
+        UPDATE fatigue_day f SET sent = f.sent + 1, shops = f.shops + u.new_shop,
+               per_shop = jsonb_set(f.per_shop, ARRAY[$5::text], to_jsonb(coalesce((f.per_shop ->> $5)::int, 0) + 1))
         FROM d JOIN u ON u.id = d.consumer_id
         WHERE d.state = '{live_state}' AND NOT u.fresh AND f.consumer_id = d.consumer_id AND f.day = $7
     ), gz AS (
         -- a fresh row whose consumer got no message after all gives its tentative send back
-        UPDATE fatigue_day f SET sent = f.sent - 1, shops = f.shops - 1
-        FROM u WHERE u.fresh AND f.consumer_id = u.id AND f.day = $7
-          AND NOT EXISTS (SELECT 1 FROM d WHERE d.consumer_id = u.id AND d.state = '{live_state}')
-    ), s AS (
-        INSERT INTO fatigue_shop_day AS f (consumer_id, shop_id, day, sent)
-        SELECT d.consumer_id, $5, $7, 1 FROM d WHERE d.state = '{live_state}'
-        ON CONFLICT (consumer_id, shop_id, day) DO UPDATE SET sent = f.sent + 1
+        UPDATE fatigue_day f SET sent = 0, shops = 0, per_shop = '{{}}'
+        FROM (SELECT id FROM u WHERE u.fresh EXCEPT SELECT consumer_id FROM d WHERE d.state = '{live_state}') z
+        WHERE f.consumer_id = z.id AND f.day = $7
     ), t AS (
         INSERT INTO fatigue_template AS f (consumer_id, shop_id, template_group, day, sent)
         SELECT d.consumer_id, $5, $6, $7, 1 FROM d WHERE d.state = '{live_state}' AND $6 <> ''
@@ -377,12 +375,14 @@ class SendActivities:
             fresh: set[int] = set()
             new_shop: dict[int, int] = {}
             if live:
-                fresh = {r["consumer_id"] for r in await conn.fetch(_LOCK, live, fday)}
-                caps = await conn.fetch(_CAPS, live, inp.shop_id, fday, cap.group if cap else "", cap.days if cap else 1)
+                fresh = {r["consumer_id"] for r in await conn.fetch(_LOCK, live, fday, inp.shop_id)}
+                caps = await conn.fetch(
+                    _CAPS, live, inp.shop_id, fday, cap.group if cap else "", cap.days if cap else 1,
+                    [c in fresh for c in live],
+                )  # fmt: skip
                 for c in caps:
-                    cid, shop_sent = c["id"], c["shop_sent"]
                     # A row inserted just now holds this tentative send: nothing went out today before it.
-                    sent, shops = (0, 0) if cid in fresh else (c["day_sent"], c["day_shops"])
+                    cid, sent, shops, shop_sent = c["id"], c["day_sent"], c["day_shops"], c["shop_sent"]
                     if sent >= rules.GLOBAL_DAY_MAX:
                         decisions[cid] = A.SUPPRESS_GLOBAL_DAY
                     elif shop_sent >= rules.SHOP_DAY_MAX:
@@ -513,19 +513,15 @@ async def release_reservations(conn, consumer_ids: list[int], shop_id: str, fday
         consumer_ids,
         fday,
     )
-    emptied = await conn.fetch(
-        "UPDATE fatigue_shop_day f SET sent = f.sent - 1 FROM unnest($1::bigint[]) AS u(id)"
-        " WHERE f.consumer_id = u.id AND f.shop_id = $2 AND f.day = $3 RETURNING f.consumer_id, f.sent",
+    # The shop's count drops by one; at zero the shop no longer counts among the day's shops.
+    await conn.execute(
+        """UPDATE fatigue_day f SET sent = f.sent - 1,
+                  shops = f.shops - (coalesce((f.per_shop ->> $2)::int, 0) <= 1)::int,
+                  per_shop = CASE WHEN coalesce((f.per_shop ->> $2)::int, 0) <= 1 THEN f.per_shop - $2::text
+                             ELSE jsonb_set(f.per_shop, ARRAY[$2::text], to_jsonb((f.per_shop ->> $2)::int - 1)) END
+           FROM unnest($1::bigint[]) AS u(id) WHERE f.consumer_id = u.id AND f.day = $3""",
         consumer_ids,
         shop_id,
-        fday,
-    )
-    gone = {r["consumer_id"] for r in emptied if r["sent"] == 0}
-    await conn.execute(
-        "UPDATE fatigue_day f SET sent = f.sent - 1, shops = f.shops - u.gone"
-        " FROM unnest($1::bigint[], $2::int[]) AS u(id, gone) WHERE f.consumer_id = u.id AND f.day = $3",
-        consumer_ids,
-        [1 if c in gone else 0 for c in consumer_ids],
         fday,
     )
     if cap:

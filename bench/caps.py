@@ -118,17 +118,11 @@ async def _setup(dsn: str, cfg: CapsConfig, fday, now: datetime) -> list[int]:
             )
         # Today's earlier messages from other shops, and a template sent 3 days ago.
         await conn.execute(
-            "INSERT INTO fatigue_day (consumer_id, day, sent, shops)"
-            " SELECT g, $2, CASE WHEN g % 10 = 0 THEN 8 ELSE 3 END, CASE WHEN g % 10 = 0 THEN 4 ELSE 3 END"
+            "INSERT INTO fatigue_day (consumer_id, day, sent, shops, per_shop)"
+            " SELECT g, $2, CASE WHEN g % 10 = 0 THEN 8 ELSE 3 END, CASE WHEN g % 10 = 0 THEN 4 ELSE 3 END,"
+            "        (SELECT jsonb_object_agg(z.shop, CASE WHEN g % 10 = 0 THEN 2 ELSE 1 END)"
+            "         FROM unnest($3::text[]) WITH ORDINALITY AS z(shop, k) WHERE g % 10 = 0 OR z.k <= 3)"
             " FROM generate_series(1, $1::bigint) g WHERE g % 10 IN (0, 5)",
-            cfg.consumers,
-            fday,
-        )
-        await conn.execute(
-            "INSERT INTO fatigue_shop_day (consumer_id, shop_id, day, sent)"
-            " SELECT g, z.shop, $2, CASE WHEN g % 10 = 0 THEN 2 ELSE 1 END"
-            " FROM generate_series(1, $1::bigint) g CROSS JOIN unnest($3::text[]) WITH ORDINALITY AS z(shop, k)"
-            " WHERE (g % 10 = 0) OR (g % 10 = 5 AND z.k <= 3)",
             cfg.consumers,
             fday,
             OTHER_SHOPS,

@@ -125,11 +125,10 @@ class NaiveActivities:
                         j.fatigue_day,
                     )
                     shop_sent = await conn.fetchval(
-                        "SELECT coalesce((SELECT sent FROM fatigue_shop_day"
-                        " WHERE consumer_id = $1 AND shop_id = $2 AND day = $3), 0)",
+                        "SELECT coalesce((per_shop ->> $3)::int, 0) FROM fatigue_day WHERE consumer_id = $1 AND day = $2",
                         cid,
-                        j.shop_id,
                         j.fatigue_day,
+                        j.shop_id,
                     )
                     template = await conn.fetchval(
                         "SELECT coalesce(sum(sent), 0)::int FROM fatigue_template WHERE consumer_id = $1"
@@ -170,17 +169,13 @@ class NaiveActivities:
                 if reason is not None:
                     return "suppressed"
                 await conn.execute(
-                    "UPDATE fatigue_day SET sent = sent + 1, shops = shops + $3 WHERE consumer_id = $1 AND day = $2",
+                    "UPDATE fatigue_day SET sent = sent + 1, shops = shops + $3, per_shop = jsonb_set(per_shop,"
+                    " ARRAY[$4::text], to_jsonb(coalesce((per_shop ->> $4)::int, 0) + 1))"
+                    " WHERE consumer_id = $1 AND day = $2",
                     cid,
                     j.fatigue_day,
                     new_shop,
-                )
-                await conn.execute(
-                    "INSERT INTO fatigue_shop_day (consumer_id, shop_id, day, sent) VALUES ($1, $2, $3, 1)"
-                    " ON CONFLICT (consumer_id, shop_id, day) DO UPDATE SET sent = fatigue_shop_day.sent + 1",
-                    cid,
                     j.shop_id,
-                    j.fatigue_day,
                 )
                 await conn.execute(
                     "INSERT INTO fatigue_template (consumer_id, shop_id, template_group, day, sent)"

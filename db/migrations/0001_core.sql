@@ -152,21 +152,21 @@ CREATE INDEX deliveries_reserved ON deliveries (campaign_id, state) WHERE state 
 
 -- Fatigue counters (R-FAT-1..4). Every change of a consumer's counters first
 -- locks that consumer's fatigue_day row, so the row is the consumer's mutex.
+-- The day's caps across shops (R-FAT-3) and per shop (R-FAT-2) live in that
+-- one row: one row version per send instead of a row per shop and day.
 CREATE TABLE fatigue_day (
     consumer_id bigint NOT NULL,
     day         date   NOT NULL,
     sent        integer NOT NULL DEFAULT 0,    -- R-FAT-3: <= 10 a day
     shops       integer NOT NULL DEFAULT 0,    -- R-FAT-3: <= 5 distinct shops a day
+    per_shop    jsonb   NOT NULL DEFAULT '{}', -- R-FAT-2: {shop_id: sent}, each <= 2 a day
     PRIMARY KEY (consumer_id, day)
 );
 
-CREATE TABLE fatigue_shop_day (
-    consumer_id bigint NOT NULL,
-    shop_id     text   NOT NULL,
-    day         date   NOT NULL,
-    sent        integer NOT NULL DEFAULT 0,    -- R-FAT-2: <= 2 a day per shop
-    PRIMARY KEY (consumer_id, shop_id, day)
-);
+-- R-FAT-2 as rows, for reports and checks.
+CREATE VIEW fatigue_shop_day AS
+SELECT f.consumer_id, p.key AS shop_id, f.day, p.value::int AS sent
+FROM fatigue_day f CROSS JOIN LATERAL jsonb_each_text(f.per_shop) AS p;
 
 CREATE TABLE fatigue_template (
     consumer_id    bigint NOT NULL,
