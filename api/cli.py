@@ -347,5 +347,24 @@ def keys_list(shop: Annotated[str | None, typer.Argument(help="only this shop's 
         console.print(f"{r['prefix']}  {r['shop_id']}  created {r['created_at']:%Y-%m-%d %H:%M}  {revoked}")
 
 
+@app.command(
+    name="bench",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def bench(ctx: typer.Context) -> None:
+    """Benchmark a 1,000,000-recipient phase day end to end (`sluice bench --help`; `sluice bench caps`).
+
+    The bench package ships with the source tree, not the wheel: run it from a checkout."""
+    import sys
+
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        from bench.__main__ import main
+    except ImportError:
+        _fail("the benchmark needs the source tree: run `sluice bench` from a checkout of sluice")
+    raise typer.Exit(main(list(ctx.args)))
+
+
 if __name__ == "__main__":
     app()

@@ -85,7 +85,7 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--worker-module",
         default="workers.worker",
-        help="module the worker process runs (bench.prototype: the proposed send path, for comparison)",
+        help="module the worker process runs (a variant of workers.worker, for comparison)",
     )
     p.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for the worker process (repeatable)")  # fmt: skip
@@ -104,11 +104,6 @@ def caps_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["reserve", "slice"], default="reserve")
     p.add_argument("--slice-size", type=int, default=20_000, help="recipients per send_slice (mode slice)")
     p.add_argument("--pg-stats", action="store_true", help="print the top statements (pg_stat_statements)")
-    p.add_argument(
-        "--prototype",
-        action="store_true",
-        help="mode slice through bench.prototype's send path (the proposed change), for comparison",
-    )
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "caps-results.json")
     p.add_argument("--no-results", dest="results", action="store_const", const=None)
     _common(p)
@@ -124,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = CapsConfig(
             consumers=a.consumers, per_campaign=a.per_campaign, chunk_size=a.chunk_size, inflight=a.inflight,
             pool_size=a.pool, mode=a.mode, slice_size=a.slice_size, data_dir=a.data_dir, admin_dsn=a.admin_dsn,
-            results_path=a.results, drop_db=a.drop_db, pg_tune=a.pg_tune, prototype=a.prototype, pg_stats=a.pg_stats,
+            results_path=a.results, drop_db=a.drop_db, pg_tune=a.pg_tune, pg_stats=a.pg_stats,
         )  # fmt: skip
         result = asyncio.run(run_caps(cfg))
         return 0 if result["exact"] else 1

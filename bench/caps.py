@@ -72,7 +72,6 @@ class CapsConfig:
     pg_tune: bool = True
     pg_shared_buffers: str = "1GB"  # as the phase-day benchmark
     pg_stats: bool = False  # pg_stat_statements: the top statements of the contended run
-    prototype: bool = False  # mode slice with bench.prototype's send path (the proposed change)
 
 
 def say(*parts) -> None:
@@ -308,12 +307,7 @@ async def run_caps(cfg: CapsConfig) -> dict:
         pool_size = cfg.pool_size or len(CAMPAIGNS) * cfg.inflight
         pool = await create_pool(dsn, size=pool_size)
         try:
-            cls = SendActivities
-            if cfg.prototype:
-                from bench.prototype import PrototypeSendActivities as cls
-
-                cfg.mode = "slice"
-            send = cls(pool, ChannelRegistry.outbox_for_all(pool), platform_timezone=PLATFORM_TZ)
+            send = SendActivities(pool, ChannelRegistry.outbox_for_all(pool), platform_timezone=PLATFORM_TZ)
             if cfg.pg_stats:
                 await pool.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
                 await pool.execute("SELECT pg_stat_statements_reset()")
@@ -348,7 +342,7 @@ async def run_caps(cfg: CapsConfig) -> dict:
         reserved = sum(n for k, n in rows.items() if k in ("reserved", "sent"))
         exact = all(v == 0 for v in violations.values()) and decisions == len(ids) * cfg.per_campaign
         result = {
-            "mode": cfg.mode + (" (bench.prototype)" if cfg.prototype else ""),
+            "mode": cfg.mode,
             "campaigns": len(CAMPAIGNS),
             "consumers": cfg.consumers,
             "per_campaign": cfg.per_campaign,

@@ -89,7 +89,7 @@ class BenchConfig:
     drop_db: bool = False  # drop the database at the end (tests)
     db_name: str | None = None  # default bench_<recipients>
     workers: int = 1  # worker processes on the one task queue (scaling)
-    worker_module: str = "workers.worker"  # bench.prototype: the proposed send path (docs/benchmarks.md)
+    worker_module: str = "workers.worker"  # a variant of the worker, for comparison
 
 
 def say(*parts) -> None:

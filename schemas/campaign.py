@@ -242,8 +242,9 @@ class Tuning(BaseModel):
     """How a phase day is cut into activities; the benchmark (issue 3) tunes these."""
 
     slice_size: int = Field(default=20_000, ge=1, description="recipients per send activity")
-    chunk_size: int = Field(default=5_000, ge=1, description="recipients per ledger transaction")
-    concurrency: int = Field(default=4, ge=1, le=200, description="send activities in flight per campaign")
+    # The best of the benchmark's tuning runs on 2 cores (docs/benchmarks.md).
+    chunk_size: int = Field(default=2_000, ge=1, description="recipients per ledger transaction")
+    concurrency: int = Field(default=8, ge=1, le=200, description="send activities in flight per campaign")
     heartbeat_timeout_s: float = Field(default=15.0, gt=0)
 
 

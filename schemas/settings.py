@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     temporal_ui_port: int = Field(default=8233, alias="SLUICE_TEMPORAL_UI_PORT")
     # The platform's natural day, on which the cross-shop caps are counted (R-FAT-3).
     platform_timezone: str = Field(default="Asia/Shanghai", alias="SLUICE_PLATFORM_TZ")
-    pool_size: int = Field(default=10, alias="SLUICE_DB_POOL")
+    pool_size: int = Field(default=16, alias="SLUICE_DB_POOL")
     max_concurrent_activities: int = Field(default=16, alias="SLUICE_MAX_ACTIVITIES")
     # How long a workflow waits for its crashed worker's sticky queue before any worker takes it.
     sticky_timeout_s: float = Field(default=5.0, gt=0, alias="SLUICE_STICKY_TIMEOUT_S")
