@@ -76,9 +76,12 @@ _LOW_ACTIVITY = """NOT EXISTS (
 def refresh_sql(audience: str, channel: str, kind: str) -> str:
     unsub, has_contact = CHANNEL_COLUMNS[channel]
     oldcust = kind == "K-OLDCUST"
-    overlap = (
-        "WHEN EXISTS (SELECT 1 FROM audience_snapshots o WHERE o.campaign_id = ANY($7::bigint[])"
-        " AND o.day = $6 AND o.consumer_id = m.consumer_id) THEN 'overlap'"
+    # R-OC-6: who an earlier task of the shop has in today's snapshot, as one hashed set
+    # (a probe per recipient needed an index on the snapshot that cost more to keep than it saved).
+    overlap = "WHEN o.consumer_id IS NOT NULL THEN 'overlap'" if oldcust else ""
+    overlap_join = (
+        "LEFT JOIN (SELECT DISTINCT consumer_id FROM audience_snapshots"
+        " WHERE campaign_id = ANY($8::bigint[]) AND day = $6) o ON o.consumer_id = m.consumer_id"
         if oldcust
         else ""
     )
@@ -91,13 +94,14 @@ def refresh_sql(audience: str, channel: str, kind: str) -> str:
                  WHEN c.blacklisted THEN 'blacklisted'
                  WHEN c.{unsub} THEN 'unsubscribed'
                  WHEN NOT ({has_contact}) THEN 'no_contact'
-                 WHEN EXISTS (SELECT 1 FROM deliveries d
+                 WHEN $7::bool AND EXISTS (SELECT 1 FROM deliveries d
                               WHERE d.campaign_id = $4 AND d.phase = $5 AND d.consumer_id = m.consumer_id
                                 AND d.state IN ('reserved', 'sent', 'unknown')) THEN 'already_reached'
                  {overlap}
                  {low_activity}
             END AS reason
         FROM matched m JOIN shop_customers c ON c.shop_id = $1 AND c.consumer_id = m.consumer_id
+        {overlap_join}
     ),
     ins AS (
         INSERT INTO audience_snapshots (campaign_id, phase, day, seq, consumer_id)
@@ -127,7 +131,15 @@ class AudienceActivities:
                 inp.phase_index,
                 inp.day,
             )
-            args = [inp.shop_id, inp.snapshot_at, inp.campaign_started_at, inp.campaign_db_id, inp.phase_index, inp.day]
+            # The phase's first day has reached no one yet: the planner then drops the per-recipient
+            # ledger probe (custom plans, db/pool.py).
+            reached_before = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM deliveries WHERE campaign_id = $1 AND phase = $2)",
+                inp.campaign_db_id,
+                inp.phase_index,
+            )
+            args = [inp.shop_id, inp.snapshot_at, inp.campaign_started_at, inp.campaign_db_id, inp.phase_index, inp.day,
+                    reached_before]
             if inp.kind == "K-OLDCUST":
                 earlier = await conn.fetchval(
                     "SELECT coalesce(array_agg(id), '{}') FROM campaigns"

@@ -54,3 +54,31 @@ async def test_oldcust_sends_once_in_window_and_excludes(clean_db, ts_env):
     assert refresh["eligible"] == 150
     assert refresh["excluded"] == {"blacklisted": 2, "unsubscribed": 1}
     assert results[0].state == "completed"
+
+
+async def test_a_later_task_of_the_shop_sends_only_to_whom_the_earlier_did_not_cover(clean_db, ts_env):
+    """R-OC-6: overlapping K-OLDCUST tasks of a shop; the later one leaves out the earlier one's snapshot."""
+    pool = clean_db
+    now = await ts_env.get_current_time()
+    tz = "Asia/Shanghai"
+    await make_shop(pool, "s1", tz)
+    recent = dict(ordered_at=now - timedelta(days=30), visited_at=now - timedelta(days=3))
+    await add_customers(pool, "s1", list(range(1, 151)), **recent)
+    # Opted out of chat only: outside the chat task's snapshot, reachable by SMS.
+    await add_customers(pool, "s1", list(range(151, 271)), unsub_chat=True, **recent)
+    send_day = local_day(now, tz) + timedelta(days=1)
+    chat = OldCustomerSpec(kind="K-OLDCUST", shop_id="s1", campaign_id="chat", scene="Spring", card_text="Hi",
+                           send_date=send_day, send_time=time(9, 0))
+    sms = OldCustomerSpec(kind="K-OLDCUST", shop_id="s1", campaign_id="sms", scene="Spring", card_text="Hi",
+                          channel="sms", send_date=send_day, send_time=time(10, 0))
+    plans, results = await _run(ts_env, pool, [chat, sms])
+    assert [r.state for r in results] == ["completed", "completed"]
+    by_campaign = {
+        p.campaign_id: [r["consumer_id"] for r in await pool.fetch(
+            "SELECT consumer_id FROM deliveries WHERE campaign_id = $1 AND state = 'sent' ORDER BY 1", p.campaign_db_id)]
+        for p in plans
+    }  # fmt: skip
+    assert by_campaign == {"chat": list(range(1, 151)), "sms": list(range(151, 271))}
+    later = await pool.fetchrow("SELECT eligible, excluded FROM audience_refreshes WHERE campaign_id = $1",
+                                plans[1].campaign_db_id)
+    assert later["eligible"] == 120 and later["excluded"] == {"overlap": 150}

@@ -46,6 +46,7 @@ ALLOWED_INTERPOLATIONS = {
     ("activities/audience.py", "unsub"): "CHANNEL_COLUMNS[channel]: an opt-out column per Channel enum value",
     ("activities/audience.py", "has_contact"): "CHANNEL_COLUMNS[channel]: a constant predicate per Channel",
     ("activities/audience.py", "overlap"): "a constant SQL fragment chosen by the campaign kind",
+    ("activities/audience.py", "overlap_join"): "a constant SQL fragment chosen by the campaign kind",
     ("activities/audience.py", "low_activity"): "a constant SQL fragment (_LOW_ACTIVITY) chosen by kind",
     ("activities/send.py", "unsub"): "CHANNEL_COLUMNS[channel], as above",
     ("activities/send.py", "has_contact"): "CHANNEL_COLUMNS[channel], as above",

@@ -114,7 +114,6 @@ CREATE TABLE audience_snapshots (
     consumer_id bigint   NOT NULL,
     PRIMARY KEY (campaign_id, phase, day, seq)
 );
-CREATE INDEX audience_snapshots_consumer ON audience_snapshots (campaign_id, day, consumer_id);
 
 -- What the refresh left out, per reason (R-PRE-1, R-EXC-1), per phase day.
 CREATE TABLE audience_refreshes (
