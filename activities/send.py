@@ -88,26 +88,36 @@ def _chunk_sql(channel: str) -> str:
 # writing a version of it; a missing row is inserted holding the tentative send, so a consumer's
 # first message of the day writes that row once. RETURNING names only the rows inserted now.
 _LOCK = """
-    INSERT INTO fatigue_day AS f (consumer_id, day, sent, shops, per_shop)
-    SELECT id, $2, 1, 1, jsonb_build_object($3::text, 1) FROM unnest($1::bigint[]) AS u(id)
+    INSERT INTO fatigue_day AS f (consumer_id, day, sent, shops, per_shop, per_template)
+    SELECT id, $2, 1, 1, jsonb_build_object($3::text, 1),
+           CASE WHEN $4::text = '' THEN '{}'::jsonb ELSE jsonb_build_object($4::text, 1) END
+    FROM unnest($1::bigint[]) AS u(id)
     ON CONFLICT (consumer_id, day) DO UPDATE SET sent = f.sent WHERE false
     RETURNING consumer_id
 """
 # Every cap in one statement, after the locks are held (a fresh snapshot: PERF pitfall 1). A row
-# the lock inserted just now ($6 fresh) holds only this tentative send: nothing to read there.
+# the lock inserted just now ($6 fresh) holds only this tentative send: nothing to read there,
+# for the day's caps nor for today's share of the template window.
+# The template cap sums the last N days' rows of the consumer (one range of the primary key).
 # Each probe is a primary-key lookup per consumer of the chunk: as joins, today's counter rows
 # (newer than the statistics) were estimated at one row and scanned whole (PERF pitfall 2).
 _CAPS = """
     SELECT u.id, coalesce(f.sent, 0) AS day_sent, coalesce(f.shops, 0) AS day_shops,
            coalesce((f.per_shop ->> $2)::int, 0) AS shop_sent,
            CASE WHEN $4 = '' THEN 0 ELSE
-               coalesce((SELECT sum(t.sent)::int FROM fatigue_template t
-                         WHERE t.consumer_id = u.id AND t.shop_id = $2 AND t.template_group = $4
-                           AND t.day > $3::date - $5::int AND t.day <= $3::date), 0) END AS template_sent
+               coalesce((SELECT sum((t.per_template ->> $4)::int)::int FROM fatigue_day t
+                         WHERE t.consumer_id = u.id AND t.day > $3::date - $5::int
+                           AND (t.day < $3::date OR (t.day = $3::date AND NOT u.fresh))), 0) END
+               AS template_sent
     FROM unnest($1::bigint[], $6::bool[]) AS u(id, fresh)
     LEFT JOIN LATERAL (SELECT d.sent, d.shops, d.per_shop FROM fatigue_day d
                        WHERE NOT u.fresh AND d.consumer_id = u.id AND d.day = $3) f ON true
 """
+
+
+def template_key(shop_id: str, group: str) -> str:
+    """The per_template key of a shop's template group ('' when the phase has no template cap)."""
+    return f"{shop_id}/{group}" if group else ""
 
 
 def _write_sql(handoff: bool) -> str:
@@ -152,18 +162,16 @@ def _write_sql(handoff: bool) -> str:
     ){outbox}, g AS (
         -- an existing row: one more send; a fresh row already holds this one
         UPDATE fatigue_day f SET sent = f.sent + 1, shops = f.shops + u.new_shop,
-               per_shop = jsonb_set(f.per_shop, ARRAY[$5::text], to_jsonb(coalesce((f.per_shop ->> $5)::int, 0) + 1))
+               per_shop = fatigue_increment(f.per_shop, $5),
+               per_template = CASE WHEN $6 = '' THEN f.per_template
+                              ELSE fatigue_increment(f.per_template, $5 || '/' || $6) END
         FROM d JOIN u ON u.id = d.consumer_id
         WHERE d.state = '{live_state}' AND NOT u.fresh AND f.consumer_id = d.consumer_id AND f.day = $7
     ), gz AS (
         -- a fresh row whose consumer got no message after all gives its tentative send back
-        UPDATE fatigue_day f SET sent = 0, shops = 0, per_shop = '{{}}'
+        UPDATE fatigue_day f SET sent = 0, shops = 0, per_shop = '{{}}', per_template = '{{}}'
         FROM (SELECT id FROM u WHERE u.fresh EXCEPT SELECT consumer_id FROM d WHERE d.state = '{live_state}') z
         WHERE f.consumer_id = z.id AND f.day = $7
-    ), t AS (
-        INSERT INTO fatigue_template AS f (consumer_id, shop_id, template_group, day, sent)
-        SELECT d.consumer_id, $5, $6, $7, 1 FROM d WHERE d.state = '{live_state}' AND $6 <> ''
-        ON CONFLICT (consumer_id, shop_id, template_group, day) DO UPDATE SET sent = f.sent + 1
     )
     SELECT d.consumer_id, d.state FROM d
 """
@@ -375,11 +383,11 @@ class SendActivities:
             fresh: set[int] = set()
             new_shop: dict[int, int] = {}
             if live:
-                fresh = {r["consumer_id"] for r in await conn.fetch(_LOCK, live, fday, inp.shop_id)}
+                tkey = template_key(inp.shop_id, cap.group if cap else "")
+                fresh = {r["consumer_id"] for r in await conn.fetch(_LOCK, live, fday, inp.shop_id, tkey)}
                 caps = await conn.fetch(
-                    _CAPS, live, inp.shop_id, fday, cap.group if cap else "", cap.days if cap else 1,
-                    [c in fresh for c in live],
-                )  # fmt: skip
+                    _CAPS, live, inp.shop_id, fday, tkey, cap.days if cap else 1, [c in fresh for c in live]
+                )
                 for c in caps:
                     # A row inserted just now holds this tentative send: nothing went out today before it.
                     cid, sent, shops, shop_sent = c["id"], c["day_sent"], c["day_shops"], c["shop_sent"]
@@ -513,23 +521,16 @@ async def release_reservations(conn, consumer_ids: list[int], shop_id: str, fday
         consumer_ids,
         fday,
     )
-    # The shop's count drops by one; at zero the shop no longer counts among the day's shops.
+    # Each count drops by one and leaves its map at zero; a shop that leaves the map no longer
+    # counts among the day's shops.
     await conn.execute(
         """UPDATE fatigue_day f SET sent = f.sent - 1,
                   shops = f.shops - (coalesce((f.per_shop ->> $2)::int, 0) <= 1)::int,
-                  per_shop = CASE WHEN coalesce((f.per_shop ->> $2)::int, 0) <= 1 THEN f.per_shop - $2::text
-                             ELSE jsonb_set(f.per_shop, ARRAY[$2::text], to_jsonb((f.per_shop ->> $2)::int - 1)) END
+                  per_shop = fatigue_decrement(f.per_shop, $2),
+                  per_template = CASE WHEN $4 = '' THEN f.per_template ELSE fatigue_decrement(f.per_template, $4) END
            FROM unnest($1::bigint[]) AS u(id) WHERE f.consumer_id = u.id AND f.day = $3""",
         consumer_ids,
         shop_id,
         fday,
+        template_key(shop_id, cap.group if cap else ""),
     )
-    if cap:
-        await conn.execute(
-            "UPDATE fatigue_template f SET sent = f.sent - 1 FROM unnest($1::bigint[]) AS u(id)"
-            " WHERE f.consumer_id = u.id AND f.shop_id = $2 AND f.template_group = $3 AND f.day = $4",
-            consumer_ids,
-            shop_id,
-            cap.group,
-            fday,
-        )

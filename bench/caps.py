@@ -127,8 +127,9 @@ async def _setup(dsn: str, cfg: CapsConfig, fday, now: datetime) -> list[int]:
             OTHER_SHOPS,
         )
         await conn.execute(
-            "INSERT INTO fatigue_template (consumer_id, shop_id, template_group, day, sent)"
-            " SELECT g, 'cap-B', 'g1', $2::date - 3, 1 FROM generate_series(1, $1::bigint) g WHERE g % 7 = 0",
+            "INSERT INTO fatigue_day (consumer_id, day, sent, shops, per_shop, per_template)"
+            " SELECT g, $2::date - 3, 1, 1, '{\"cap-B\": 1}', '{\"cap-B/g1\": 1}'"
+            " FROM generate_series(1, $1::bigint) g WHERE g % 7 = 0",
             cfg.consumers,
             fday,
         )

@@ -131,8 +131,8 @@ class NaiveActivities:
                         j.shop_id,
                     )
                     template = await conn.fetchval(
-                        "SELECT coalesce(sum(sent), 0)::int FROM fatigue_template WHERE consumer_id = $1"
-                        " AND shop_id = $2 AND template_group = $3 AND day > $4::date - $5::int AND day <= $4::date",
+                        "SELECT coalesce(sum((per_template ->> ($2 || '/' || $3))::int), 0)::int FROM fatigue_day"
+                        " WHERE consumer_id = $1 AND day > $4::date - $5::int AND day <= $4::date",
                         cid,
                         j.shop_id,
                         j.template_group,
@@ -169,22 +169,14 @@ class NaiveActivities:
                 if reason is not None:
                     return "suppressed"
                 await conn.execute(
-                    "UPDATE fatigue_day SET sent = sent + 1, shops = shops + $3, per_shop = jsonb_set(per_shop,"
-                    " ARRAY[$4::text], to_jsonb(coalesce((per_shop ->> $4)::int, 0) + 1))"
+                    "UPDATE fatigue_day SET sent = sent + 1, shops = shops + $3, per_shop = fatigue_increment(per_shop, $4),"
+                    " per_template = fatigue_increment(per_template, $4 || '/' || $5)"
                     " WHERE consumer_id = $1 AND day = $2",
                     cid,
                     j.fatigue_day,
                     new_shop,
                     j.shop_id,
-                )
-                await conn.execute(
-                    "INSERT INTO fatigue_template (consumer_id, shop_id, template_group, day, sent)"
-                    " VALUES ($1, $2, $3, $4, 1) ON CONFLICT (consumer_id, shop_id, template_group, day)"
-                    " DO UPDATE SET sent = fatigue_template.sent + 1",
-                    cid,
-                    j.shop_id,
                     j.template_group,
-                    j.fatigue_day,
                 )
         # Committed before the provider call (DESIGN 4); the outbox is idempotent per delivery key.
         channel = self.channels.get(j.channel)

@@ -45,7 +45,6 @@ LEDGER_TABLES = [
     "outbox",
     "deliveries",
     "fatigue_day",
-    "fatigue_template",
     "audience_snapshots",
     "audience_refreshes",
     "campaign_day_reports",
@@ -210,7 +209,7 @@ async def _naive(pool: asyncpg.Pool, env, cfg: BenchConfig, tz: str, now: dateti
     async with pool.acquire() as conn, conn.transaction():
         for table in ("deliveries", "outbox", "audience_snapshots"):
             await conn.execute(f"DELETE FROM {table} WHERE campaign_id = $1", campaign)
-        await conn.execute("TRUNCATE fatigue_day, fatigue_template")
+        await conn.execute("TRUNCATE fatigue_day")
         await conn.execute("DELETE FROM campaigns WHERE id = $1", campaign)
     return {"recipients": n, "seconds": round(elapsed, 3), "recipients_per_s": round(rps, 1), "sent": sent,
             "inflight": cfg.naive_inflight}  # fmt: skip
@@ -484,7 +483,7 @@ async def _verify_ledger(pool, campaign_db_id: int) -> dict:
     }
     # Today's rows are newer than the statistics: without ANALYZE the anti-joins below plan as
     # nested loops over a million rows each (PERF pitfall 2).
-    await pool.execute("ANALYZE deliveries, outbox, audience_snapshots, fatigue_day, fatigue_template")
+    await pool.execute("ANALYZE deliveries, outbox, audience_snapshots, fatigue_day")
     out = {name: await pool.fetchval(sql, campaign_db_id) for name, sql in checks.items()}
     bad = {k: v for k, v in out.items() if v}
     say(f"  ledger exact: {'yes' if not bad else 'NO ' + str(bad)}")

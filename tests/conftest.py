@@ -25,7 +25,6 @@ DATA_TABLES = [
     "outbox",
     "deliveries",
     "fatigue_day",
-    "fatigue_template",
     "audience_snapshots",
     "audience_refreshes",
     "campaign_day_reports",

@@ -138,7 +138,8 @@ async def test_worker_sigkill_mid_send_keeps_ledger_exact(clean_db, dev_env, db_
     fday = platform_day(now, PLATFORM_TZ)
     capped = ids[::len(ids) // n_capped][:n_capped]
     await pool.executemany(
-        "INSERT INTO fatigue_template (consumer_id, shop_id, template_group, day, sent) VALUES ($1, $2, $3, $4, 1)",
+        "INSERT INTO fatigue_day (consumer_id, day, sent, shops, per_shop, per_template)"
+        " VALUES ($1, $4, 1, 1, jsonb_build_object($2::text, 1), jsonb_build_object($2 || '/' || $3, 1))",
         [(c, shop, rules.OLDCUST_TEMPLATE_GROUP, fday - timedelta(days=1)) for c in capped],
     )
 

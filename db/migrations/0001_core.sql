@@ -151,30 +151,43 @@ CREATE INDEX deliveries_reserved ON deliveries (campaign_id, state) WHERE state 
 
 -- Fatigue counters (R-FAT-1..4). Every change of a consumer's counters first
 -- locks that consumer's fatigue_day row, so the row is the consumer's mutex.
--- The day's caps across shops (R-FAT-3) and per shop (R-FAT-2) live in that
--- one row: one row version per send instead of a row per shop and day.
+-- All of a consumer's counts of a natural day live in that one row: the total
+-- and the shops (R-FAT-3), per shop (R-FAT-2) and per shop and template group
+-- (R-FAT-1, read over the last N days' rows): one row version per send
+-- instead of a row in each of three tables.
 CREATE TABLE fatigue_day (
-    consumer_id bigint NOT NULL,
-    day         date   NOT NULL,
-    sent        integer NOT NULL DEFAULT 0,    -- R-FAT-3: <= 10 a day
-    shops       integer NOT NULL DEFAULT 0,    -- R-FAT-3: <= 5 distinct shops a day
-    per_shop    jsonb   NOT NULL DEFAULT '{}', -- R-FAT-2: {shop_id: sent}, each <= 2 a day
+    consumer_id  bigint NOT NULL,
+    day          date   NOT NULL,
+    sent         integer NOT NULL DEFAULT 0,    -- R-FAT-3: <= 10 a day
+    shops        integer NOT NULL DEFAULT 0,    -- R-FAT-3: <= 5 distinct shops a day
+    per_shop     jsonb   NOT NULL DEFAULT '{}', -- R-FAT-2: {shop_id: sent}, each <= 2 a day
+    per_template jsonb   NOT NULL DEFAULT '{}', -- R-FAT-1: {"shop_id/template_group": sent}
     PRIMARY KEY (consumer_id, day)
 );
 
--- R-FAT-2 as rows, for reports and checks.
+-- A count of a fatigue map one higher.
+CREATE FUNCTION fatigue_increment(counts jsonb, key text) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT jsonb_set(counts, ARRAY[key], to_jsonb(coalesce((counts ->> key)::int, 0) + 1))
+$$;
+
+-- A count of a fatigue map one lower; at zero its key leaves the map.
+CREATE FUNCTION fatigue_decrement(counts jsonb, key text) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN coalesce((counts ->> key)::int, 0) <= 1 THEN counts - key
+                ELSE jsonb_set(counts, ARRAY[key], to_jsonb((counts ->> key)::int - 1)) END
+$$;
+
+-- The same counts as rows, for reports and checks. Ids are letters, digits,
+-- '_' and '-' (schemas/campaign.py), so '/' separates shop and group safely.
 CREATE VIEW fatigue_shop_day AS
 SELECT f.consumer_id, p.key AS shop_id, f.day, p.value::int AS sent
 FROM fatigue_day f CROSS JOIN LATERAL jsonb_each_text(f.per_shop) AS p;
 
-CREATE TABLE fatigue_template (
-    consumer_id    bigint NOT NULL,
-    shop_id        text   NOT NULL,
-    template_group text   NOT NULL,
-    day            date   NOT NULL,
-    sent           integer NOT NULL DEFAULT 0, -- R-FAT-1: <= K per N natural days
-    PRIMARY KEY (consumer_id, shop_id, template_group, day)
-);
+CREATE VIEW fatigue_template AS
+SELECT f.consumer_id, split_part(p.key, '/', 1) AS shop_id, split_part(p.key, '/', 2) AS template_group,
+       f.day, p.value::int AS sent
+FROM fatigue_day f CROSS JOIN LATERAL jsonb_each_text(f.per_template) AS p;
 
 -- The outbox channel: a table a dispatcher drains, one row per handed-off batch
 -- (a chunk of one campaign phase day on one channel: thousands of messages,
