@@ -96,7 +96,8 @@ async def test_bench_small_run_prints_writes_and_keeps_the_ledger_exact(admin_ds
                 )
                 == 0
             )
-            assert await conn.fetchval("SELECT count(*) FROM outbox_messages WHERE campaign_id = $1", cid) == results["recipients"]
+            messages = await conn.fetchval("SELECT count(*) FROM outbox_messages WHERE campaign_id = $1", cid)
+            assert messages == results["recipients"]
             assert await conn.fetchval("SELECT count(*) FROM deliveries WHERE campaign_id <> $1", cid) == 0
         finally:
             await conn.close()

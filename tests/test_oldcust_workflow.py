@@ -32,9 +32,10 @@ async def test_oldcust_sends_once_in_window_and_excludes(clean_db, ts_env):
     now = await ts_env.get_current_time()
     tz = "Asia/Shanghai"
     await make_shop(pool, "s1", tz)
-    await add_customers(pool, "s1", list(range(1, 151)), ordered_at=now - timedelta(days=30), visited_at=now - timedelta(days=3))
-    await add_customers(pool, "s1", [151, 152], ordered_at=now - timedelta(days=30), visited_at=now - timedelta(days=3), blacklisted=True)
-    await add_customers(pool, "s1", [153], ordered_at=now - timedelta(days=30), visited_at=now - timedelta(days=3), unsub_chat=True)
+    recent = dict(ordered_at=now - timedelta(days=30), visited_at=now - timedelta(days=3))
+    await add_customers(pool, "s1", list(range(1, 151)), **recent)
+    await add_customers(pool, "s1", [151, 152], blacklisted=True, **recent)
+    await add_customers(pool, "s1", [153], unsub_chat=True, **recent)
     await add_customers(pool, "s1", [154], ordered_at=now - timedelta(days=400))  # R-OC-1: too old
     send_day = local_day(now, tz) + timedelta(days=1)
     spec = OldCustomerSpec(
