@@ -104,14 +104,19 @@ _LOCK = """
 _CAPS = """
     SELECT u.id, coalesce(f.sent, 0) AS day_sent, coalesce(f.shops, 0) AS day_shops,
            coalesce((f.per_shop ->> $2)::int, 0) AS shop_sent,
-           CASE WHEN $4 = '' THEN 0 ELSE
-               coalesce((SELECT sum((t.per_template ->> $4)::int)::int FROM fatigue_day t
-                         WHERE t.consumer_id = u.id AND t.day > $3::date - $5::int
-                           AND (t.day < $3::date OR (t.day = $3::date AND NOT u.fresh))), 0) END
-               AS template_sent
-    FROM unnest($1::bigint[], $6::bool[]) AS u(id, fresh)
-    LEFT JOIN LATERAL (SELECT d.sent, d.shops, d.per_shop FROM fatigue_day d
+           coalesce((f.per_template ->> $4)::int, 0) AS template_today
+    FROM unnest($1::bigint[], $5::bool[]) AS u(id, fresh)
+    LEFT JOIN LATERAL (SELECT d.sent, d.shops, d.per_shop, d.per_template FROM fatigue_day d
                        WHERE NOT u.fresh AND d.consumer_id = u.id AND d.day = $3) f ON true
+"""
+# The template window's earlier days (R-FAT-1), for the whole chunk in one index scan over
+# (consumer_id, day); only consumers with a message of the group in the window come back.
+_TEMPLATE_WINDOW = """
+    SELECT consumer_id, sum((per_template ->> $4)::int)::int AS n
+    FROM fatigue_day
+    WHERE consumer_id = ANY($1::bigint[]) AND day > $2::date - $3::int AND day < $2::date
+      AND per_template ? $4
+    GROUP BY consumer_id
 """
 
 
@@ -385,8 +390,9 @@ class SendActivities:
             if live:
                 tkey = template_key(inp.shop_id, cap.group if cap else "")
                 fresh = {r["consumer_id"] for r in await conn.fetch(_LOCK, live, fday, inp.shop_id, tkey)}
-                caps = await conn.fetch(
-                    _CAPS, live, inp.shop_id, fday, tkey, cap.days if cap else 1, [c in fresh for c in live]
+                caps = await conn.fetch(_CAPS, live, inp.shop_id, fday, tkey, [c in fresh for c in live])
+                earlier = (
+                    dict(await conn.fetch(_TEMPLATE_WINDOW, live, fday, cap.days, tkey)) if cap and cap.days > 1 else {}
                 )
                 for c in caps:
                     # A row inserted just now holds this tentative send: nothing went out today before it.
@@ -397,7 +403,7 @@ class SendActivities:
                         decisions[cid] = A.SUPPRESS_SHOP_DAY
                     elif shop_sent == 0 and shops >= rules.GLOBAL_SHOPS_MAX:
                         decisions[cid] = A.SUPPRESS_GLOBAL_SHOPS
-                    elif cap and c["template_sent"] >= cap.count:
+                    elif cap and c["template_today"] + earlier.get(cid, 0) >= cap.count:
                         decisions[cid] = A.SUPPRESS_TEMPLATE
                     else:
                         new_shop[cid] = 1 if shop_sent == 0 else 0
