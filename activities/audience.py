@@ -127,9 +127,8 @@ class AudienceActivities:
             # A shop whose rows are newer than the statistics (a new shop, a fresh import) is
             # estimated at one row, and nested loops over it went quadratic: 30,000 customers
             # took minutes instead of 0.2 s (PERF pitfall 2).
-            await conn.execute("SET LOCAL enable_nestloop = off")
             # Numbering a 1M-recipient day sorts ~20 MB: in memory rather than in temp files.
-            await conn.execute("SET LOCAL work_mem = '64MB'")
+            await conn.execute("SET LOCAL enable_nestloop = off; SET LOCAL work_mem = '64MB'")
             # A retried refresh rebuilds the day's snapshot from scratch: the
             # workflow only slices it after this activity has completed.
             await conn.execute(

@@ -32,6 +32,7 @@ from activities.context import bind_activity_context
 from schemas import activities as A
 from schemas import rules
 from schemas.activities import ReconcileInput, ReconcileResult, SendSliceInput, SendSliceResult
+from schemas.rules import template_key
 from workflows.calendar import platform_day
 
 _LIVE_STATES = ("reserved", "unknown")
@@ -89,18 +90,15 @@ def _chunk_sql(channel: str) -> str:
 # first message of the day writes that row once. RETURNING names only the rows inserted now.
 _LOCK = """
     INSERT INTO fatigue_day AS f (consumer_id, day, sent, shops, per_shop, per_template)
-    SELECT id, $2, 1, 1, jsonb_build_object($3::text, 1),
-           CASE WHEN $4::text = '' THEN '{}'::jsonb ELSE jsonb_build_object($4::text, 1) END
+    SELECT id, $2, 1, 1, fatigue_increment('{}', $3), fatigue_increment('{}', $4)
     FROM unnest($1::bigint[]) AS u(id)
     ON CONFLICT (consumer_id, day) DO UPDATE SET sent = f.sent WHERE false
     RETURNING consumer_id
 """
-# Every cap in one statement, after the locks are held (a fresh snapshot: PERF pitfall 1). A row
-# the lock inserted just now ($6 fresh) holds only this tentative send: nothing to read there,
-# for the day's caps nor for today's share of the template window.
-# The template cap sums the last N days' rows of the consumer (one range of the primary key).
-# Each probe is a primary-key lookup per consumer of the chunk: as joins, today's counter rows
-# (newer than the statistics) were estimated at one row and scanned whole (PERF pitfall 2).
+# Today's caps in one statement, after the locks are held (a fresh snapshot: PERF pitfall 1). A
+# row the lock inserted just now ($5 fresh) holds only this tentative send: nothing to read there.
+# One primary-key probe per consumer of the chunk: as a join, today's counter rows (newer than
+# the statistics) were estimated at one row and scanned whole (PERF pitfall 2).
 _CAPS = """
     SELECT u.id, coalesce(f.sent, 0) AS day_sent, coalesce(f.shops, 0) AS day_shops,
            coalesce((f.per_shop ->> $2)::int, 0) AS shop_sent,
@@ -120,11 +118,6 @@ _TEMPLATE_WINDOW = """
 """
 
 
-def template_key(shop_id: str, group: str) -> str:
-    """The per_template key of a shop's template group ('' when the phase has no template cap)."""
-    return f"{shop_id}/{group}" if group else ""
-
-
 def _write_sql(handoff: bool) -> str:
     """The chunk's ledger rows and counter bumps in one statement.
 
@@ -135,17 +128,17 @@ def _write_sql(handoff: bool) -> str:
     hand-off commit together, and a dispatcher only ever sees committed batches.
 
     $1 campaign, $2 phase, $3 day, $4 channel, $5 shop, $6 template group, $7 fatigue day,
-    $8 decided_at, $9 ids, $10 states, $11 reasons, $12 new_shop, $13 fresh,
-    [$14 addresses, $15 body].
+    $8 decided_at, $9 ids, $10 states, $11 reasons, $12 new_shop, $13 fresh, $14 template key,
+    [$15 addresses, $16 body].
     """
     live_state = "sent" if handoff else "reserved"
     ref = "CASE WHEN u.state = 'sent' THEN 'outbox:' || (SELECT id FROM b) END" if handoff else "NULL"
-    cols = ", $14::text[]" if handoff else ""
+    cols = ", $15::text[]" if handoff else ""
     alias = ", address" if handoff else ""
     outbox = (
         """, o AS (
         INSERT INTO outbox (id, campaign_id, phase, day, channel, body, consumer_ids, addresses)
-        SELECT (SELECT id FROM b), $1, $2, $3, $4, $15, array_agg(d.consumer_id), array_agg(u.address)
+        SELECT (SELECT id FROM b), $1, $2, $3, $4, $16, array_agg(d.consumer_id), array_agg(u.address)
         FROM d JOIN u ON u.id = d.consumer_id WHERE d.state = 'sent'
         HAVING count(*) > 0
     )"""
@@ -167,9 +160,7 @@ def _write_sql(handoff: bool) -> str:
     ){outbox}, g AS (
         -- an existing row: one more send; a fresh row already holds this one
         UPDATE fatigue_day f SET sent = f.sent + 1, shops = f.shops + u.new_shop,
-               per_shop = fatigue_increment(f.per_shop, $5),
-               per_template = CASE WHEN $6 = '' THEN f.per_template
-                              ELSE fatigue_increment(f.per_template, $5 || '/' || $6) END
+               per_shop = fatigue_increment(f.per_shop, $5), per_template = fatigue_increment(f.per_template, $14)
         FROM d JOIN u ON u.id = d.consumer_id
         WHERE d.state = '{live_state}' AND NOT u.fresh AND f.consumer_id = d.consumer_id AND f.day = $7
     ), gz AS (
@@ -253,7 +244,7 @@ class SendActivities:
 
     async def _run_chunk(self, inp: SendSliceInput, result: SendSliceResult, channel, fatigue_day: date) -> None:
         hi = min(result.next_seq + inp.chunk_size, inp.seq_hi)
-        handoff = channel if isinstance(channel, InDatabaseChannel) else None
+        handoff = isinstance(channel, InDatabaseChannel)
         chunk = await self._reserve(inp, result.next_seq, hi, inp.budget - result.reserved, fatigue_day, handoff)
         outcomes = await dispatch(channel, chunk.to_send, chunk.to_reconcile)
         await self._record(
@@ -342,7 +333,7 @@ class SendActivities:
         )
 
     async def _reserve(
-        self, inp: SendSliceInput, lo: int, hi: int, budget: int, fday: date, handoff: InDatabaseChannel | None = None
+        self, inp: SendSliceInput, lo: int, hi: int, budget: int, fday: date, handoff: bool = False
     ) -> ChunkOutcome:
         """Decide the chunk [lo, hi) in one transaction: exclusions, caps, ledger rows, counters.
 
@@ -385,10 +376,10 @@ class SendActivities:
             # Lock order: ascending consumer id, the same in every transaction.
             ids = sorted(decisions)
             live = [c for c in ids if decisions[c] is None]
+            tkey = template_key(inp.shop_id, cap.group if cap else "")
             fresh: set[int] = set()
             new_shop: dict[int, int] = {}
             if live:
-                tkey = template_key(inp.shop_id, cap.group if cap else "")
                 fresh = {r["consumer_id"] for r in await conn.fetch(_LOCK, live, fday, inp.shop_id, tkey)}
                 caps = await conn.fetch(_CAPS, live, inp.shop_id, fday, tkey, [c in fresh for c in live])
                 earlier = (
@@ -416,8 +407,9 @@ class SendActivities:
                 inp.decided_at, ids,
                 [live_state if decisions[c] is None else "suppressed" for c in ids],
                 [decisions[c] for c in ids],
-                [new_shop.get(c, 0) if decisions[c] is None else 0 for c in ids],
+                [new_shop.get(c, 0) for c in ids],  # read only for the rows inserted live
                 [c in fresh for c in ids],
+                tkey,
             ]  # fmt: skip
             if handoff:
                 args += [[addresses[c] for c in ids], _body(inp)]
@@ -533,7 +525,7 @@ async def release_reservations(conn, consumer_ids: list[int], shop_id: str, fday
         """UPDATE fatigue_day f SET sent = f.sent - 1,
                   shops = f.shops - (coalesce((f.per_shop ->> $2)::int, 0) <= 1)::int,
                   per_shop = fatigue_decrement(f.per_shop, $2),
-                  per_template = CASE WHEN $4 = '' THEN f.per_template ELSE fatigue_decrement(f.per_template, $4) END
+                  per_template = fatigue_decrement(f.per_template, $4)
            FROM unnest($1::bigint[]) AS u(id) WHERE f.consumer_id = u.id AND f.day = $3""",
         consumer_ids,
         shop_id,

@@ -39,6 +39,7 @@ from pathlib import Path
 import asyncpg
 
 from bench.stack import ROOT, CpuMeter, Postgres, machine
+from schemas.rules import template_key
 
 SHOPS = ["cap-A", "cap-B", "cap-C", "cap-D", "cap-E"]
 OTHER_SHOPS = ["cap-Z1", "cap-Z2", "cap-Z3", "cap-Z4"]  # today's earlier messages (preloaded)
@@ -128,10 +129,12 @@ async def _setup(dsn: str, cfg: CapsConfig, fday, now: datetime) -> list[int]:
         )
         await conn.execute(
             "INSERT INTO fatigue_day (consumer_id, day, sent, shops, per_shop, per_template)"
-            " SELECT g, $2::date - 3, 1, 1, '{\"cap-B\": 1}', '{\"cap-B/g1\": 1}'"
+            " SELECT g, $2::date - 3, 1, 1, fatigue_increment('{}', $3), fatigue_increment('{}', $4)"
             " FROM generate_series(1, $1::bigint) g WHERE g % 7 = 0",
             cfg.consumers,
             fday,
+            "cap-B",
+            template_key("cap-B", "g1"),
         )
         for t in ("day", "shop_day", "template"):
             await conn.execute(f"CREATE TABLE caps_preload_{t} AS SELECT * FROM fatigue_{t}")

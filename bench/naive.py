@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         SUPPRESS_TEMPLATE,
         SUPPRESS_UNSUBSCRIBED,
     )
+    from schemas.rules import template_key
 
 
 class NaiveInput(BaseModel):
@@ -131,11 +132,10 @@ class NaiveActivities:
                         j.shop_id,
                     )
                     template = await conn.fetchval(
-                        "SELECT coalesce(sum((per_template ->> ($2 || '/' || $3))::int), 0)::int FROM fatigue_day"
-                        " WHERE consumer_id = $1 AND day > $4::date - $5::int AND day <= $4::date",
+                        "SELECT coalesce(sum((per_template ->> $2)::int), 0)::int FROM fatigue_day"
+                        " WHERE consumer_id = $1 AND day > $3::date - $4::int AND day <= $3::date",
                         cid,
-                        j.shop_id,
-                        j.template_group,
+                        template_key(j.shop_id, j.template_group),
                         j.fatigue_day,
                         j.template_days,
                     )
@@ -170,13 +170,13 @@ class NaiveActivities:
                     return "suppressed"
                 await conn.execute(
                     "UPDATE fatigue_day SET sent = sent + 1, shops = shops + $3, per_shop = fatigue_increment(per_shop, $4),"
-                    " per_template = fatigue_increment(per_template, $4 || '/' || $5)"
+                    " per_template = fatigue_increment(per_template, $5)"
                     " WHERE consumer_id = $1 AND day = $2",
                     cid,
                     j.fatigue_day,
                     new_shop,
                     j.shop_id,
-                    j.template_group,
+                    template_key(j.shop_id, j.template_group),
                 )
         # Committed before the provider call (DESIGN 4); the outbox is idempotent per delivery key.
         channel = self.channels.get(j.channel)

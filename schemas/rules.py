@@ -21,6 +21,14 @@ SHOP_DAY_MAX = 2
 GLOBAL_DAY_MAX = 10
 GLOBAL_SHOPS_MAX = 5
 
+
+def template_key(shop_id: str, group: str) -> str:
+    """The key of a shop's template group in fatigue_day.per_template (R-FAT-1); '' when the phase
+    has no template cap. Ids never contain '/' (schemas/campaign.py ID_PATTERN): the view
+    fatigue_template splits it there."""
+    return f"{shop_id}/{group}" if group else ""
+
+
 # K-OLDCUST
 OLDCUST_TEMPLATE_GROUP = "oldcust-scene"  # R-OC-2: shared by all old-customer scenes
 OLDCUST_CAP_PER_DAYS = (1, 7)  # R-OC-2 / R-FAT-1: one per 7 natural days

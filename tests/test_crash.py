@@ -32,6 +32,7 @@ import pytest
 from api.service import start_campaign
 from schemas import rules
 from schemas.campaign import Channel, OldCustomerSpec
+from schemas.rules import template_key
 from tests.factories import add_customers, make_shop
 from tests.gateway import Gateway
 from tests.ledger_checks import assert_fatigue_matches_ledger, assert_ledger_exact, ledger_counts
@@ -139,8 +140,8 @@ async def test_worker_sigkill_mid_send_keeps_ledger_exact(clean_db, dev_env, db_
     capped = ids[::len(ids) // n_capped][:n_capped]
     await pool.executemany(
         "INSERT INTO fatigue_day (consumer_id, day, sent, shops, per_shop, per_template)"
-        " VALUES ($1, $4, 1, 1, jsonb_build_object($2::text, 1), jsonb_build_object($2 || '/' || $3, 1))",
-        [(c, shop, rules.OLDCUST_TEMPLATE_GROUP, fday - timedelta(days=1)) for c in capped],
+        " VALUES ($1, $4, 1, 1, fatigue_increment('{}', $2), fatigue_increment('{}', $3))",
+        [(c, shop, template_key(shop, rules.OLDCUST_TEMPLATE_GROUP), fday - timedelta(days=1)) for c in capped],
     )
 
     queue = f"crash-{uuid.uuid4().hex[:8]}"

@@ -27,13 +27,22 @@ async def _run(env, pool, specs, **kw):
     return plans, results
 
 
+TZ = "Asia/Shanghai"
+
+
+async def _shop_with_old_customers(pool, now) -> dict:
+    """Shop s1 with old customers 1..150 (R-OC-1); returns their order and visit times for more."""
+    await make_shop(pool, "s1", TZ)
+    recent = dict(ordered_at=now - timedelta(days=30), visited_at=now - timedelta(days=3))
+    await add_customers(pool, "s1", list(range(1, 151)), **recent)
+    return recent
+
+
 async def test_oldcust_sends_once_in_window_and_excludes(clean_db, ts_env):
     pool = clean_db
     now = await ts_env.get_current_time()
-    tz = "Asia/Shanghai"
-    await make_shop(pool, "s1", tz)
-    recent = dict(ordered_at=now - timedelta(days=30), visited_at=now - timedelta(days=3))
-    await add_customers(pool, "s1", list(range(1, 151)), **recent)
+    tz = TZ
+    recent = await _shop_with_old_customers(pool, now)
     await add_customers(pool, "s1", [151, 152], blacklisted=True, **recent)
     await add_customers(pool, "s1", [153], unsub_chat=True, **recent)
     await add_customers(pool, "s1", [154], ordered_at=now - timedelta(days=400))  # R-OC-1: too old
@@ -61,10 +70,8 @@ async def test_a_later_task_of_the_shop_sends_only_to_whom_the_earlier_did_not_c
     """R-OC-6: overlapping K-OLDCUST tasks of a shop; the later one leaves out the earlier one's snapshot."""
     pool = clean_db
     now = await ts_env.get_current_time()
-    tz = "Asia/Shanghai"
-    await make_shop(pool, "s1", tz)
-    recent = dict(ordered_at=now - timedelta(days=30), visited_at=now - timedelta(days=3))
-    await add_customers(pool, "s1", list(range(1, 151)), **recent)
+    tz = TZ
+    recent = await _shop_with_old_customers(pool, now)
     # Opted out of chat only: outside the chat task's snapshot, reachable by SMS.
     await add_customers(pool, "s1", list(range(151, 271)), unsub_chat=True, **recent)
     send_day = local_day(now, tz) + timedelta(days=1)

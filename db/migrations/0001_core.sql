@@ -165,16 +165,19 @@ CREATE TABLE fatigue_day (
     PRIMARY KEY (consumer_id, day)
 ) WITH (fillfactor = 60);  -- room on the page for the day's later sends: HOT updates, no new index entry
 
--- A count of a fatigue map one higher.
+-- A count of a fatigue map one higher. The empty key counts nothing: a phase
+-- without a template cap (R-FAT-1) passes '' for its template key.
 CREATE FUNCTION fatigue_increment(counts jsonb, key text) RETURNS jsonb
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT jsonb_set(counts, ARRAY[key], to_jsonb(coalesce((counts ->> key)::int, 0) + 1))
+    SELECT CASE WHEN key = '' THEN counts
+                ELSE jsonb_set(counts, ARRAY[key], to_jsonb(coalesce((counts ->> key)::int, 0) + 1)) END
 $$;
 
--- A count of a fatigue map one lower; at zero its key leaves the map.
+-- A count of a fatigue map one lower; at zero its key leaves the map. The empty key: unchanged.
 CREATE FUNCTION fatigue_decrement(counts jsonb, key text) RETURNS jsonb
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE WHEN coalesce((counts ->> key)::int, 0) <= 1 THEN counts - key
+    SELECT CASE WHEN key = '' THEN counts
+                WHEN coalesce((counts ->> key)::int, 0) <= 1 THEN counts - key
                 ELSE jsonb_set(counts, ARRAY[key], to_jsonb((counts ->> key)::int - 1)) END
 $$;
 
