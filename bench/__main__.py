@@ -80,6 +80,8 @@ def run_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="load pg_stat_statements and print the phase day's top statements (restarts the server)",
     )
+    p.add_argument("--settle-s", type=float, default=45.0,
+                   help="seconds to let the machine settle after seeding, before anything is measured")  # fmt: skip
     p.add_argument("--label", default="", help="a note stored with the run (tuning experiments)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on the one task queue (scaling)")
     p.add_argument(
@@ -102,8 +104,11 @@ def caps_parser() -> argparse.ArgumentParser:
     p.add_argument("--inflight", type=int, default=2, help="chunks (slices) in flight per campaign")
     p.add_argument("--pool", type=int, default=None, help="connection pool size (default campaigns x inflight)")
     p.add_argument("--mode", choices=["reserve", "slice"], default="reserve")
+    p.add_argument("--provider-path", dest="handoff", action="store_false",
+                   help="reserve mode: rows committed `reserved` for a provider outside the database")  # fmt: skip
     p.add_argument("--slice-size", type=int, default=20_000, help="recipients per send_slice (mode slice)")
     p.add_argument("--pg-stats", action="store_true", help="print the top statements (pg_stat_statements)")
+    p.add_argument("--settle-s", type=float, default=45.0, help="seconds to settle after the setup")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "caps-results.json")
     p.add_argument("--no-results", dest="results", action="store_const", const=None)
     _common(p)
@@ -118,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         a = caps_parser().parse_args(argv[1:])
         cfg = CapsConfig(
             consumers=a.consumers, per_campaign=a.per_campaign, chunk_size=a.chunk_size, inflight=a.inflight,
-            pool_size=a.pool, mode=a.mode, slice_size=a.slice_size, data_dir=a.data_dir, admin_dsn=a.admin_dsn,
+            pool_size=a.pool, mode=a.mode, handoff=a.handoff, slice_size=a.slice_size, data_dir=a.data_dir,
+            admin_dsn=a.admin_dsn,
             results_path=a.results, drop_db=a.drop_db, pg_tune=a.pg_tune, pg_stats=a.pg_stats,
+            settle_s=a.settle_s,
         )  # fmt: skip
         result = asyncio.run(run_caps(cfg))
         return 0 if result["exact"] else 1
@@ -144,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         skip_naive=a.naive_sample <= 0, skip_bound=a.skip_bound, log_level=a.log_level, pg_tune=a.pg_tune,
         pg_shared_buffers=a.pg_shared_buffers, pg_stats=a.pg_stats, label=a.label, worker_module=a.worker_module,
         workers=a.workers, worker_env=dict(kv.split("=", 1) for kv in a.worker_env), drop_db=a.drop_db,
+        settle_s=a.settle_s,
     )  # fmt: skip
     asyncio.run(run(cfg))
     if cfg.profile and cfg.profile.exists():

@@ -14,8 +14,12 @@ and counters are chosen so that every cap bites (R-FAT-1..3):
   10-a-day and 5-shops-a-day caps (R-FAT-3) bite too.
 
 Mode `reserve` (default) calls the reservation transaction of
-activities/send.py (SendActivities._reserve: lock, read caps, decide, insert
-ledger rows, bump counters) chunk by chunk, `inflight` chunks per campaign.
+activities/send.py (SendActivities._reserve: read the slice, lock-check-count
+in one upsert, name the caps of the stopped, insert the ledger rows) chunk by
+chunk, `inflight` chunks per campaign, as send_slice does for the channel the
+bench configures (the outbox: rows committed `sent` with their outbox batch in
+the same transaction). `--provider-path` measures the variant for a provider
+outside the database instead (rows committed `reserved` for the later call).
 Mode `slice` runs the whole send_slice activity (reservation, outbox channel,
 outcome) through temporalio.testing.ActivityEnvironment.
 
@@ -38,7 +42,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.stack import ROOT, CpuMeter, Postgres, machine
+from bench.stack import ROOT, CpuMeter, Postgres, machine, say, settle
 from schemas.rules import template_key
 
 SHOPS = ["cap-A", "cap-B", "cap-C", "cap-D", "cap-E"]
@@ -65,6 +69,7 @@ class CapsConfig:
     inflight: int = 2  # chunks (or slices) in flight per campaign
     pool_size: int | None = None  # default campaigns x inflight
     mode: str = "reserve"  # reserve | slice
+    handoff: bool = True  # reserve mode: the outbox hand-off in the reservation (False: the provider path)
     slice_size: int = 20_000
     data_dir: Path = field(default_factory=lambda: ROOT / ".sluice" / "bench")
     admin_dsn: str | None = None
@@ -73,10 +78,7 @@ class CapsConfig:
     pg_tune: bool = True
     pg_shared_buffers: str = "1GB"  # as the phase-day benchmark
     pg_stats: bool = False  # pg_stat_statements: the top statements of the contended run
-
-
-def say(*parts) -> None:
-    print(*parts, flush=True)
+    settle_s: float = 45.0  # after the setup's bulk writes, before the measured run (bench/stack.py settle)
 
 
 async def _setup(dsn: str, cfg: CapsConfig, fday, now: datetime) -> list[int]:
@@ -182,7 +184,7 @@ async def _run_reserve(send, ids, cfg: CapsConfig, fday, now) -> None:
             for lo in cursor:
                 hi = min(lo + cfg.chunk_size, cfg.per_campaign)
                 inp = _input(cid, i, fday, now, lo, hi, cfg.chunk_size)
-                await send._reserve(inp, lo, hi, inp.budget, fday)
+                await send._reserve(inp, lo, hi, inp.budget, fday, cfg.handoff, probe=False)  # a first attempt
 
         await asyncio.gather(*(lane() for _ in range(cfg.inflight)))
 
@@ -304,10 +306,12 @@ async def run_caps(cfg: CapsConfig) -> dict:
                 "shared_buffers": cfg.pg_shared_buffers,
                 "shared_preload_libraries": "pg_stat_statements" if cfg.pg_stats else "",
             })  # fmt: skip
-        say(f"caps: {len(CAMPAIGNS)} concurrent campaigns over overlapping consumers, mode {cfg.mode},"
+        path = "outbox hand-off" if cfg.handoff or cfg.mode == "slice" else "provider path (rows left reserved)"
+        say(f"caps: {len(CAMPAIGNS)} concurrent campaigns over overlapping consumers, mode {cfg.mode} ({path}),"
             f" chunk_size {cfg.chunk_size:,}, {cfg.inflight} in flight per campaign")  # fmt: skip
         dsn = await pg.database(name, fresh=True)
         ids = await _setup(dsn, cfg, fday, now)
+        settled = await settle(cfg.settle_s)
         pool_size = cfg.pool_size or len(CAMPAIGNS) * cfg.inflight
         pool = await create_pool(dsn, size=pool_size)
         try:
@@ -347,6 +351,7 @@ async def run_caps(cfg: CapsConfig) -> dict:
         exact = all(v == 0 for v in violations.values()) and decisions == len(ids) * cfg.per_campaign
         result = {
             "mode": cfg.mode,
+            "handoff": cfg.handoff if cfg.mode == "reserve" else True,
             "campaigns": len(CAMPAIGNS),
             "consumers": cfg.consumers,
             "per_campaign": cfg.per_campaign,
@@ -363,6 +368,7 @@ async def run_caps(cfg: CapsConfig) -> dict:
             "exact": exact,
             "cpu_seconds": cpu,
             "violations": violations,
+            "settle": settled,
             "goal_reservations_per_s": 100_000,
             "machine": machine() | {"postgres": await pg.version()},
             "measured_at": now.isoformat(timespec="seconds"),

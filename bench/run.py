@@ -36,8 +36,11 @@ from bench.stack import (
     Postgres,
     WorkerProcess,
     machine,
+    say,
+    settle,
     start_temporal,
     temporal_cli_version,
+    wait_for_pollers,
 )
 
 SHOP_ID = "bench-shop"
@@ -82,6 +85,7 @@ class BenchConfig:
     log_level: str = "INFO"
     pg_tune: bool = True
     pg_shared_buffers: str = "1GB"  # the embedded server's (initdb's default is 128MB)
+    settle_s: float = 45.0  # after seeding, before any measured part (see _settle)
     pg_stats: bool = False  # pg_stat_statements: the phase day's top statements (restarts the server)
     label: str = ""
     worker_env: dict[str, str] = field(default_factory=dict)  # extra env for the worker process
@@ -89,10 +93,6 @@ class BenchConfig:
     db_name: str | None = None  # default bench_<recipients>
     workers: int = 1  # worker processes on the one task queue (scaling)
     worker_module: str = "workers.worker"  # a variant of the worker, for comparison
-
-
-def say(*parts) -> None:
-    print(*parts, flush=True)
 
 
 def _tuning(cfg: BenchConfig) -> dict:
@@ -114,6 +114,16 @@ async def _seed(pg: Postgres, cfg: BenchConfig, now: datetime, tz: str) -> tuple
             raise SystemExit(f"database {name} holds {have} customers, not {cfg.recipients}: drop it or run without --reuse")
         # Whatever an earlier run left: the phase day starts on an empty ledger.
         await conn.execute(f"TRUNCATE {', '.join(LEDGER_TABLES)} RESTART IDENTITY")
+        # ... and with the statistics of a fresh install (what a clean clone runs on): an earlier run's
+        # statistics know today's rows, and plans that only hold with them would pass unnoticed.
+        try:
+            await conn.execute(
+                "DELETE FROM pg_statistic WHERE starelid IN (SELECT to_regclass(t) FROM unnest($1::text[]) t)",
+                LEDGER_TABLES,
+            )
+        except asyncpg.InsufficientPrivilegeError:
+            say("  (not a superuser on --admin-dsn: the ledger tables keep their statistics)")
+        await conn.execute(f"ANALYZE {', '.join(LEDGER_TABLES)}")
         await conn.execute("DROP TABLE IF EXISTS bench_deliveries, bench_deliveries_copy")
         if have:
             # The send window must be open now: move the shop into a zone where it is.
@@ -257,11 +267,16 @@ async def _history_events(client, workflow_id: str) -> dict:
         n = len(history.events)
         total, runs, largest = total + n, runs + 1, max(largest, n)
         scheduled: dict[int, str] = {}
+        task: dict = {}  # the run's first workflow task
         for e in history.events:
             at = e.event_time.ToDatetime(tzinfo=UTC)
             if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
                 scheduled[e.event_id] = e.activity_task_scheduled_event_attributes.activity_type.name
                 spans.setdefault(scheduled[e.event_id], {"count": 0, "start": at, "end": at})["count"] += 1
+            elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+                task.setdefault("start", at)
+            elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+                task.setdefault("end", at)
             elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
                 name = scheduled.get(e.activity_task_completed_event_attributes.scheduled_event_id)
                 if name:
@@ -271,6 +286,8 @@ async def _history_events(client, workflow_id: str) -> dict:
         if not previous:
             break
         run_id = previous
+    # The first run's first workflow task: the worker picking the campaign up (and building its sandbox).
+    spans["first_workflow_task"] = {"count": 1, **task}
     activities = {
         name: {"count": s["count"], "from_s": round((s["start"] - first_event).total_seconds(), 3),
                "to_s": round((s["end"] - first_event).total_seconds(), 3)}
@@ -310,6 +327,7 @@ async def _phase_day(dsn: str, pg: Postgres, env, cfg: BenchConfig, tz: str, now
     try:
         for w in workers:
             await w.wait_ready()
+        await wait_for_pollers(env.client, queue, len(workers))
         await pool.execute("CHECKPOINT")  # start from a quiet server, whatever seeding left
         if cfg.pg_stats:
             await pool.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
@@ -599,6 +617,8 @@ async def run(cfg: BenchConfig) -> dict:
             f" PostgreSQL {pg_version}, {temporal_version.splitlines()[0] if temporal_version else ''}")  # fmt: skip
         say(f"shop time zone {tz} (local time {now.astimezone(__import__('zoneinfo').ZoneInfo(tz)):%H:%M})")
         dsn, seed = await _seed(pg, cfg, now, tz)
+        if seed["seeded"]:
+            seed["settle"] = await settle(cfg.settle_s)
         db_name = dsn.rsplit("/", 1)[-1].split("?")[0]
         env = await start_temporal()
         waited = await quiesce(dsn)

@@ -27,6 +27,11 @@ from db.migrate import migrate
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+def say(*parts) -> None:
+    """Progress lines of the benchmarks, printed at once (they run for minutes)."""
+    print(*parts, flush=True)
+
 # The dev server's dynamic config, as in tests/conftest.py: one task-queue partition keeps
 # dispatch to a handful of pollers prompt (no long poll parked on an empty partition).
 DEV_SERVER_ARGS = [
@@ -336,3 +341,49 @@ def machine() -> dict:
         "python": platform.python_version(),
         "load_avg_before": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+async def wait_for_pollers(client, task_queue: str, workers: int, timeout: float = 30) -> None:
+    """Until every worker polls the task queue for workflow and activity tasks: a campaign starts on a
+    running worker in production, so a worker still starting up is not part of the measured day."""
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+    async def pollers(kind) -> int:
+        request = DescribeTaskQueueRequest(
+            namespace=client.namespace, task_queue=TaskQueue(name=task_queue), task_queue_type=kind
+        )
+        return len((await client.workflow_service.describe_task_queue(request)).pollers)
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if min([await pollers(TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW),
+                await pollers(TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)]) >= workers:  # fmt: skip
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"no {workers} worker(s) polling {task_queue} after {timeout:.0f}s")
+
+
+def _dirty_mb() -> float:
+    """The kernel's dirty and under-writeback page cache (Linux), in MB."""
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    except OSError:
+        return 0.0
+    return sum(int(info.get(k, "0 kB").split()[0]) for k in ("Dirty", "Writeback")) / 1024
+
+
+async def settle(seconds: float) -> dict:
+    """Let the machine settle after seeding (or a bulk setup), before anything is measured.
+
+    Seeding keeps both cores and the disk busy for a minute; the first phase day right after it
+    ran 10-35% slower than the same day on the same data a minute later (every process alike:
+    worker, PostgreSQL, Temporal), and a run with a 45 s pause after seeding was as fast as the
+    later ones. The kernel's dirty page cache before and after is printed and kept."""
+    dirty0 = _dirty_mb()
+    await asyncio.sleep(seconds)
+    out = {"seconds": seconds, "dirty_mb_before": round(dirty0), "dirty_mb_after": round(_dirty_mb())}
+    say(f"  settled {seconds:.0f}s after seeding (kernel dirty page cache {out['dirty_mb_before']:,} MB"
+        f" -> {out['dirty_mb_after']:,} MB)")  # fmt: skip
+    return out

@@ -38,6 +38,10 @@ class RefreshAudienceResult(BaseModel):
     matched: int
     eligible: int
     excluded: dict[str, int]
+    # The snapshot's seq values lie in [0, seq_end): the refresh numbers its parts interleaved
+    # (seq = k * parts + part), so a few positions at the end may be empty. None: dense
+    # numbering (histories written before parts existed), seq_end = eligible.
+    seq_end: int | None = None
 
 
 class SendSliceInput(BaseModel):

@@ -29,9 +29,14 @@ class Settings(BaseSettings):
     platform_timezone: str = Field(default="Asia/Shanghai", alias="SLUICE_PLATFORM_TZ")
     pool_size: int = Field(default=16, alias="SLUICE_DB_POOL")
     max_concurrent_activities: int = Field(default=16, alias="SLUICE_MAX_ACTIVITIES")
+    # The audience refresh runs as this many statements at once, each numbering its share of
+    # the day's recipients (activities/audience.py); about the database's cores.
+    refresh_parts: int = Field(default=2, ge=1, le=64, alias="SLUICE_REFRESH_PARTS")
     # How long a workflow waits for its crashed worker's sticky queue before any worker takes it.
     sticky_timeout_s: float = Field(default=5.0, gt=0, alias="SLUICE_STICKY_TIMEOUT_S")
     log_level: str = Field(default="INFO", alias="SLUICE_LOG_LEVEL")
+    # How long a process waits for a Temporal server that is still starting before it gives up.
+    temporal_connect_wait_s: float = Field(default=30.0, ge=0, alias="SLUICE_TEMPORAL_CONNECT_WAIT_S")
     # An HTTP messaging gateway (activities/http_channel.py) for the channels it names; the
     # others write to the outbox table. Unset: every channel is the outbox.
     gateway_url: str | None = Field(default=None, alias="SLUICE_GATEWAY_URL")

@@ -16,6 +16,17 @@ async def make_shop(pool: asyncpg.Pool, shop_id: str, timezone: str, industry: s
     )
 
 
+async def make_campaign(pool: asyncpg.Pool, shop_id: str, ref: str, state: str = "created") -> int:
+    """A campaigns row for tests that drive activities directly, without a workflow; its id."""
+    return await pool.fetchval(
+        "INSERT INTO campaigns (shop_id, campaign_ref, workflow_id, kind, spec, state)"
+        " VALUES ($1, $2, $1 || '.' || $2, 'K-PHASED', '{}'::jsonb, $3) RETURNING id",
+        shop_id,
+        ref,
+        state,
+    )
+
+
 async def add_customers(
     pool: asyncpg.Pool,
     shop_id: str,

@@ -45,6 +45,7 @@ async def test_bench_small_run_prints_writes_and_keeps_the_ledger_exact(admin_ds
         docs_path=tmp_path / "benchmarks.md",
         db_name=db_name,
         label="smoke",
+        settle_s=0.5,
     )
     try:
         results = await run(cfg)
@@ -118,6 +119,7 @@ async def test_bench_caps_small_run_is_exact(admin_dsn, tmp_path, capsys):
         admin_dsn=admin_dsn,
         results_path=tmp_path / "caps.json",
         drop_db=True,
+        settle_s=0.5,
     )
     result = await run_caps(cfg)
     out = capsys.readouterr().out

@@ -51,9 +51,9 @@ ALLOWED_INTERPOLATIONS = {
     ("activities/send.py", "unsub"): "CHANNEL_COLUMNS[channel], as above",
     ("activities/send.py", "has_contact"): "CHANNEL_COLUMNS[channel], as above",
     ("activities/send.py", "CHANNEL_ADDRESS[channel]"): "a constant address column per Channel",
+    ("activities/send.py", "prior"): "a constant ledger probe or NULL, chosen by the probe bool",
     ("activities/send.py", "CHANNEL_ADDRESS[inp.channel.value]"): "a constant address column per Channel",
     # _write_sql(handoff): two statements built once at import from a bool, never from input.
-    ("activities/send.py", "live_state"): "'sent' or 'reserved', chosen by the handoff bool",
     ("activities/send.py", "ref"): "a constant provider_ref expression or NULL, chosen by the handoff bool",
     ("activities/send.py", "cols"): "a constant extra unnest column list, chosen by the handoff bool",
     ("activities/send.py", "alias"): "a constant extra column alias, chosen by the handoff bool",
@@ -65,7 +65,7 @@ ALLOWED_INTERPOLATIONS = {
 }
 # (file, first argument of a query call): why it is safe.
 ALLOWED_SQL_ARGUMENTS = {
-    ("activities/send.py", "_chunk_sql(ch)"): "built only from the allowed interpolations above",
+    ("activities/send.py", "_chunk_sql(ch, probe)"): "built only from the allowed interpolations above",
     ("activities/send.py", "_WRITE_HANDED_OFF if handoff else _WRITE_RESERVED"):
         "_write_sql(True/False) at import: built only from the allowed interpolations above",
     ("activities/audience.py", "sql"): "refresh_sql(): built only from the allowed interpolations above",

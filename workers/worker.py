@@ -36,7 +36,7 @@ def build_worker(
     task_queue: str | None = None,
 ) -> Worker:
     channels = channels or ChannelRegistry.outbox_for_all(pool)
-    audience = AudienceActivities(pool)
+    audience = AudienceActivities(pool, parts=settings.refresh_parts)
     send = SendActivities(pool, channels, platform_timezone=settings.platform_timezone)
     report = ReportActivities(pool)
     return Worker(
@@ -59,9 +59,27 @@ def build_worker(
 async def connect_client(settings: Settings) -> Client:
     if not settings.temporal_address:
         raise SystemExit("TEMPORAL_ADDRESS is not set; start the local stack with `sluice dev`")
-    return await Client.connect(
-        settings.temporal_address, namespace=settings.temporal_namespace, data_converter=pydantic_data_converter
+    return await connect_when_ready(
+        settings.temporal_address, settings.temporal_namespace, wait_s=settings.temporal_connect_wait_s
     )
+
+
+async def connect_when_ready(address: str, namespace: str = "default", *, wait_s: float = 30.0) -> Client:
+    """Connect, waiting up to `wait_s` for a server that is still starting.
+
+    A Temporal server opens its port before its frontend is healthy ("Frontend is not healthy
+    yet"); a worker started beside it (compose, systemd, a restart) must not die of that.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        try:
+            return await Client.connect(address, namespace=namespace, data_converter=pydantic_data_converter)
+        except RuntimeError as exc:
+            if loop.time() >= deadline:
+                raise
+            log.warning("temporal not ready, retrying", temporal=address, error=str(exc)[:200])
+            await asyncio.sleep(0.5)
 
 
 async def run_worker(settings: Settings | None = None) -> None:

@@ -187,7 +187,7 @@ class CampaignWorkflow:
             if refresh.eligible + refresh.excluded.get("already_reached", 0) < phase.min_audience:
                 stop_reason = "audience_below_minimum"  # R-OC-4
             elif refresh.eligible:
-                stop_reason = await self._send_day(phase, win, refresh.eligible)
+                stop_reason = await self._send_day(phase, win, refresh.seq_end or refresh.eligible)
                 # Deliveries whose provider answer was lost are settled by reference, never resent.
                 await workflow.execute_activity_method(
                     SendActivities.reconcile_pending,
@@ -245,8 +245,8 @@ class CampaignWorkflow:
 
     # ------------------------------------------------------------------ sending
 
-    async def _send_day(self, phase: PhasePlan, win: DayWindow, eligible: int) -> str | None:
-        """Send slices of [0, eligible) until done; returns why it stopped early, or None."""
+    async def _send_day(self, phase: PhasePlan, win: DayWindow, seq_end: int) -> str | None:
+        """Send slices of the snapshot's [0, seq_end) until done; returns why it stopped early, or None."""
         plan, progress = self.plan, self.progress
         assert plan and progress
         tuning = plan.tuning
@@ -254,7 +254,7 @@ class CampaignWorkflow:
         if phase.pacing_per_hour:
             # Paced sends go in five-minute slices so the window closes between them, not inside one.
             slice_size = max(1, min(slice_size, phase.pacing_per_hour // 12))
-        pending = deque(_Slice(lo, min(lo + slice_size, eligible)) for lo in range(0, eligible, slice_size))
+        pending = deque(_Slice(lo, min(lo + slice_size, seq_end)) for lo in range(0, seq_end, slice_size))
         running: list[_Slice] = []
         unallotted = phase.daily_cap or _UNLIMITED
         next_launch: datetime = workflow.now()
@@ -305,7 +305,7 @@ class CampaignWorkflow:
                 unallotted, reason = self._settle(s, pending, unallotted)
                 stop = stop or reason
             workflow.set_current_details(
-                f"{phase.name} {win.day}: {progress.day_done:,}/{eligible:,} decided, state {progress.state}"
+                f"{phase.name} {win.day}: {progress.day_done:,}/{progress.day_eligible:,} decided, state {progress.state}"
             )
         if stop is None and pending:
             stop = "daily_cap"
@@ -322,7 +322,8 @@ class CampaignWorkflow:
             # re-run finds its committed rows in the ledger, so nothing is sent or counted twice.
             pending.appendleft(_Slice(s.lo, s.hi))
             return unallotted + s.allot, None
-        self.progress.day_done += res.next_seq - s.lo
+        # Positions of the snapshot decided; its few empty positions at the end count too.
+        self.progress.day_done = min(self.progress.day_done + res.next_seq - s.lo, self.progress.day_eligible)
         if res.next_seq < s.hi:
             pending.appendleft(_Slice(res.next_seq, s.hi))
         stop = res.stopped_reason if res.stopped_reason in ("window_closed", A.SUPPRESS_BENEFIT) else None

@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api.service import start_campaign
 from schemas.campaign import OldCustomerSpec
@@ -31,6 +30,7 @@ from tests.factories import add_customers, make_shop
 from tests.ledger_checks import assert_fatigue_matches_ledger, assert_ledger_exact, ledger_counts
 from tests.test_crash import WorkerProcess, pick_zone, worker_env
 from workers.binaries import temporal_cli
+from workers.worker import connect_when_ready
 from workflows import search_attributes as SA
 from workflows.calendar import local_day
 from workflows.campaign import CampaignWorkflow
@@ -161,7 +161,7 @@ async def test_temporal_restart_mid_campaign(clean_db, db_dsn, tmp_path):
     queue = f"chaos-{uuid.uuid4().hex[:8]}"
     worker = WorkerProcess(tmp_path, "worker", worker_env(db_dsn, address, queue))
     try:
-        client = await Client.connect(address, data_converter=pydantic_data_converter)
+        client = await connect_when_ready(address, wait_s=60)
         plan, _ = await start_campaign(pool, client, spec, task_queue=queue, tuning=TUNING)
         cid = plan.campaign_db_id
         for fraction in (0.25, 0.6):
@@ -171,7 +171,7 @@ async def test_temporal_restart_mid_campaign(clean_db, db_dsn, tmp_path):
             await asyncio.sleep(2)
             server.start()
             assert during < expected, "the restart came after the send had finished"
-        client = await Client.connect(address, data_converter=pydantic_data_converter)
+        client = await connect_when_ready(address, wait_s=60)
         result = await _result_through_outages(client, plan.workflow_id)
     finally:
         worker.stop()
