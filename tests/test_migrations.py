@@ -53,3 +53,17 @@ async def test_fatigue_map_functions_count(pool, fn, counts, key, expected):
         counts, key,
     )  # fmt: skip
     assert set(kinds) <= {"number"}
+
+
+async def test_outbox_arrays_skip_pglz(pool):
+    available = await pool.fetchval("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")
+    rows = await pool.fetch(
+        "SELECT attname, attcompression::text AS compression, attstorage::text AS storage FROM pg_attribute"
+        " WHERE attrelid = 'outbox'::regclass AND attname IN ('consumer_ids', 'addresses')"
+    )
+    assert len(rows) == 2
+    for r in rows:
+        if "lz4" in available:
+            assert (r["compression"], r["storage"]) == ("l", "x"), dict(r)
+        else:  # x: extended (compressed), e: external (out of line, uncompressed)
+            assert r["storage"] == "e", dict(r)
