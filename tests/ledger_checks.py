@@ -96,7 +96,8 @@ async def assert_fatigue_matches_ledger(pool) -> None:
     assert not mismatch, [dict(r) for r in mismatch]
     mismatch = await pool.fetch(
         """WITH led AS (SELECT consumer_id, shop_id, template_group, fatigue_day AS day, count(*)::int AS sent
-                        FROM deliveries WHERE state = 'sent' GROUP BY 1, 2, 3, 4),
+                        -- a phase without a template cap (group '') counts no template (R-FAT-1)
+                        FROM deliveries WHERE state = 'sent' AND template_group <> '' GROUP BY 1, 2, 3, 4),
                 cnt AS (SELECT * FROM fatigue_template WHERE day IN (SELECT fatigue_day FROM deliveries))
            SELECT f.consumer_id, f.sent, l.consumer_id AS ledger_consumer, l.sent AS ledger FROM cnt f
            FULL JOIN led l ON l.consumer_id = f.consumer_id AND l.shop_id = f.shop_id
