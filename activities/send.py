@@ -44,19 +44,8 @@ from schemas.rules import template_key
 from workflows.calendar import platform_day
 
 _LIVE_STATES = ("reserved", "unknown")
-
-
-def _exclusion(r) -> str | None:
-    """R-EXC-1, checked again at send time: the snapshot is from 00:00 (R-OC-5)."""
-    if r["deleted"]:
-        return A.SUPPRESS_DELETED
-    if r["blacklisted"]:
-        return A.SUPPRESS_BLACKLISTED
-    if r["unsub"]:
-        return A.SUPPRESS_UNSUBSCRIBED
-    if not r["has_contact"] or r["address"] is None:
-        return A.SUPPRESS_NO_CONTACT
-    return None
+# A delivery that stands behind its consumer (a send made or under way), for the budget (R-PH-7).
+_COMMITTED_STATES = ("reserved", "unknown", "sent")
 
 
 # A phase without a template cap (R-FAT-1): no template count can reach this.
@@ -112,9 +101,15 @@ def _chunk_sql(channel: str, probe: bool) -> str:
         if probe
         else "NULL::text"
     )
+    # R-EXC-1, checked again at send time: the snapshot is from 00:00 (R-OC-5). The reasons are
+    # schemas.activities.SUPPRESS_* (tests/test_send_exclusions.py holds them to it).
     return f"""
-        SELECT s.seq, s.consumer_id, c.deleted, c.blacklisted, c.{unsub} AS unsub,
-               ({has_contact}) AS has_contact, {CHANNEL_ADDRESS[channel]} AS address, {prior} AS prior
+        SELECT s.seq, s.consumer_id, {CHANNEL_ADDRESS[channel]} AS address, {prior} AS prior,
+               CASE WHEN c.deleted THEN 'deleted'
+                    WHEN c.blacklisted THEN 'blacklisted'
+                    WHEN c.{unsub} THEN 'unsubscribed'
+                    WHEN NOT ({has_contact}) OR {CHANNEL_ADDRESS[channel]} IS NULL THEN 'no_contact'
+               END AS excluded
         FROM audience_snapshots s
         JOIN shop_customers c ON c.shop_id = $4 AND c.consumer_id = s.consumer_id
         WHERE s.campaign_id = $1 AND s.phase = $2 AND s.day = $3 AND s.seq >= $5 AND s.seq < $6
@@ -182,29 +177,27 @@ def _write_sql(handoff: bool) -> str:
     committed batches.
 
     $1 campaign, $2 phase, $3 day, $4 channel, $5 shop, $6 template group, $7 fatigue day,
-    $8 decided_at, $9 ids, $10 states, $11 reasons, [$12 addresses, $13 body].
+    $8 decided_at, $9 ids, $10 reasons (NULL: live), $11 the live rows' state,
+    [$12 live ids, $13 their addresses (both in the order of $9), $14 body].
     """
-    ref = "CASE WHEN u.state = 'sent' THEN 'outbox:' || (SELECT id FROM b) END" if handoff else "NULL"
-    cols = ", $12::text[]" if handoff else ""
-    alias = ", address" if handoff else ""
+    ref = "CASE WHEN u.reason IS NULL THEN 'outbox:' || (SELECT id FROM b) END" if handoff else "NULL"
+    # The batch takes the live ids and addresses as sent: no aggregate over the chunk's rows.
     outbox = (
-        """, o AS (
+        """b AS (SELECT nextval('outbox_id_seq') AS id),
+    o AS (
         INSERT INTO outbox (id, campaign_id, phase, day, channel, body, consumer_ids, addresses)
-        SELECT (SELECT id FROM b), $1, $2, $3, $4, $13, array_agg(u.id), array_agg(u.address)
-        FROM u WHERE u.state = 'sent'
-        HAVING count(*) > 0
-    )"""
+        SELECT (SELECT id FROM b), $1, $2, $3, $4, $14, $12::bigint[], $13::text[]
+        WHERE cardinality($12::bigint[]) > 0
+    ),"""
         if handoff
         else ""
     )
-    batch = "b AS (SELECT nextval('outbox_id_seq') AS id), " if handoff else ""
     return f"""
-    WITH {batch}u AS (
-        SELECT * FROM unnest($9::bigint[], $10::text[], $11::text[]{cols}) AS u(id, state, reason{alias})
-    ){outbox}
+    WITH {outbox} u AS (SELECT * FROM unnest($9::bigint[], $10::text[]) AS u(id, reason))
     INSERT INTO deliveries (campaign_id, phase, consumer_id, day, channel, shop_id, template_group,
                             fatigue_day, state, reason, provider_ref, decided_at)
-    SELECT $1, $2, u.id, $3, $4, $5, $6, $7, u.state, u.reason, {ref}, $8
+    SELECT $1, $2, u.id, $3, $4, $5, $6, $7, CASE WHEN u.reason IS NULL THEN $11 ELSE 'suppressed' END,
+           u.reason, {ref}, $8
     FROM u
 """
 
@@ -407,20 +400,18 @@ class SendActivities:
             # Budget (R-PH-7) counts every delivery this slice stands behind: new
             # candidates, reservations to finish and sends already made.
             committed = 0
-            for r in rows:
-                prior = r["prior"]
-                reason = _exclusion(r) if prior is None else None
-                live = prior in ("reserved", "unknown", "sent") or (prior is None and reason is None)
+            for seq, consumer, address, prior, excluded in rows:
+                live = (excluded is None) if prior is None else prior in _COMMITTED_STATES
                 if live and committed >= budget:
-                    out.next_seq = r["seq"]
+                    out.next_seq = seq
                     break
                 committed += live
                 if prior is None:
-                    decisions[r["consumer_id"]] = reason
-                    addresses[r["consumer_id"]] = r["address"]
+                    decisions[consumer] = excluded
+                    addresses[consumer] = address
                 # Decided by an earlier attempt of this chunk: finish its work, decide nothing anew.
                 elif prior in _LIVE_STATES:
-                    out.to_reconcile.append(self._outbound(inp, r["consumer_id"], r["address"]))
+                    out.to_reconcile.append(self._outbound(inp, consumer, address))
                 elif prior == "sent":
                     out.already_sent += 1
                 else:
@@ -454,17 +445,15 @@ class SendActivities:
             if inp.coupon_id:
                 await self._grant_coupons(conn, inp, [c for c in ids if decisions[c] is None], decisions)
 
-            live_state = "sent" if handoff else "reserved"
+            reasons = [decisions[c] for c in ids]
+            live_now = [c for c, why in zip(ids, reasons, strict=True) if why is None]
             args = [
                 inp.campaign_db_id, inp.phase_index, inp.day, ch, inp.shop_id, cap.group if cap else "", fday,
-                inp.decided_at, ids,
-                [live_state if decisions[c] is None else "suppressed" for c in ids],
-                [decisions[c] for c in ids],
+                inp.decided_at, ids, reasons, "sent" if handoff else "reserved",
             ]  # fmt: skip
             if handoff:
-                args += [[addresses[c] for c in ids], _body(inp)]
+                args += [live_now, [addresses[c] for c in live_now], _body(inp)]
             await conn.execute(_WRITE_HANDED_OFF if handoff else _WRITE_RESERVED, *args)
-            live_now = [c for c in ids if decisions[c] is None]
             out.suppressed.update(reason for reason in decisions.values() if reason is not None)
             # A reservation without a live delivery gives its count back (the coupon ran out for it).
             unused = sorted(reserved.difference(live_now))

@@ -55,10 +55,7 @@ ALLOWED_INTERPOLATIONS = {
     ("activities/send.py", "CHANNEL_ADDRESS[inp.channel.value]"): "a constant address column per Channel",
     # _write_sql(handoff): two statements built once at import from a bool, never from input.
     ("activities/send.py", "ref"): "a constant provider_ref expression or NULL, chosen by the handoff bool",
-    ("activities/send.py", "cols"): "a constant extra unnest column list, chosen by the handoff bool",
-    ("activities/send.py", "alias"): "a constant extra column alias, chosen by the handoff bool",
-    ("activities/send.py", "outbox"): "a constant outbox CTE, chosen by the handoff bool",
-    ("activities/send.py", "batch"): "a constant batch-id CTE, chosen by the handoff bool",
+    ("activities/send.py", "outbox"): "a constant outbox batch CTE, chosen by the handoff bool",
     ("db/embedded.py", "name"):
         "CREATE DATABASE takes no parameters; the name comes from the test fixtures / launcher, never a request",
     ("db/seed.py", "', '.join(SEEDED_TABLES)"): "ANALYZE over a constant list of table names",
