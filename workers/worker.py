@@ -72,14 +72,21 @@ async def connect_when_ready(address: str, namespace: str = "default", *, wait_s
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
+    waited = False
     while True:
         try:
-            return await Client.connect(address, namespace=namespace, data_converter=pydantic_data_converter)
+            client = await Client.connect(address, namespace=namespace, data_converter=pydantic_data_converter)
         except RuntimeError as exc:
             if loop.time() >= deadline:
                 raise
-            log.warning("temporal not ready, retrying", temporal=address, error=str(exc)[:200])
+            if not waited:
+                log.warning("temporal not ready, waiting", temporal=address, wait_s=wait_s, error=str(exc)[:200])
+                waited = True
             await asyncio.sleep(0.5)
+            continue
+        if waited:
+            log.info("temporal ready", temporal=address)
+        return client
 
 
 async def run_worker(settings: Settings | None = None) -> None:
