@@ -102,7 +102,8 @@ def _chunk_sql(channel: str, probe: bool) -> str:
         else "NULL::text"
     )
     # R-EXC-1, checked again at send time: the snapshot is from 00:00 (R-OC-5). The reasons are
-    # schemas.activities.SUPPRESS_* (tests/test_send_exclusions.py holds them to it).
+    # schemas.activities.SUPPRESS_* (tests/test_send_exclusions.py holds them to it). The
+    # columns are unpacked in this order by SendActivities._reserve.
     return f"""
         SELECT s.seq, s.consumer_id, {CHANNEL_ADDRESS[channel]} AS address, {prior} AS prior,
                CASE WHEN c.deleted THEN 'deleted'
@@ -466,7 +467,7 @@ class SendActivities:
             if handoff:
                 out.handed_off = len(live_now)
             else:
-                out.to_send.extend(self._outbound(inp, c, addresses[c]) for c in sorted(live_now))
+                out.to_send.extend(self._outbound(inp, c, addresses[c]) for c in live_now)
         return out
 
     @staticmethod
