@@ -69,8 +69,22 @@ CHANNEL_COLUMNS = {
     "email": ("unsub_email", "c.email IS NOT NULL AND c.email_valid"),
     "inbox": ("unsub_inbox", "true"),
 }
-# Where a channel's message goes, for the send path.
+# Where a channel's message goes, for the send path. Each channel's contact predicate above
+# requires this column (tests/test_sql_params.py), so a reachable consumer has an address.
 CHANNEL_ADDRESS = {"chat": "c.chat_id", "sms": "c.phone", "email": "c.email", "inbox": "c.consumer_id::text"}
+
+
+def exclusion_branches(channel: str) -> str:
+    """R-EXC-1 as CASE branches over shop_customers `c`, the first reason that applies winning.
+
+    The one definition for the refresh (at 00:00) and the send path (again at send time,
+    R-OC-5). The reasons are schemas.activities.SUPPRESS_* (tests/test_send_exclusions.py).
+    """
+    unsub, has_contact = CHANNEL_COLUMNS[channel]
+    return f"""WHEN c.deleted THEN 'deleted'
+                 WHEN c.blacklisted THEN 'blacklisted'
+                 WHEN c.{unsub} THEN 'unsubscribed'
+                 WHEN NOT ({has_contact}) THEN 'no_contact'"""
 
 # R-OC-7: likely readers logged in, visited, viewed live, favourited within 30 days or read a message within 90.
 _LOW_ACTIVITY = """NOT EXISTS (
@@ -81,7 +95,6 @@ _LOW_ACTIVITY = """NOT EXISTS (
 
 
 def refresh_sql(audience: str, channel: str, kind: str) -> str:
-    unsub, has_contact = CHANNEL_COLUMNS[channel]
     oldcust = kind == "K-OLDCUST"
     # R-OC-6: who an earlier task of the shop has in today's snapshot, as one hashed set
     # (a probe per recipient needed an index on the snapshot that cost more to keep than it saved).
@@ -102,10 +115,7 @@ def refresh_sql(audience: str, channel: str, kind: str) -> str:
     ),
     flagged AS (
         SELECT m.consumer_id,
-            CASE WHEN c.deleted THEN 'deleted'
-                 WHEN c.blacklisted THEN 'blacklisted'
-                 WHEN c.{unsub} THEN 'unsubscribed'
-                 WHEN NOT ({has_contact}) THEN 'no_contact'
+            CASE {exclusion_branches(channel)}
                  WHEN $7::bool AND EXISTS (SELECT 1 FROM deliveries d
                               WHERE d.campaign_id = $4 AND d.phase = $5 AND d.consumer_id = m.consumer_id
                                 AND d.state IN ('reserved', 'sent', 'unknown')) THEN 'already_reached'

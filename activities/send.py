@@ -34,7 +34,7 @@ from datetime import UTC, date, datetime
 import asyncpg
 from temporalio import activity
 
-from activities.audience import CHANNEL_ADDRESS, CHANNEL_COLUMNS
+from activities.audience import CHANNEL_ADDRESS, exclusion_branches
 from activities.channels import ChannelRegistry, InDatabaseChannel, Outbound, Outcome
 from activities.context import bind_activity_context
 from schemas import activities as A
@@ -91,7 +91,6 @@ def _chunk_sql(channel: str, probe: bool) -> str:
     ledger insert fails on its key, the transaction rolls back, and the chunk is read again
     with the probe (SendActivities._run_chunk).
     """
-    unsub, has_contact = CHANNEL_COLUMNS[channel]
     # A primary-key probe per row, not a join: today's ledger rows are newer than the statistics,
     # and a join then scans the campaign's whole day per recipient (PERF pitfall 2: 1.1 s per
     # 200-recipient chunk at 20,000 rows, growing with the day).
@@ -101,16 +100,11 @@ def _chunk_sql(channel: str, probe: bool) -> str:
         if probe
         else "NULL::text"
     )
-    # R-EXC-1, checked again at send time: the snapshot is from 00:00 (R-OC-5). The reasons are
-    # schemas.activities.SUPPRESS_* (tests/test_send_exclusions.py holds them to it). The
-    # columns are unpacked in this order by SendActivities._reserve.
+    # R-EXC-1, checked again at send time: the snapshot is from 00:00 (R-OC-5). The columns are
+    # unpacked in this order by SendActivities._reserve.
     return f"""
         SELECT s.seq, s.consumer_id, {CHANNEL_ADDRESS[channel]} AS address, {prior} AS prior,
-               CASE WHEN c.deleted THEN 'deleted'
-                    WHEN c.blacklisted THEN 'blacklisted'
-                    WHEN c.{unsub} THEN 'unsubscribed'
-                    WHEN NOT ({has_contact}) OR {CHANNEL_ADDRESS[channel]} IS NULL THEN 'no_contact'
-               END AS excluded
+               CASE {exclusion_branches(channel)} END AS excluded
         FROM audience_snapshots s
         JOIN shop_customers c ON c.shop_id = $4 AND c.consumer_id = s.consumer_id
         WHERE s.campaign_id = $1 AND s.phase = $2 AND s.day = $3 AND s.seq >= $5 AND s.seq < $6

@@ -21,14 +21,10 @@ with workflow.unsafe.imports_passed_through():
 
     from schemas import rules
     from schemas.activities import (
-        SUPPRESS_BLACKLISTED,
-        SUPPRESS_DELETED,
         SUPPRESS_GLOBAL_DAY,
         SUPPRESS_GLOBAL_SHOPS,
-        SUPPRESS_NO_CONTACT,
         SUPPRESS_SHOP_DAY,
         SUPPRESS_TEMPLATE,
-        SUPPRESS_UNSUBSCRIBED,
     )
     from schemas.rules import template_key
 
@@ -76,11 +72,10 @@ class NaiveWorkflow:
 
 
 def _channel_sql(channel: str) -> str:
-    from activities.audience import CHANNEL_ADDRESS, CHANNEL_COLUMNS
+    from activities.audience import CHANNEL_ADDRESS, exclusion_branches
 
-    unsub, has_contact = CHANNEL_COLUMNS[channel]
     return f"""
-        SELECT s.consumer_id, c.deleted, c.blacklisted, c.{unsub} AS unsub, ({has_contact}) AS has_contact,
+        SELECT s.consumer_id, CASE {exclusion_branches(channel)} END AS excluded,
                {CHANNEL_ADDRESS[channel]} AS address,
                (SELECT d.state FROM deliveries d WHERE d.campaign_id = $1 AND d.phase = $2
                    AND d.consumer_id = s.consumer_id AND d.day = $3 AND d.channel = $6) AS prior
@@ -109,14 +104,7 @@ class NaiveActivities:
             cid = r["consumer_id"]
             reason = None
             if r["prior"] is None:
-                if r["deleted"]:
-                    reason = SUPPRESS_DELETED
-                elif r["blacklisted"]:
-                    reason = SUPPRESS_BLACKLISTED
-                elif r["unsub"]:
-                    reason = SUPPRESS_UNSUBSCRIBED
-                elif not r["has_contact"] or r["address"] is None:
-                    reason = SUPPRESS_NO_CONTACT
+                reason = r["excluded"]
                 new_shop = 0
                 if reason is None:
                     g = await conn.fetchrow(

@@ -43,13 +43,13 @@ QUERY_METHODS = {"execute", "executemany", "fetch", "fetchrow", "fetchval", "pre
 ALLOWED_INTERPOLATIONS = {
     ("activities/audience.py", "AUDIENCES[audience]"):
         "a constant query from the AUDIENCES dict; the name is checked `in AUDIENCES` before (and at submission)",
-    ("activities/audience.py", "unsub"): "CHANNEL_COLUMNS[channel]: an opt-out column per Channel enum value",
-    ("activities/audience.py", "has_contact"): "CHANNEL_COLUMNS[channel]: a constant predicate per Channel",
+    ("activities/audience.py", "exclusion_branches(channel)"):
+        "CASE branches built only from CHANNEL_COLUMNS[channel]: an opt-out column and a constant contact"
+        " predicate per Channel enum value",
     ("activities/audience.py", "overlap"): "a constant SQL fragment chosen by the campaign kind",
     ("activities/audience.py", "overlap_join"): "a constant SQL fragment chosen by the campaign kind",
     ("activities/audience.py", "low_activity"): "a constant SQL fragment (_LOW_ACTIVITY) chosen by kind",
-    ("activities/send.py", "unsub"): "CHANNEL_COLUMNS[channel], as above",
-    ("activities/send.py", "has_contact"): "CHANNEL_COLUMNS[channel], as above",
+    ("activities/send.py", "exclusion_branches(channel)"): "CASE branches from CHANNEL_COLUMNS, as above",
     ("activities/send.py", "CHANNEL_ADDRESS[channel]"): "a constant address column per Channel",
     ("activities/send.py", "prior"): "a constant ledger probe or NULL, chosen by the probe bool",
     ("activities/send.py", "CHANNEL_ADDRESS[inp.channel.value]"): "a constant address column per Channel",
@@ -140,6 +140,10 @@ def test_the_allowed_interpolations_are_constants_without_quotes():
     fragments = [*CHANNEL_ADDRESS.values()] + [part for pair in CHANNEL_COLUMNS.values() for part in pair]
     for fragment in fragments:
         assert re.fullmatch(r"[a-z_. ():]+", fragment, re.IGNORECASE), fragment
+    # exclusion_branches' no_contact stands for "no address" too: each contact predicate requires
+    # the channel's address column (the in-site inbox addresses the consumer id itself).
+    for channel, address in CHANNEL_ADDRESS.items():
+        assert channel == "inbox" or f"{address} IS NOT NULL" in CHANNEL_COLUMNS[channel][1], channel
     for name, query in AUDIENCES.items():
         assert re.fullmatch(r"[a-z0-9_]+", name)
         assert "{" not in query and ";" not in query.split("--")[0], name
