@@ -20,6 +20,7 @@ from collections import Counter
 import asyncpg
 from temporalio import activity
 
+from activities import errors
 from activities.context import bind_activity_context
 from schemas.activities import RefreshAudienceInput, RefreshAudienceResult
 
@@ -143,7 +144,7 @@ class AudienceActivities:
     async def refresh_audience(self, inp: RefreshAudienceInput) -> RefreshAudienceResult:
         log = bind_activity_context(shop_id=inp.shop_id, campaign_db_id=inp.campaign_db_id)
         if inp.audience not in AUDIENCES:
-            raise ValueError(f"unknown audience {inp.audience!r}")
+            raise errors.invalid_input("audience", f"unknown audience {inp.audience!r} (one of {', '.join(sorted(AUDIENCES))})")
         sql = refresh_sql(inp.audience, inp.channel.value, inp.kind)
         async with self.pool.acquire() as conn:
             # A retried refresh rebuilds the day's snapshot from scratch: the

@@ -15,6 +15,8 @@ from typing import Literal, Protocol
 
 import asyncpg
 
+from activities import errors
+
 
 @dataclass(frozen=True, slots=True)
 class Outbound:
@@ -144,7 +146,7 @@ class ChannelRegistry:
         try:
             return self._channels[name]
         except KeyError:
-            raise LookupError(f"no channel configured for {name!r}") from None
+            raise errors.not_configured(name) from None
 
     @classmethod
     def outbox_for_all(cls, pool: asyncpg.Pool) -> ChannelRegistry:

@@ -34,6 +34,7 @@ from datetime import UTC, date, datetime
 import asyncpg
 from temporalio import activity
 
+from activities import errors
 from activities.audience import CHANNEL_ADDRESS, exclusion_branches
 from activities.channels import ChannelRegistry, InDatabaseChannel, Outbound, Outcome
 from activities.context import bind_activity_context
@@ -64,7 +65,7 @@ def _cap_reason(today, earlier: int, cap) -> str:
         return A.SUPPRESS_TEMPLATE
     # The statement and this reading disagree: fail the chunk (its transaction rolls back) rather
     # than record a reason that is not true.
-    raise RuntimeError(f"consumer {today['id']}: not reserved, yet no cap bites ({dict(today)}, earlier {earlier})")
+    raise errors.cap_reading_raced(f"consumer {today['id']}: not reserved, yet no cap bites ({dict(today)}, earlier {earlier})")
 
 
 @dataclass

@@ -3,6 +3,13 @@
 Rules that need the database (the shop exists, the coupon is valid, the image
 was configured in time) are checked here, before anything is written or
 started; a second start of the same campaign is refused, never doubled.
+
+Every failure of Temporal is one of three typed answers, never a bare RPC
+error: the campaign is unknown (`CampaignNotFound`), it has finished
+(`CampaignNotRunning`), or Temporal or the workers cannot answer now
+(`TemporalUnavailable`, `StatusUnavailable`: try again later). A start that
+wrote its row but could not start the workflow (Temporal down) is completed by
+a retry with the same spec; a different spec under the same id is refused.
 """
 
 from __future__ import annotations
@@ -32,9 +39,14 @@ from workflows.campaign import CampaignWorkflow
 
 
 class CampaignExists(Exception):
-    def __init__(self, workflow_id: str):
-        super().__init__(f"campaign {workflow_id} already exists")
+    def __init__(self, workflow_id: str, detail: str = "already exists"):
+        super().__init__(f"campaign {workflow_id} {detail}")
         self.workflow_id = workflow_id
+        self.detail = detail
+
+
+class TemporalUnavailable(Exception):
+    """Temporal did not answer in time (down, restarting, overloaded): nothing was done; retry."""
 
 
 class CampaignNotFound(Exception):
@@ -114,24 +126,34 @@ async def start_campaign(
 ) -> tuple[CampaignPlan, WorkflowHandle]:
     now = now or datetime.now(UTC)
     wf_id = workflow_id_for(spec.shop_id, spec.campaign_id)
+    spec_json = spec.model_dump(mode="json")
     async with pool.acquire() as conn:
         async with conn.transaction():
             tz = await check_spec(conn, spec, now)
+            # No conflict target: the row is unique on (shop_id, campaign_ref) and on workflow_id, and a
+            # racing identical start may hit either first; both mean "exists", never an error.
             row = await conn.fetchrow(
                 """INSERT INTO campaigns (shop_id, campaign_ref, workflow_id, kind, spec)
-                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT (shop_id, campaign_ref) DO NOTHING
+                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING
                    RETURNING id""",
                 spec.shop_id,
                 spec.campaign_id,
                 wf_id,
                 spec.kind,
-                spec.model_dump(mode="json"),
+                spec_json,
             )
         if row is None:
-            existing = await conn.fetchrow("SELECT id, state FROM campaigns WHERE workflow_id = $1", wf_id)
+            existing = await conn.fetchrow(
+                "SELECT id, state, spec = $2::jsonb AS same_spec FROM campaigns WHERE workflow_id = $1", wf_id, spec_json
+            )
+            if existing is None:  # another shop's row holds the id: impossible while ids embed the shop
+                raise CampaignExists(wf_id)
+            if not existing["same_spec"]:
+                raise CampaignExists(wf_id, "already exists with a different spec")
             if existing["state"] != "created" or await _workflow_exists(client, wf_id):
                 raise CampaignExists(wf_id)
-            # A row whose workflow never started (the start failed after the insert): start it now.
+            # The same spec, written by a start whose workflow never started (Temporal was down after
+            # the insert): this retry completes it.
             row = existing
     plan = compile_plan(spec, campaign_db_id=row["id"], timezone=tz)
     if tuning:
@@ -146,20 +168,27 @@ async def start_campaign(
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             search_attributes=SA.initial(plan.shop_id, plan.kind, plan.phases[0].name),
             static_summary=f"{plan.kind} {plan.shop_id}/{plan.campaign_id}",
+            rpc_timeout=RPC_TIMEOUT,
         )
     except WorkflowAlreadyStartedError:
         raise CampaignExists(wf_id) from None
+    except RPCError as err:
+        raise _unavailable_or(err) from None
+    except RuntimeError as err:  # the client cannot (re)connect: "Failed client connect"
+        raise TemporalUnavailable(str(err)[:300]) from None
     return plan, started
 
 
 async def _workflow_exists(client: Client, wf_id: str) -> bool:
     try:
-        await client.get_workflow_handle(wf_id).describe()
+        await client.get_workflow_handle(wf_id).describe(rpc_timeout=RPC_TIMEOUT)
         return True
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             return False
-        raise
+        raise _unavailable_or(err) from None
+    except RuntimeError as err:
+        raise TemporalUnavailable(str(err)[:300]) from None
 
 
 def handle(client: Client, workflow_id: str) -> WorkflowHandle:
@@ -170,8 +199,26 @@ class StatusUnavailable(Exception):
     """No worker answered the progress query in time (workers down or busy): try again later."""
 
 
+# How long one call to Temporal may take before the answer is "unavailable, retry" (503).
+RPC_TIMEOUT = timedelta(seconds=5)
 QUERY_TIMEOUT = timedelta(seconds=10)
-_UNAVAILABLE = {RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.UNAVAILABLE, RPCStatusCode.CANCELLED}
+_UNAVAILABLE = {
+    RPCStatusCode.DEADLINE_EXCEEDED,
+    RPCStatusCode.UNAVAILABLE,
+    RPCStatusCode.CANCELLED,
+    RPCStatusCode.RESOURCE_EXHAUSTED,
+    RPCStatusCode.ABORTED,
+    RPCStatusCode.UNKNOWN,
+    RPCStatusCode.INTERNAL,
+}
+
+
+def _unavailable_or(err: RPCError) -> Exception:
+    return (
+        TemporalUnavailable(f"temporal: {err.status.name if err.status else 'error'}: {err.message}"[:300])
+        if err.status in _UNAVAILABLE
+        else err
+    )
 
 
 async def status(client: Client, workflow_id: str) -> CampaignStatus:
@@ -180,26 +227,40 @@ async def status(client: Client, workflow_id: str) -> CampaignStatus:
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise CampaignNotFound(workflow_id) from None
-        if err.status in _UNAVAILABLE:
+        # FAILED_PRECONDITION: "no poller seen for task queue recently" (every worker is down).
+        if err.status in _UNAVAILABLE or err.status == RPCStatusCode.FAILED_PRECONDITION:
             raise StatusUnavailable(workflow_id) from None
         raise
+    except RuntimeError as err:
+        raise TemporalUnavailable(str(err)[:300]) from None
+
+
+ACTIONS = ("pause", "resume", "cancel")
 
 
 async def control(client: Client, workflow_id: str, action: str, reason: str | None = None) -> None:
-    h = handle(client, workflow_id)
-    try:
-        desc = await h.describe()
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise CampaignNotFound(workflow_id) from None
-        raise
-    if desc.status is not None and desc.status.name != "RUNNING":
-        raise CampaignNotRunning(workflow_id, desc.status.name.lower())
-    if action == "pause":
-        await h.signal(CampaignWorkflow.pause)
-    elif action == "resume":
-        await h.signal(CampaignWorkflow.resume)
-    elif action == "cancel":
-        await h.signal(CampaignWorkflow.cancel, reason)
-    else:
+    """Signal the campaign's current run. The signal is the check: a finished run refuses it (no
+    describe-then-signal race); Temporal keeps an accepted signal durably, so it takes effect even if no
+    worker runs now (the workflow's state exists before any handler runs)."""
+    if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}")
+    h = handle(client, workflow_id)
+    signal = {"pause": CampaignWorkflow.pause, "resume": CampaignWorkflow.resume, "cancel": CampaignWorkflow.cancel}
+    args = (reason,) if action == "cancel" else ()
+    try:
+        await h.signal(signal[action], *args, rpc_timeout=RPC_TIMEOUT)
+    except RuntimeError as err:
+        raise TemporalUnavailable(str(err)[:300]) from None
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise _unavailable_or(err) from None
+        # "workflow execution already completed", or no such workflow: say which.
+        try:
+            desc = await h.describe(rpc_timeout=RPC_TIMEOUT)
+        except RPCError as err2:
+            if err2.status == RPCStatusCode.NOT_FOUND:
+                raise CampaignNotFound(workflow_id) from None
+            raise _unavailable_or(err2) from None
+        except RuntimeError as err2:
+            raise TemporalUnavailable(str(err2)[:300]) from None
+        raise CampaignNotRunning(workflow_id, desc.status.name.lower() if desc.status else "closed") from None

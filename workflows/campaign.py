@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.audience import AudienceActivities
@@ -36,13 +35,10 @@ with workflow.unsafe.imports_passed_through():
     )
     from schemas.campaign import CampaignPlan, PhasePlan
     from schemas.workflow import CampaignInput, CampaignProgress, CampaignStatus
+    from workflows import policies
     from workflows import search_attributes as SA
     from workflows.calendar import DayWindow, day_window
 
-_SHORT = dict(
-    start_to_close_timeout=timedelta(minutes=10),
-    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
-)
 _UNLIMITED = 2**31 - 1
 
 
@@ -54,34 +50,39 @@ class _Slice:
     handle: asyncio.Task | None = None
 
 
+class _Stopped(Exception):
+    """Cancelled while halted: unwind to `run`, which records the campaign as cancelled."""
+
+
 @workflow.defn
 class CampaignWorkflow:
-    def __init__(self) -> None:
-        self.plan: CampaignPlan | None = None
-        self.progress: CampaignProgress | None = None
+    @workflow.init
+    def __init__(self, inp: CampaignInput) -> None:
+        # The state exists before any handler runs: a signal that arrives with the start, before the
+        # first workflow task, finds it and takes effect instead of being dropped.
+        self.plan: CampaignPlan = inp.plan
+        self.progress: CampaignProgress = inp.progress or CampaignProgress(started_at=workflow.now())
 
     # ------------------------------------------------------------------ control
 
     @workflow.signal
     def pause(self) -> None:
-        if self.progress and not self.progress.cancel_requested:
+        if not self.progress.cancel_requested:
             self.progress.paused = True
 
     @workflow.signal
     def resume(self) -> None:
-        if self.progress:
-            self.progress.paused = False
+        self.progress.paused = False
+        self.progress.halt_reason = None
 
     @workflow.signal
     def cancel(self, reason: str | None = None) -> None:
-        if self.progress:
-            self.progress.cancel_requested = True
-            self.progress.cancel_reason = reason or "cancelled by request"
+        self.progress.cancel_requested = True
+        self.progress.cancel_reason = self.progress.cancel_reason or reason or "cancelled by request"
 
     @workflow.query(name="progress")
     def progress_query(self) -> CampaignStatus:
         plan, progress = self.plan, self.progress
-        assert plan and progress
         phase = plan.phases[progress.phase_index].name if progress.phase_index < len(plan.phases) else None
         return CampaignStatus(
             workflow_id=plan.workflow_id,
@@ -96,8 +97,7 @@ class CampaignWorkflow:
 
     @workflow.run
     async def run(self, inp: CampaignInput) -> CampaignProgress:
-        self.plan = plan = inp.plan
-        self.progress = progress = inp.progress or CampaignProgress(started_at=workflow.now())
+        plan, progress = self.plan, self.progress
         try:
             while progress.phase_index < len(plan.phases) and not progress.cancel_requested:
                 phase = plan.phases[progress.phase_index]
@@ -111,6 +111,8 @@ class CampaignWorkflow:
                 if progress.phase_index < len(plan.phases):
                     # Phase boundary: a fresh run keeps history small (DESIGN 6).
                     return await self._continue_as_new()
+        except _Stopped:
+            pass  # cancelled while halted: recorded below like any cancel
         except asyncio.CancelledError:
             # `temporal workflow cancel` behaves like the cancel signal, then ends as cancelled.
             progress.cancel_requested = True
@@ -121,12 +123,9 @@ class CampaignWorkflow:
         return progress
 
     async def _finish(self) -> None:
-        progress = self.progress
-        assert progress
-        await self._publish("cancelled" if progress.cancel_requested else "completed")
+        await self._publish("cancelled" if self.progress.cancel_requested else "completed", final=True)
 
     async def _continue_as_new(self) -> CampaignProgress:
-        assert self.progress
         await workflow.wait_condition(workflow.all_handlers_finished)
         self.progress.runs += 1
         workflow.continue_as_new(CampaignInput(plan=self.plan, progress=self.progress))
@@ -134,7 +133,6 @@ class CampaignWorkflow:
     async def _run_phase(self, phase: PhasePlan) -> bool:
         """Walk the phase's remaining days; True when the run should continue as new mid-phase."""
         plan, progress = self.plan, self.progress
-        assert plan and progress
         days = [d for d in phase.days() if progress.next_day is None or d >= progress.next_day]
         for day in days:
             if progress.cancel_requested:
@@ -152,20 +150,21 @@ class CampaignWorkflow:
 
     async def _run_day(self, phase: PhasePlan, win: DayWindow, last_day: bool) -> str | None:
         plan, progress = self.plan, self.progress
-        assert plan and progress
         progress.current_day, progress.day_eligible, progress.day_done = win.day, 0, 0
-        if workflow.now() < win.send_at:
-            await self._publish("waiting")
-            workflow.set_current_details(f"{phase.name}: waiting for {win.day} send time")
-            await _wait(lambda: progress.cancel_requested, win.send_at - workflow.now())
+        while workflow.now() < win.send_at and not progress.cancel_requested:
+            # A pause while waiting shows at once (state "paused"); the wait itself goes on.
+            paused = progress.paused
+            await self._publish("paused" if paused else "waiting")
+            workflow.set_current_details(f"{phase.name}: {'paused, ' if paused else ''}waiting for {win.day} send time")
+            await _wait(lambda was=paused: progress.cancel_requested or progress.paused != was, win.send_at - workflow.now())
         if progress.cancel_requested:
             return None
         stop_reason: str | None = None
         if workflow.now() >= win.close_at:
-            # Started late or the worker was away all day: no stale sends (DESIGN 5).
+            # Started late or the worker was away all day: no stale sends.
             stop_reason = "window_missed"
-        else:
-            refresh = await workflow.execute_activity_method(
+        elif (
+            refresh := await self._call(
                 AudienceActivities.refresh_audience,
                 RefreshAudienceInput(
                     campaign_db_id=plan.campaign_db_id,
@@ -179,8 +178,12 @@ class CampaignWorkflow:
                     campaign_started_at=progress.started_at,
                 ),
                 summary=f"audience {phase.audience} {win.day}",
-                **_SHORT,
+                limits=policies.until_window_closes(workflow.now(), win.close_at),
+                missed=lambda: workflow.now() >= win.close_at,
             )
+        ) is None:
+            stop_reason = "window_missed"  # the refresh could not run before 22:00
+        else:
             progress.day_eligible = refresh.eligible
             # R-OC-4 bounds the task's audience: today's eligible plus whom this phase already
             # reached, so a multi-day task's leftover under 100 still goes out.
@@ -189,7 +192,7 @@ class CampaignWorkflow:
             elif refresh.eligible:
                 stop_reason = await self._send_day(phase, win, refresh.seq_end or refresh.eligible)
                 # Deliveries whose provider answer was lost are settled by reference, never resent.
-                await workflow.execute_activity_method(
+                await self._call(
                     SendActivities.reconcile_pending,
                     ReconcileInput(
                         campaign_db_id=plan.campaign_db_id,
@@ -199,7 +202,6 @@ class CampaignWorkflow:
                         coupon_id=phase.coupon_id,
                     ),
                     summary="reconcile",
-                    **_SHORT,
                 )
         if progress.cancel_requested:
             await self._close_day(phase, win.day, A.NOT_SENT_CANCELLED)
@@ -207,13 +209,12 @@ class CampaignWorkflow:
             await self._close_day(phase, win.day, A.SUPPRESS_BENEFIT)
         elif last_day and stop_reason:
             await self._close_day(phase, win.day, _phase_end_reason(stop_reason))
-        report = await workflow.execute_activity_method(
+        report = await self._call(
             ReportActivities.day_report,
             DayReportInput(
                 campaign_db_id=plan.campaign_db_id, phase_index=progress.phase_index, phase_name=phase.name, day=win.day
             ),
             summary=f"report {win.day}",
-            **_SHORT,
         )
         if stop_reason:
             report.counts[f"stopped:{stop_reason}"] = 1
@@ -226,8 +227,7 @@ class CampaignWorkflow:
 
     async def _close_day(self, phase: PhasePlan, day: date, reason: str) -> None:
         plan, progress = self.plan, self.progress
-        assert plan and progress
-        await workflow.execute_activity_method(
+        await self._call(
             ReportActivities.close_day,
             CloseDayInput(
                 campaign_db_id=plan.campaign_db_id,
@@ -240,7 +240,6 @@ class CampaignWorkflow:
                 reason=reason,
             ),
             summary=f"close {day}: {reason}",
-            **_SHORT,
         )
 
     # ------------------------------------------------------------------ sending
@@ -248,7 +247,6 @@ class CampaignWorkflow:
     async def _send_day(self, phase: PhasePlan, win: DayWindow, seq_end: int) -> str | None:
         """Send slices of the snapshot's [0, seq_end) until done; returns why it stopped early, or None."""
         plan, progress = self.plan, self.progress
-        assert plan and progress
         tuning = plan.tuning
         slice_size = tuning.slice_size
         if phase.pacing_per_hour:
@@ -284,6 +282,10 @@ class CampaignWorkflow:
                     if phase.pacing_per_hour:
                         next_launch = workflow.now() + timedelta(hours=(s.hi - s.lo) / phase.pacing_per_hour)
             if not running:
+                if stop == "failed":
+                    # A slice failed in a way no retry fixes: halt (a paused state with the reason) until
+                    # an operator resumes or cancels; a resume re-runs the rest of the day's slices.
+                    progress.paused, stop = True, "paused"
                 if stop == "paused":
                     if await self._wait_while_paused(win):
                         stop = None
@@ -317,7 +319,15 @@ class CampaignWorkflow:
         """Account a finished slice; its unsent rest goes back to the front of the queue."""
         try:
             res: SendSliceResult = s.handle.result()
-        except (ActivityError, asyncio.CancelledError):
+        except ActivityError as err:
+            pending.appendleft(_Slice(s.lo, s.hi))
+            if _not_retryable(err):
+                self.progress.halt_reason = f"send {s.lo}-{s.hi} failed: {_cause(err)}"
+                return unallotted + s.allot, "failed"
+            # Outcome unknown (cancelled while retrying, out of time): the whole range runs again, and the
+            # re-run finds its committed rows in the ledger, so nothing is sent or counted twice.
+            return unallotted + s.allot, None
+        except asyncio.CancelledError:
             # Outcome unknown (cancelled while retrying): the whole range runs again, and the
             # re-run finds its committed rows in the ledger, so nothing is sent or counted twice.
             pending.appendleft(_Slice(s.lo, s.hi))
@@ -351,9 +361,8 @@ class CampaignWorkflow:
                 window_end=win.close_at,
                 chunk_size=tuning.chunk_size,
             ),
-            start_to_close_timeout=timedelta(hours=2),
             heartbeat_timeout=timedelta(seconds=tuning.heartbeat_timeout_s),
-            retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
+            **policies.send_limits(workflow.now(), win.close_at).options(),
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             summary=f"send {win.day} [{s.lo}, {s.hi})",
         )
@@ -361,33 +370,75 @@ class CampaignWorkflow:
     async def _wait_while_paused(self, win: DayWindow) -> bool:
         """Hold while paused; True when resumed inside today's window."""
         progress = self.progress
-        await self._publish("paused")
-        workflow.set_current_details("paused")
+        await self._publish("halted" if progress.halt_reason else "paused")
+        workflow.set_current_details(f"halted: {progress.halt_reason}" if progress.halt_reason else "paused")
         await _wait(lambda: not progress.paused or progress.cancel_requested, win.close_at - workflow.now())
         if not progress.paused and not progress.cancel_requested and workflow.now() < win.close_at:
             await self._publish("sending")
             return True
         return False
 
-    async def _publish(self, state: str) -> None:
+    async def _call(self, method, arg, *, summary: str, limits=policies.BOOKKEEPING, missed=None):
+        """Run an activity under its limits. A failure no retry fixes (or one past the limits) halts the
+        campaign until `resume` (then the call runs again) or `cancel` (then `_Stopped` unwinds the run).
+        `missed()` true after a failure means the work is moot (the window closed): None is returned."""
+        while True:
+            try:
+                return await workflow.execute_activity_method(method, arg, summary=summary, **limits.options())
+            except ActivityError as err:
+                if is_cancelled_exception(err):
+                    raise
+                if missed is not None and missed():
+                    return None
+                if not await self._halt(f"{summary} failed: {_cause(err)}"):
+                    raise _Stopped() from None
+
+    async def _halt(self, reason: str) -> bool:
+        """Hold the campaign with the reason visible (state "halted", details, progress query) until an
+        operator resumes (True) or cancels (False). Only search attributes change: the campaigns row is
+        written by an activity, which may be what fails."""
+        progress = self.progress
+        if progress.cancel_requested:
+            return False
+        before = progress.state
+        progress.paused, progress.halt_reason = True, reason
+        self._set_attributes("halted")
+        workflow.set_current_details(f"halted: {reason}")
+        await workflow.wait_condition(lambda: not progress.paused or progress.cancel_requested)
+        if progress.cancel_requested:
+            return False
+        self._set_attributes(before)
+        return True
+
+    def _set_attributes(self, state: str) -> str:
+        plan, progress = self.plan, self.progress
+        phase = plan.phases[min(progress.phase_index, len(plan.phases) - 1)].name
+        progress.state = state
+        workflow.upsert_search_attributes([SA.CAMPAIGN_STATE.value_set(state), SA.CAMPAIGN_PHASE.value_set(phase)])
+        return phase
+
+    async def _publish(self, state: str, *, final: bool = False) -> None:
         """Keep search attributes and the campaigns row current (Temporal UI, GET /campaigns)."""
         plan, progress = self.plan, self.progress
-        assert plan and progress
         phase = plan.phases[min(progress.phase_index, len(plan.phases) - 1)].name
         first = not getattr(self, "_published", False)
         if not first and state == progress.state and phase == getattr(self, "_published_phase", None):
             return
         self._published, self._published_phase = True, phase
-        progress.state = state
-        workflow.upsert_search_attributes(
-            [SA.CAMPAIGN_STATE.value_set(state), SA.CAMPAIGN_PHASE.value_set(phase)]
-        )
-        await workflow.execute_activity_method(
-            ReportActivities.set_campaign_state,
-            CampaignStateInput(campaign_db_id=plan.campaign_db_id, state=state),
-            summary=f"state {state}",
-            **_SHORT,
-        )
+        self._set_attributes(state)
+        inp = CampaignStateInput(campaign_db_id=plan.campaign_db_id, state=state)
+        if not final:
+            await self._call(ReportActivities.set_campaign_state, inp, summary=f"state {state}")
+            return
+        try:
+            # The campaign is over whatever happens here: no halt, only the attempt within the limits.
+            await workflow.execute_activity_method(
+                ReportActivities.set_campaign_state, inp, summary=f"state {state}", **policies.BOOKKEEPING.options()
+            )
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
+            workflow.logger.warning("final state not recorded in Postgres: %s", _cause(err))
 
 
 async def _wait(condition, timeout: timedelta) -> bool:
@@ -399,6 +450,17 @@ async def _wait(condition, timeout: timedelta) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+def _not_retryable(err: ActivityError) -> bool:
+    return isinstance(err.cause, ApplicationError) and err.cause.non_retryable
+
+
+def _cause(err: ActivityError) -> str:
+    cause = err.cause
+    if isinstance(cause, ApplicationError):
+        return f"{cause.type or 'error'}: {cause.message}"
+    return f"{type(cause).__name__}: {cause}" if cause else str(err)
 
 
 def _phase_end_reason(stop: str) -> str:

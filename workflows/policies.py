@@ -1,0 +1,62 @@
+"""How long and how often the campaign workflow retries its activities.
+
+Every policy names what is not worth retrying (activities.errors) and how long
+retrying may last. The limits are generous: an outage of Postgres or of the
+workers shorter than them costs nothing but time, because every activity is
+idempotent against the ledger. A failure past a limit does not fail the
+campaign: the workflow halts it with the reason and waits for `resume` or
+`cancel` (workflows/campaign.py, docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from temporalio.common import RetryPolicy
+
+from activities.errors import NOT_WORTH_RETRYING
+
+RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    non_retryable_error_types=list(NOT_WORTH_RETRYING),
+)
+
+# State, report, close-day and reconcile: small statements. Six hours of failing attempts (a long
+# Postgres outage) halt the campaign rather than fail it.
+BOOKKEEPING_LIMIT = timedelta(hours=6)
+BOOKKEEPING_ATTEMPT = timedelta(minutes=10)
+# A send attempt heartbeats every chunk; the whole activity never outlives its day's window.
+SEND_ATTEMPT = timedelta(hours=2)
+# The least a window-bound activity is given, so one scheduled just before 22:00 can still run.
+WINDOW_GRACE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The timeouts and retry policy of one activity call, as keyword arguments of execute_activity."""
+
+    start_to_close_timeout: timedelta
+    schedule_to_close_timeout: timedelta
+
+    def options(self) -> dict:
+        return {
+            "start_to_close_timeout": self.start_to_close_timeout,
+            "schedule_to_close_timeout": self.schedule_to_close_timeout,
+            "retry_policy": RETRY,
+        }
+
+
+BOOKKEEPING = Limits(start_to_close_timeout=BOOKKEEPING_ATTEMPT, schedule_to_close_timeout=BOOKKEEPING_LIMIT)
+
+
+def until_window_closes(now: datetime, close_at: datetime, attempt: timedelta = BOOKKEEPING_ATTEMPT) -> Limits:
+    """Retry until the day's window closes (with a little grace): past 22:00 the work is moot."""
+    left = max(close_at - now, timedelta(0)) + WINDOW_GRACE
+    return Limits(start_to_close_timeout=min(attempt, left), schedule_to_close_timeout=left)
+
+
+def send_limits(now: datetime, close_at: datetime) -> Limits:
+    return until_window_closes(now, close_at, attempt=SEND_ATTEMPT)
