@@ -216,7 +216,7 @@ class AudienceActivities:
             # The refresh reads the shop's whole customer base: hash joins are always right here.
             # A shop whose rows are newer than the statistics (a new shop, a fresh import) is
             # estimated at one row, and nested loops over it went quadratic: 30,000 customers
-            # took minutes instead of 0.2 s (PERF pitfall 2).
+            # took minutes instead of 0.2 s (docs/design.md, "Statistics that do not know today").
             # Numbering a 1M-recipient day sorts ~20 MB: in memory rather than in temp files.
             await conn.execute("SET LOCAL enable_nestloop = off; SET LOCAL work_mem = '64MB'")
             return {r["reason"]: r["n"] for r in await conn.fetch(sql, *args)}

@@ -1,10 +1,10 @@
 """Batch send: a slice [seq_lo, seq_hi) of a day's snapshot, chunk by chunk.
 
-Per chunk (DESIGN 3, 4; PERF-NOTES):
+Per chunk (docs/design.md, "Batched sends" and "The ledger and the caps"):
 1. one transaction reserves: read the slice with its exclusions at send time;
    lock, check and count every consumer's fatigue_day row in one upsert (in
    consumer order, so racing campaigns never deadlock; the check runs on the
-   locked latest version, PERF pitfall 1); name the cap of whom it stopped;
+   locked latest version, never on an older snapshot); name the cap of whom it stopped;
    insert the delivery rows (for the outbox channel with their hand-off);
    commit;
 2. hand the reserved deliveries to the channel (idempotent per delivery);
@@ -20,7 +20,7 @@ decisions (`prior`).
 
 Every statement is driven by arrays of the chunk (unnest) or probes per row, so
 the planner knows their size and uses primary-key lookups whatever the
-statistics know of today (PERF pitfall 2).
+statistics know of today (docs/design.md, "Statistics that do not know today").
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def _chunk_sql(channel: str, probe: bool) -> str:
     with the probe (SendActivities._run_chunk).
     """
     # A primary-key probe per row, not a join: today's ledger rows are newer than the statistics,
-    # and a join then scans the campaign's whole day per recipient (PERF pitfall 2: 1.1 s per
+    # and a join then scans the campaign's whole day per recipient (1.1 s per
     # 200-recipient chunk at 20,000 rows, growing with the day).
     prior = (
         """(SELECT d.state FROM deliveries d WHERE d.campaign_id = $1 AND d.phase = $2
@@ -140,7 +140,7 @@ _RESERVE = """
 """
 # Today's counts of the consumers the caps stopped, to name the cap (the ledger's reason). A
 # primary-key probe per consumer as a scalar subquery: as a join, a day newer than the statistics
-# planned a hash join over the whole table for every chunk (PERF pitfall 2: 0.29 s per chunk of
+# planned a hash join over the whole table for every chunk (0.29 s per chunk of
 # 2,000 and 71% of the day's database time on a fresh install).
 _CAPS = """
     SELECT id, coalesce((f).sent, 0) AS day_sent, coalesce((f).shops, 0) AS day_shops,
@@ -227,7 +227,7 @@ class SendActivities:
     async def send_slice(self, inp: SendSliceInput) -> SendSliceResult:
         log = bind_activity_context(shop_id=inp.shop_id, campaign_db_id=inp.campaign_db_id, day=str(inp.day))
         details = activity.info().heartbeat_details
-        # Heartbeat details come back as plain dicts (TEMPORAL-NOTES, Heartbeats).
+        # Heartbeat details come back as plain dicts (docs/design.md, "Heartbeat details come back as dicts").
         result = (
             SendSliceResult.model_validate(details[0]) if details else SendSliceResult(next_seq=inp.seq_lo)
         )
@@ -239,7 +239,7 @@ class SendActivities:
         # ledger for that one. Later chunks were not reached by it (chunks run in order).
         probe = bool(details) or activity.info().attempt > 1
         while result.next_seq < inp.seq_hi:
-            # A worker that comes back after the window closed sends nothing stale (DESIGN 5).
+            # A worker that comes back after the window closed sends nothing stale (docs/design.md, "No stale sends").
             if self.clock() >= inp.window_end:
                 result.stopped_reason = "window_closed"
                 break
@@ -545,7 +545,7 @@ async def dispatch(channel, fresh: list[Outbound], uncertain: list[Outbound]) ->
 
 
 async def release_reservations(conn, consumer_ids: list[int], shop_id: str, fday: date, cap) -> None:
-    """A delivery that did not go out gives its caps back (DESIGN 4, R-OC-8)."""
+    """A delivery that did not go out gives its caps back (R-OC-8; docs/design.md, "The ledger and the caps")."""
     await conn.execute(
         "SELECT 1 FROM fatigue_day WHERE consumer_id = ANY($1::bigint[]) AND day = $2"
         " ORDER BY consumer_id FOR UPDATE",

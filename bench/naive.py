@@ -166,7 +166,7 @@ class NaiveActivities:
                     j.shop_id,
                     template_key(j.shop_id, j.template_group),
                 )
-        # Committed before the provider call (DESIGN 4); the outbox is idempotent per delivery key.
+        # Committed before the provider call, as the real send path does; the outbox is idempotent per delivery key.
         channel = self.channels.get(j.channel)
         outcomes = await channel.send([Outbound(j.campaign_db_id, j.phase, cid, j.day, j.channel, r["address"], j.text)])
         for o in outcomes:

@@ -500,7 +500,7 @@ async def _verify_ledger(pool, campaign_db_id: int) -> dict:
             WHERE coalesce(f.sent, 0) <> coalesce(l.n, 0)""",
     }
     # Today's rows are newer than the statistics: without ANALYZE the anti-joins below plan as
-    # nested loops over a million rows each (PERF pitfall 2).
+    # nested loops over a million rows each (docs/design.md, "Statistics that do not know today").
     await pool.execute("ANALYZE deliveries, outbox, audience_snapshots, fatigue_day")
     out = {name: await pool.fetchval(sql, campaign_db_id) for name, sql in checks.items()}
     bad = {k: v for k, v in out.items() if v}

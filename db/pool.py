@@ -23,7 +23,7 @@ def _json_loads(value: str):
 
 async def create_pool(dsn: str, *, size: int = 10) -> asyncpg.Pool:
     # plan_cache_mode: the hot statements are driven by unnest()ed arrays whose
-    # length differs per call; a generic plan would ignore it (PERF-NOTES pitfall 3).
+    # length differs per call; a generic plan would ignore it (docs/design.md, "Generic plans").
     return await asyncpg.create_pool(
         dsn,
         min_size=min(2, size),

@@ -1,4 +1,7 @@
-"""Inputs and results of activities: ids, ranges, instants and counts, never recipients (DESIGN 2)."""
+"""Inputs and results of activities: ids, ranges, instants and counts, never recipients.
+
+See docs/design.md, "Recipients never travel through history".
+"""
 
 from __future__ import annotations
 

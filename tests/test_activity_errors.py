@@ -28,7 +28,6 @@ from api.service import start_campaign
 from schemas.campaign import OldCustomerSpec
 from schemas.settings import Settings
 from tests.ledger_checks import assert_fatigue_matches_ledger, assert_ledger_exact
-from tests.test_crash import pick_zone
 from tests.test_signals_cli import seed_shop
 from workers.worker import build_worker
 from workflows import policies

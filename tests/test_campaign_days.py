@@ -3,7 +3,7 @@
 Every test runs the real campaign workflow on Temporal's time-skipping test
 server against a real PostgreSQL and asserts with SQL on the ledger
 (deliveries, outbox, fatigue_*, audience_refreshes, campaign_day_reports).
-Rule ids are those of /work/shared/SPEC.md.
+Rule ids are listed in docs/design.md, "Rule ids".
 
 "now" is the test server's clock; send days are computed from it in the
 shop's own zone, so the tests do not depend on the wall clock.
@@ -37,7 +37,7 @@ from workflows.calendar import local_day, local_instant, platform_day, zone
 
 PLATFORM_TZ = "Asia/Shanghai"  # the natural day the caps are counted on (R-FAT-1..3)
 SHANGHAI, NEW_YORK, BERLIN = "Asia/Shanghai", "America/New_York", "Europe/Berlin"
-LIVE = ("reserved", "sent", "unknown")  # states that hold a cap (DESIGN 4)
+LIVE = ("reserved", "sent", "unknown")  # states that hold a cap (docs/design.md, "The ledger and the caps")
 
 
 # ---------------------------------------------------------------- helpers
@@ -671,7 +671,7 @@ async def test_oldcust_one_scene_message_per_seven_days(clean_db, ts_env):
     shop B's tasks on D and D+7 (the first day outside D's seven natural days) both send.
 
     Shop B has its own consumers on purpose: seed 003 does not say whether the 7-day scene cap is
-    per shop (SPEC R-FAT-1's reading) or per consumer across shops, so this test does not pin it."""
+    per shop (R-FAT-1's reading) or per consumer across shops, so this test does not pin it."""
     pool = clean_db
     now = await ts_env.get_current_time()
     tz = SHANGHAI

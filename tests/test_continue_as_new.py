@@ -1,8 +1,9 @@
-"""Continue-as-new inside a phase, when the server suggests it (DESIGN 6, TEMPORAL-NOTES limits).
+"""Continue-as-new inside a phase, when the server suggests it (docs/design.md,
+"Continue-as-new at phase boundaries" and "History limits").
 
 A dev server whose suggestion threshold is lowered to a handful of events (as
 the SDK's own tests do) and a promote phase that began three days ago: its
-first three days are past their 22:00 (no stale sends, DESIGN 5) and the
+first three days are past their 22:00 (docs/design.md, "No stale sends") and the
 server suggests continue-as-new after each, so the campaign walks the phase in
 several runs, carrying only its small progress record, and sends today to
 every recipient exactly once.

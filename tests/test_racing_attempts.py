@@ -1,4 +1,4 @@
-"""Two attempts of the same send slice at once (DESIGN 4: the ledger's key decides).
+"""Two attempts of the same send slice at once (the ledger's key decides: docs/design.md, "The ledger and the caps").
 
 A worker that lost its heartbeat keeps working while Temporal hands the slice to
 another worker: both run the same chunks. The ledger insert is a plain INSERT, so

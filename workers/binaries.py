@@ -1,4 +1,7 @@
-"""Where the pip-installed binaries are: nothing is downloaded at run time (TEMPORAL-NOTES)."""
+"""Where the pip-installed binaries are: nothing is downloaded at run time.
+
+Without these paths the Temporal SDK would try to download its servers (docs/design.md, "The local stack from pip").
+"""
 
 from __future__ import annotations
 

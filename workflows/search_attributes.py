@@ -1,6 +1,7 @@
 """Custom search attributes that make campaigns filterable in the Temporal UI and CLI.
 
-No personal data here: search attributes are not encrypted (TEMPORAL-NOTES).
+No personal data here: search attributes are stored unencrypted
+(docs/design.md, "Search attributes are not encrypted").
 """
 
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes

@@ -127,7 +127,7 @@ CREATE TABLE audience_refreshes (
     PRIMARY KEY (campaign_id, phase, day)
 );
 
--- The delivery ledger: the truth of who was sent what (DESIGN 4).
+-- The delivery ledger: the truth of who was sent what (docs/design.md, "The ledger and the caps").
 -- state: reserved -> sent | failed | unknown; suppressed and not_sent are
 -- decisions that consumed no cap (R-OC-8).
 CREATE TABLE deliveries (
@@ -196,7 +196,7 @@ FROM fatigue_day f CROSS JOIN LATERAL jsonb_each_text(f.per_template) AS p;
 -- (a chunk of one campaign phase day on one channel: thousands of messages,
 -- the body once). A delivery's provider_ref names its batch ('outbox:<id>'),
 -- and a batch holds only deliveries its own statement claimed in the ledger,
--- so the ledger's key keeps every delivery in at most one batch (DESIGN 4).
+-- so the ledger's key keeps every delivery in at most one batch.
 -- One row per batch, not per message: per-message rows with their own indexes
 -- cost a fifth of the send path's database time (docs/benchmarks.md).
 CREATE TABLE outbox (
