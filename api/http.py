@@ -3,9 +3,12 @@
 Errors name the field and the rule: a 422 body is
 {"detail": [{"field": "card_text", "rule": "R-OC-3", "message": "..."}]}.
 
-Every route but /healthz, /openapi.json and /docs needs `Authorization: Bearer
-<key>` (api/keys.py): the gate below refuses anything else with 401 before a
-route runs, so a new route is protected without saying so. A key acts for its
+Every route but /healthz, /readyz, /openapi.json and /docs needs
+`Authorization: Bearer <key>` (api/keys.py): the Gate (api/gate.py) refuses
+anything else with 401 before a route runs, so a new route is protected
+without saying so; failed keys are throttled per client and per key prefix
+(429, api/throttle.py). A dependency that does not answer is a 503 with
+Retry-After naming it, never a 500 (api/errors.py). A key acts for its
 own shop only: another shop's campaign answers exactly like a campaign that
 does not exist (404), and a spec for another shop is refused (403) before
 anything about that shop is looked up.
@@ -26,7 +29,10 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import Client
 
-from api import keys, service
+from api import docs, health, service
+from api.errors import DATABASE_UNAVAILABLE, RETRY_AFTER_S, error_response, unavailable
+from api.gate import SHOP_SCOPE_KEY, Gate, SecurityHeaders
+from api.throttle import AuthThrottle
 from db.pool import create_pool
 from schemas.campaign import WORKFLOW_ID_PATTERN, CampaignSpec
 from schemas.rules import MAX_SPEC_BYTES, RuleViolation, error_details
@@ -36,8 +42,7 @@ from workers.logs import configure_logging
 from workers.worker import connect_client
 
 MAX_BODY_BYTES = MAX_SPEC_BYTES
-PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs"})
-SHOP_SCOPE_KEY = "sluice.shop_id"  # set in the ASGI scope by the gate once the key is checked
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"}) | docs.DOCS_PATHS
 log = structlog.get_logger("sluice.api")
 _bearer = HTTPBearer(auto_error=False, description="an API key from `sluice keys create SHOP`")
 
@@ -65,98 +70,7 @@ class ErrorBody(BaseModel):
     detail: list[RuleError] | str
 
 
-def _error(status: int, field: str, rule: str, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(
-        status_code=status, content={"detail": [{"field": field, "rule": rule, "message": message}]}, headers=headers
-    )
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class Gate:
-    """Pure ASGI middleware in front of every route: body size, then the API key.
-
-    The size is checked on the declared Content-Length and again on the bytes
-    actually received (a chunked body has no Content-Length), so no more than
-    MAX_BODY_BYTES is ever read. The body is buffered (it is small) and handed
-    on unchanged.
-    """
-
-    def __init__(self, app, *, state, public_paths=PUBLIC_PATHS, max_body: int = MAX_BODY_BYTES):
-        self.app = app
-        self.state = state  # the FastAPI app's state: the pool is there once the lifespan has run
-        self.public_paths = public_paths
-        self.max_body = max_body
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        structlog.contextvars.clear_contextvars()
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            return await self._too_large(scope, receive, send)
-        if scope.get("path") not in self.public_paths:
-            shop_id = await self._shop(scope, headers.get("authorization"))
-            if shop_id is None:
-                response = _error(
-                    401,
-                    "Authorization",
-                    "R-API-KEY",
-                    "a valid API key is required: Authorization: Bearer <key>",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-                return await response(scope, receive, send)
-            scope[SHOP_SCOPE_KEY] = shop_id
-            structlog.contextvars.bind_contextvars(key_shop_id=shop_id)
-        try:
-            body = await self._read_body(receive)
-        except _TooLarge:
-            return await self._too_large(scope, receive, send)
-        sent = False
-
-        async def replay():
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
-
-    async def _read_body(self, receive) -> bytes:
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise _TooLarge
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
-
-    async def _shop(self, scope, authorization: str | None) -> str | None:
-        if not authorization:
-            return None
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        return await keys.shop_for_key(self.state.pool, token.strip())
-
-    async def _too_large(self, scope, receive, send):
-        response = _error(413, "body", "R-API-SIZE", f"body over {self.max_body // 1024} KiB")
-        return await response(scope, receive, send)
-
-
-def key_shop(
-    request: Request, _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None
-) -> str:
+def key_shop(request: Request, _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None) -> str:
     """The shop of the request's API key (the Gate has checked it; the Security part documents it)."""
     shop_id = request.scope.get(SHOP_SCOPE_KEY)
     if shop_id is None:  # only if a route were mounted outside the Gate
@@ -165,9 +79,7 @@ def key_shop(
 
 
 KeyShop = Annotated[str, Depends(key_shop)]
-WorkflowId = Annotated[
-    str, Path(pattern=WORKFLOW_ID_PATTERN, max_length=129, description="{shop_id}.{campaign_id}")
-]
+WorkflowId = Annotated[str, Path(pattern=WORKFLOW_ID_PATTERN, max_length=129, description="{shop_id}.{campaign_id}")]
 
 
 def create_app(settings: Settings | None = None, *, pool=None, client: Client | None = None) -> FastAPI:
@@ -187,10 +99,17 @@ def create_app(settings: Settings | None = None, *, pool=None, client: Client | 
         version="0.1.0",
         description="Durable campaign executor: start, watch, pause, resume and cancel campaigns.",
         lifespan=lifespan,
+        docs_url=None,  # docs.install: self-hosted assets, no inline script
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,
+        redirect_slashes=False,  # a redirect would be built from the Host header: /x/ is 404, never a Location
     )
-    app.add_middleware(Gate, state=app.state)
+    docs.install(app)
+    app.state.auth_throttle = AuthThrottle()  # failed keys per client address and per key prefix
+    app.add_middleware(
+        Gate, state=app.state, public_paths=PUBLIC_PATHS, throttle=app.state.auth_throttle, max_body=MAX_BODY_BYTES
+    )
+    app.add_middleware(SecurityHeaders)  # outermost: its headers are on every answer, the Gate's too
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError):
@@ -201,12 +120,29 @@ def create_app(settings: Settings | None = None, *, pool=None, client: Client | 
         if exc.status_code == 400:
             # FastAPI's answer to a body it could not parse (bytes that are not UTF-8, nesting too deep
             # for the JSON parser): the same answer as any other malformed JSON.
-            return _error(422, "body", "schema:json_invalid", "the body is not valid UTF-8 JSON")
+            return error_response(422, "body", "schema:json_invalid", "the body is not valid UTF-8 JSON")
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(RuleViolation)
     async def _rule(_request: Request, exc: RuleViolation):
         return JSONResponse(status_code=422, content={"detail": [exc.as_dict()]})
+
+    # A dependency that cannot answer now is a 503 with Retry-After, never a 500: nothing was done.
+    @app.exception_handler(service.TemporalUnavailable)
+    async def _temporal_down(_request: Request, exc: service.TemporalUnavailable):
+        log.warning("temporal unavailable", error=str(exc))
+        return unavailable("temporal", "Temporal is not answering; nothing was done, retry")
+
+    @app.exception_handler(service.StatusUnavailable)
+    async def _no_worker(_request: Request, _exc: service.StatusUnavailable):
+        return unavailable("workers", "no worker answered the progress query; retry")
+
+    for db_error in DATABASE_UNAVAILABLE:
+
+        @app.exception_handler(db_error)
+        async def _db_down(_request: Request, exc: Exception):
+            log.warning("postgres unavailable", error=type(exc).__name__)
+            return unavailable("postgres", "the database is not answering; nothing was done, retry")
 
     def _urls(workflow_id: str) -> tuple[str, str]:
         ui = f"{settings.temporal_ui_base}/namespaces/{settings.temporal_namespace}/workflows/{workflow_id}"
@@ -216,25 +152,28 @@ def create_app(settings: Settings | None = None, *, pool=None, client: Client | 
         "/campaigns",
         status_code=201,
         response_model=Started,
-        responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 409: {"model": ErrorBody},
-                   413: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+        responses={
+            401: {"model": ErrorBody},
+            403: {"model": ErrorBody},
+            409: {"model": ErrorBody},
+            413: {"model": ErrorBody},
+            422: {"model": ErrorBody},
+        },
     )
     async def start(request: Request, shop: KeyShop, spec: Annotated[CampaignSpec, Body()]) -> Started:
         if spec.shop_id != shop:
             # Same answer whether or not that shop exists; nothing about it is looked up.
-            return _error(403, "shop_id", "R-API-KEY", "this API key may not start campaigns for that shop_id")
+            return error_response(403, "shop_id", "R-API-KEY", "this API key may not start campaigns for that shop_id")
         structlog.contextvars.bind_contextvars(shop_id=spec.shop_id, campaign_id=spec.campaign_id)
         try:
             plan, _ = await service.start_campaign(
                 request.app.state.pool, request.app.state.client, spec, task_queue=settings.task_queue
             )
         except service.CampaignExists as exc:
-            raise HTTPException(status_code=409, detail=f"campaign {exc.workflow_id} already exists") from None
+            raise HTTPException(status_code=409, detail=f"campaign {exc.workflow_id} {exc.detail}") from None
         status_url, ui = _urls(plan.workflow_id)
         log.info("campaign started", workflow_id=plan.workflow_id)
-        return Started(
-            campaign_id=plan.campaign_id, workflow_id=plan.workflow_id, status_url=status_url, temporal_ui_url=ui
-        )
+        return Started(campaign_id=plan.campaign_id, workflow_id=plan.workflow_id, status_url=status_url, temporal_ui_url=ui)
 
     async def _own(request: Request, shop: str, workflow_id: str) -> None:
         # Ownership comes from the campaigns table, never from the shape of the id; another
@@ -258,16 +197,17 @@ def create_app(settings: Settings | None = None, *, pool=None, client: Client | 
             return await service.status(request.app.state.client, workflow_id)
         except service.CampaignNotFound:
             raise HTTPException(status_code=404, detail=_not_found(workflow_id)) from None
-        except service.StatusUnavailable:
-            raise HTTPException(
-                status_code=503, detail="no worker answered the progress query; retry", headers={"Retry-After": "5"}
-            ) from None
 
     @app.post(
         "/campaigns/{workflow_id}/{action}",
         status_code=202,
         response_model=Accepted,
-        responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+        responses={
+            401: {"model": ErrorBody},
+            404: {"model": ErrorBody, "description": "unknown, or not running any more"},
+            422: {"model": ErrorBody},
+            503: {"model": ErrorBody, "description": "Temporal is not answering; nothing was done"},
+        },
     )
     async def act(
         request: Request, shop: KeyShop, workflow_id: WorkflowId, action: Literal["pause", "resume", "cancel"]
@@ -283,9 +223,19 @@ def create_app(settings: Settings | None = None, *, pool=None, client: Client | 
         return Accepted(workflow_id=workflow_id, action=action)
 
     @app.get("/healthz")
-    async def healthz(request: Request) -> dict:
-        await request.app.state.pool.fetchval("SELECT 1")
+    async def healthz() -> dict:
+        """Liveness: the API process answers. Which dependencies answer is /readyz."""
         return {"ok": True}
+
+    @app.get("/readyz", responses={503: {"description": "a dependency is missing; the body names it"}})
+    async def readyz(request: Request):
+        checks = await health.readiness(request.app.state.pool, request.app.state.client, settings.task_queue)
+        ready = health.is_ready(checks)
+        return JSONResponse(
+            status_code=200 if ready else 503,
+            content={"ready": ready, "checks": checks},
+            headers=None if ready else {"Retry-After": str(RETRY_AFTER_S)},
+        )
 
     return app
 
@@ -299,4 +249,6 @@ def serve(settings: Settings | None = None) -> None:
 
     settings = settings or get_settings()
     configure_logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning")
+    # The client address the failure throttle counts is the TCP peer; behind a proxy run uvicorn with
+    # --proxy-headers and --forwarded-allow-ips (FORWARDED_ALLOW_IPS) naming the proxy (api/throttle.py).
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning", server_header=False)

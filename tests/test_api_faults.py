@@ -125,9 +125,13 @@ async def test_readyz_names_a_missing_worker_and_a_missing_database(clean_db, de
         assert checks["workers"].startswith("unavailable: no worker polled task queue"), checks
     closed = await create_pool(db_dsn, size=1)
     await closed.close()
-    async with app_on(closed, dev_env.client, queue) as (app, _settings), http_client(app) as c:
+    key = await shop_key(pool, "rz", TZ)
+    async with app_on(closed, dev_env.client, queue) as (app, _settings), http_client(app, key) as c:
         res = await c.get("/readyz")
         assert res.status_code == 503 and res.json()["checks"]["postgres"].startswith("unavailable"), res.text
+        # The key check itself needs Postgres: 503 naming it, not a 500 (and not a 401: the key may be good).
+        for res in (await c.get("/campaigns/rz.c1"), await c.post("/campaigns", json=spec("rz", "c1"))):
+            _assert_unavailable(res, "postgres")
 
 
 async def test_temporal_unreachable_is_503_and_a_retry_completes_only_the_same_spec(clean_db, dev_env):

@@ -3,7 +3,7 @@
 * Another shop's key against every route of the app (taken from app.routes, so
   a route added later is covered or fails this test): no read, no control, and
   the very answer a campaign that does not exist gets (no existence leak).
-* The API binds to loopback unless told otherwise.
+* The API binds to loopback unless told otherwise, and does not name its server.
 """
 
 from __future__ import annotations
@@ -167,5 +167,6 @@ def test_the_api_binds_to_loopback_by_default(monkeypatch):
     monkeypatch.setattr(http, "create_app", lambda settings: None)
     http.serve(Settings())
     assert seen["host"] == "127.0.0.1"
+    assert seen["server_header"] is False  # no `server: uvicorn` on any answer
     monkeypatch.setenv("SLUICE_API_HOST", "0.0.0.0")
     assert Settings().api_host == "0.0.0.0"  # an explicit choice (the compose file makes it)
