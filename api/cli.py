@@ -87,10 +87,13 @@ def demo(customers: Annotated[int, typer.Option(help="customers in the demo shop
         # A fresh shop and fresh consumers per run: a rerun must not meet the caps of the last one.
         shop_id = f"demo-{tz.lower().replace('/', '-').replace('_', '-')}-{now:%H%M%S}"
         offset = asyncio.run(D.next_consumer_offset(env["DATABASE_URL"]))
-        r = asyncio.run(seed_shop(env["DATABASE_URL"], shop_id=shop_id, customers=customers, timezone=tz,
-                                  now=now, consumer_id_offset=offset))
-        console.print(f"seeded shop [bold]{shop_id}[/] ({tz}, local time {now.astimezone(D.zone(tz)):%H:%M}): "
-                      f"{r.customers:,} customers, {r.orders:,} orders, {r.events:,} events in {r.seconds:.1f}s")
+        r = asyncio.run(
+            seed_shop(env["DATABASE_URL"], shop_id=shop_id, customers=customers, timezone=tz, now=now, consumer_id_offset=offset)
+        )
+        console.print(
+            f"seeded shop [bold]{shop_id}[/] ({tz}, local time {now.astimezone(D.zone(tz)):%H:%M}): "
+            f"{r.customers:,} customers, {r.orders:,} orders, {r.events:,} events in {r.seconds:.1f}s"
+        )
         api_key = asyncio.run(D.create_demo_key(env["DATABASE_URL"], shop_id))
         auth = {"Authorization": f"Bearer {api_key}"}
         api_base = f"http://{settings.api_host}:{settings.api_port}"
@@ -104,14 +107,17 @@ def demo(customers: Annotated[int, typer.Option(help="customers in the demo shop
         console.print(f"  API status  : {api_base}{body['status_url']}")
         console.print(f"  API key     : {api_key}  (shop {shop_id}; shown once)")
         console.print(f"  curl        : curl -H 'Authorization: Bearer {api_key}' {api_base}{body['status_url']}")
-        console.print(f"  pause       : temporal workflow signal --address {env['TEMPORAL_ADDRESS']} "
-                      f"--workflow-id {body['workflow_id']} --name pause\n")
+        console.print(
+            f"  pause       : temporal workflow signal --address {env['TEMPORAL_ADDRESS']} "
+            f"--workflow-id {body['workflow_id']} --name pause\n"
+        )
         t0 = time.monotonic()
         last = D.watch(api_base, body["workflow_id"], api_key=api_key, echo=console.print)
         sent = last.get("progress", {}).get("totals", {}).get("reach", {}).get("sent", 0)
         elapsed = time.monotonic() - t0
-        console.print(f"\n[bold]{sent:,} sent in {elapsed:.1f}s "
-                      f"(~{sent / max(elapsed, 1e-9):,.0f} recipients/s incl. polling)[/]")
+        console.print(
+            f"\n[bold]{sent:,} sent in {elapsed:.1f}s (~{sent / max(elapsed, 1e-9):,.0f} recipients/s incl. polling)[/]"
+        )
         console.print("The stack keeps running; Ctrl-C stops it.")
         _hold(stack)
     except KeyboardInterrupt:
@@ -185,12 +191,22 @@ def seed(
     if not settings.database_url:
         _fail("DATABASE_URL is not set and no `sluice dev` is running")
     try:
-        r = asyncio.run(seed_shop(settings.database_url, shop_id=shop, customers=customers, timezone=tz,
-                                  industry=industry, consumer_id_offset=consumer_offset))
+        r = asyncio.run(
+            seed_shop(
+                settings.database_url,
+                shop_id=shop,
+                customers=customers,
+                timezone=tz,
+                industry=industry,
+                consumer_id_offset=consumer_offset,
+            )
+        )
     except ValueError as exc:
         _fail(str(exc))
-    console.print(f"{r.shop_id}: {r.customers:,} customers, {r.orders:,} orders, {r.order_items:,} items, "
-                  f"{r.events:,} events, {r.products} products, {r.coupons} coupons in {r.seconds:.1f}s")
+    console.print(
+        f"{r.shop_id}: {r.customers:,} customers, {r.orders:,} orders, {r.order_items:,} items, "
+        f"{r.events:,} events, {r.products} products, {r.coupons} coupons in {r.seconds:.1f}s"
+    )
 
 
 def _read_bounded(path: Path, limit: int) -> bytes:
@@ -206,8 +222,34 @@ def load_spec(path: Path):
     if len(raw) > MAX_SPEC_BYTES:
         raise ValueError(f"R-API-SIZE: spec over {MAX_SPEC_BYTES // 1024} KiB")
     text = raw.decode("utf-8")
-    data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-    return TypeAdapter(CampaignSpec).validate_python(data)
+    try:
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except RecursionError:
+        raise ValueError("the document is nested too deeply") from None
+    # The API validates the body as json.loads gives it (FastAPI); the CLI does the very same with the
+    # JSON form of the document, so both accept and refuse the same specs. YAML's own types become what
+    # JSON has: a date or datetime its ISO string (`send_date: 2026-11-24` unquoted is fine), but an
+    # unquoted `send_time: 10:00` stays the number 600 YAML reads, and is refused as one.
+    import datetime as dt
+
+    def iso(value):
+        if isinstance(value, dt.date | dt.datetime):
+            return value.isoformat()
+        raise TypeError(f"a YAML {type(value).__name__} has no JSON form")
+
+    chunks, size = [], 0
+    try:
+        # YAML aliases can make a small file a huge document: stop well before that.
+        for chunk in json.JSONEncoder(default=iso, ensure_ascii=False).iterencode(data):
+            size += len(chunk)
+            if size > 4 * MAX_SPEC_BYTES:
+                raise ValueError(f"R-API-SIZE: spec over {MAX_SPEC_BYTES // 1024} KiB once its aliases are expanded")
+            chunks.append(chunk)
+    except TypeError as exc:
+        raise ValueError(f"not a JSON-like document: {exc}") from None
+    except RecursionError:
+        raise ValueError("the document is nested too deeply") from None
+    return TypeAdapter(CampaignSpec).validate_python(json.loads("".join(chunks)))
 
 
 @app.command()
@@ -244,9 +286,12 @@ def start(spec_file: Annotated[Path, typer.Argument(help="campaign spec, .yaml/.
         _fail(f"invalid {exc.field}: {exc.rule}: {exc.message}", 2)
     except service.CampaignExists as exc:
         _fail(str(exc), 3)
+    except service.TemporalUnavailable as exc:
+        _fail(f"Temporal is not answering, nothing was started; run the same command again ({exc})", 4)
     console.print(f"started {plan.workflow_id}")
-    console.print(f"  Temporal UI: {settings.temporal_ui_base}/namespaces/{settings.temporal_namespace}"
-                  f"/workflows/{plan.workflow_id}")
+    console.print(
+        f"  Temporal UI: {settings.temporal_ui_base}/namespaces/{settings.temporal_namespace}/workflows/{plan.workflow_id}"
+    )
 
 
 @app.command()
@@ -265,7 +310,9 @@ def status(workflow_id: str) -> None:
     except service.CampaignNotFound:
         _fail(f"campaign {workflow_id} not found")
     except service.StatusUnavailable:
-        _fail(f"no worker answered the progress query of {workflow_id} in time; is a worker running?")
+        _fail(f"no worker answered the progress query of {workflow_id} in time; is a worker running?", 4)
+    except service.TemporalUnavailable as exc:
+        _fail(f"Temporal is not answering; retry ({exc})", 4)
 
 
 def _control(action: str):
@@ -280,8 +327,10 @@ def _control(action: str):
 
         try:
             asyncio.run(run())
-        except service.CampaignNotFound as exc:
+        except service.CampaignNotFound as exc:  # and CampaignNotRunning
             _fail(str(exc))
+        except service.TemporalUnavailable as exc:
+            _fail(f"Temporal is not answering, {action} was not sent; run the same command again ({exc})", 4)
         console.print(f"{action} sent to {workflow_id}")
 
     command.__doc__ = f"{action.capitalize()} a running campaign (signal `{action}`)."

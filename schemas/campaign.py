@@ -8,27 +8,80 @@ model plus audiences, not a new workflow.
 
 from __future__ import annotations
 
-import unicodedata
+import re
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from schemas import rules
 from schemas.rules import rule_error
+from schemas.text import check_text
+from schemas.text import illegal_characters as illegal_characters  # R-OC-10's category rule, imported from here
+from schemas.urls import url_problem
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 Ident = Annotated[str, Field(pattern=ID_PATTERN, description="letters, digits, '_' and '-', 1 to 64")]
 # "{shop_id}.{campaign_id}" (workflow_id_for): '.' never occurs in an Ident.
 WORKFLOW_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}\.[A-Za-z0-9_-]{1,64}$"
 
+
+# Dates, times and instants are strings in a spec (JSON has no such types). A number is refused, never
+# read as a timestamp or as seconds since midnight (36000 is not 10:00, and YAML reads an unquoted 10:00
+# as the number 600). Python callers may pass date / time / datetime objects. This holds alike for
+# validate_python (FastAPI validates the parsed JSON body that way, and so does `sluice start`) and
+# validate_json, which pydantic's strict mode would not give: it wants date objects from Python.
+_DATE_STRING = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_LAX_DATE = TypeAdapter(date)
+
+
+def _date_string(value: object) -> object:
+    if type(value) is date or isinstance(value, str) and _DATE_STRING.match(value):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("date_type", 'Input should be a "YYYY-MM-DD" date string')
+    try:
+        _LAX_DATE.validate_python(value)
+    except ValidationError:
+        return value  # not a date at all: pydantic's own error says why
+    # A string pydantic would read as a date but is no "YYYY-MM-DD" (a datetime at midnight, ...).
+    raise PydanticCustomError("date_parsing", 'Input should be a "YYYY-MM-DD" date string')
+
+
+def _time_string(value: object) -> object:
+    if isinstance(value, str | time):
+        return value
+    raise PydanticCustomError("time_type", 'Input should be a "HH:MM" time string (quoted, in YAML)')
+
+
+def _instant_string(value: object) -> object:
+    if isinstance(value, str | datetime):
+        return value
+    raise PydanticCustomError("datetime_type", 'Input should be an ISO 8601 date and time string with a UTC offset')
+
+
 # Dates and instants a spec may name. Beyond these, local-time arithmetic near
 # date.min / date.max overflows; no campaign is planned outside them.
 DATE_MIN, DATE_MAX = date(2000, 1, 1), date(2100, 12, 31)
-SpecDate = Annotated[date, Field(ge=DATE_MIN, le=DATE_MAX, description="2000-01-01 to 2100-12-31")]
+SpecDate = Annotated[
+    date, BeforeValidator(_date_string), Field(ge=DATE_MIN, le=DATE_MAX, description="YYYY-MM-DD, 2000-01-01 to 2100-12-31")
+]
+SpecTime = Annotated[time, BeforeValidator(_time_string), Field(description="HH:MM (or HH:MM:SS), shop-local")]
 SpecInstant = Annotated[
     AwareDatetime,
+    BeforeValidator(_instant_string),
     Field(
         ge=datetime.combine(DATE_MIN, time(0), UTC),
         le=datetime.combine(DATE_MAX, time(0), UTC),
@@ -49,49 +102,46 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-_ILLEGAL_CATEGORIES = {"Cc", "Cf", "Co", "Cs", "Cn"}
-_ALLOWED_FORMAT = {"\u200d", "\ufe0f", "\ufe0e"}  # emoji joiners and variation selectors
+def _hhmm(value: time) -> str:
+    """A send time as it was sent: HH:MM, with seconds (and fractions) only when it has them."""
+    if value.microsecond:
+        return f"{value:%H:%M:%S.%f}"
+    return f"{value:%H:%M:%S}" if value.second else f"{value:%H:%M}"
 
 
-def illegal_characters(text: str) -> list[str]:
-    """R-OC-10: control, format, private-use and unassigned characters are illegal; emoji are not."""
-    bad = []
-    for ch in text:
-        if ch in "\n" or ch in _ALLOWED_FORMAT:
-            continue
-        if unicodedata.category(ch) in _ILLEGAL_CATEGORIES:
-            bad.append(f"U+{ord(ch):04X}")
-    return bad
-
-
-def _check_text(value: str, rule: str) -> str:
-    bad = illegal_characters(value)
-    if bad:
-        raise rule_error(rule, f"text contains illegal characters {', '.join(bad[:5])}")
-    return value
-
-
-def _check_send_time(value: time, latest: time, rule: str) -> time:
+def _check_send_time(value: time, rule: str, latest: time, *, latest_allowed: bool) -> time:
+    """`value` if it lies in WINDOW_OPEN..latest (`latest` itself only if `latest_allowed`)."""
     if value.tzinfo is not None:
         # Comparing an aware time with the window raised TypeError (a 500): refuse it instead.
         raise rule_error(rule, "the send time is shop-local wall-clock time: give it without a UTC offset")
-    if not (rules.WINDOW_OPEN <= value <= latest):
-        raise rule_error(rule, f"send time {value:%H:%M} is outside 08:00-{latest:%H:%M} shop-local")
+    inside = rules.WINDOW_OPEN <= value and (value <= latest if latest_allowed else value < latest)
+    if not inside:
+        bound = f"at or before {latest:%H:%M}" if latest_allowed else f"before {latest:%H:%M}"
+        raise rule_error(rule, f"send time {_hhmm(value)} is outside {rules.WINDOW_OPEN:%H:%M}-{latest:%H:%M} shop-local: "
+                               f"it must be at or after {rules.WINDOW_OPEN:%H:%M} and {bound}")
     return value
 
 
 class Pacing(Strict):
     """Spread sends over the window instead of sending as fast as the channel takes them."""
 
-    per_hour: int | None = Field(default=None, ge=1, le=10_000_000, description="recipients per hour")
+    per_hour: int | None = Field(default=None, strict=True, ge=1, le=10_000_000, description="recipients per hour")
 
 
 # ---------------------------------------------------------------- K-OLDCUST
 
 
 class OldCustomerImage(Strict):
-    url: str = Field(max_length=2048, pattern=r"^https?://[^\s\x00-\x1f\x7f]+$")
+    url: str = Field(max_length=2048, description="http(s) URL on a public host name or address (schemas/urls.py)")
     configured_at: SpecInstant
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        problem = url_problem(v)
+        if problem:
+            raise rule_error("R-OC-3", problem)
+        return v
 
 
 class OldCustomerSpec(Strict):
@@ -107,7 +157,7 @@ class OldCustomerSpec(Strict):
     image: OldCustomerImage | None = None
     send_date: SpecDate
     end_date: SpecDate | None = Field(default=None, description="last day to send leftovers; default send_date")
-    send_time: time = time(10, 0)
+    send_time: SpecTime = time(10, 0)
     channel: Channel = Channel.chat
     coupon_id: Ident | None = Field(default=None, description="benefit; must be valid when sent (R-OC-9)")
     pacing: Pacing = Pacing()
@@ -116,18 +166,24 @@ class OldCustomerSpec(Strict):
     @classmethod
     def _card_text(cls, v: str) -> str:
         if len(v) > rules.OLDCUST_CARD_TEXT_MAX:
-            raise rule_error("R-OC-3", f"card text has {len(v)} characters, at most 50 allowed")
-        return _check_text(v, "R-OC-10")
+            raise rule_error("R-OC-3", f"card text has {len(v)} characters, at most {rules.OLDCUST_CARD_TEXT_MAX} allowed")
+        return check_text(v, "R-OC-10")
 
-    @field_validator("body", "scene", "title")
+    @field_validator("scene", "title")
     @classmethod
     def _legal_text(cls, v: str | None) -> str | None:
-        return v if v is None else _check_text(v, "R-OC-10")
+        return v if v is None else check_text(v, "R-OC-10")
+
+    @field_validator("body")
+    @classmethod
+    def _legal_body(cls, v: str) -> str:
+        return check_text(v, "R-OC-10", allow_empty=True)  # "" is no body
 
     @field_validator("send_time")
     @classmethod
     def _send_time(cls, v: time) -> time:
-        return _check_send_time(v, time(21, 59), "R-WIN-1")
+        # R-WIN-1: the window closes at 22:00, so any time before it (21:59:59 too) may be picked.
+        return _check_send_time(v, "R-WIN-1", rules.WINDOW_CLOSE, latest_allowed=False)
 
     @model_validator(mode="after")
     def _dates(self) -> OldCustomerSpec:
@@ -158,20 +214,20 @@ class PhaseSpec(Strict):
     name: PhaseName
     start_date: SpecDate
     end_date: SpecDate
-    send_time: time = time(10, 0)
+    send_time: SpecTime = time(10, 0)
     audience: Ident | None = Field(default=None, description="audience name; default per R-PH-4")
     text: str = Field(min_length=1, max_length=500)
-    daily_cap: int | None = Field(default=None, ge=1, le=10_000_000, description="R-PH-7: most sends per day")
+    daily_cap: int | None = Field(default=None, strict=True, ge=1, le=10_000_000, description="R-PH-7: most sends per day")
 
     @field_validator("send_time")
     @classmethod
     def _send_time(cls, v: time) -> time:
-        return _check_send_time(v, rules.PHASED_SEND_TIME_LATEST, "R-PH-2")
+        return _check_send_time(v, "R-PH-2", rules.PHASED_SEND_TIME_LATEST, latest_allowed=True)
 
     @field_validator("text")
     @classmethod
     def _text(cls, v: str) -> str:
-        return _check_text(v, "R-PH-6")
+        return check_text(v, "R-PH-6")
 
     @model_validator(mode="after")
     def _range(self) -> PhaseSpec:

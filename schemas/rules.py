@@ -6,6 +6,7 @@ a merchant (and a test) can tell which rule was hit.
 
 from __future__ import annotations
 
+import reprlib
 from datetime import time
 
 from pydantic_core import PydanticCustomError
@@ -46,6 +47,22 @@ def rule_error(rule: str, message: str) -> PydanticCustomError:
 MAX_SPEC_BYTES = 64 * 1024
 
 
+# Errors whose input is the whole object around the field (or not an input at all): echoing it says nothing.
+_NO_ECHO = {"missing", "json_invalid", "union_tag_invalid", "union_tag_not_found"}
+ECHO_MAX = 60  # characters of an input a message repeats, at most
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist = 2, 3, 3
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = ECHO_MAX
+
+
+def _short_repr(value: object) -> str:
+    """What was sent, for a message: repr (control and bidi characters escaped), at most ECHO_MAX characters."""
+    if isinstance(value, dict):
+        return "an object"
+    text = _REPR.repr(value)
+    return text if len(text) <= ECHO_MAX else text[:ECHO_MAX - 3] + "..."
+
+
 def error_details(errors) -> list[dict]:
     """pydantic errors as [{"field", "rule", "message"}], the shape every refusal has (API and CLI)."""
     out = []
@@ -58,6 +75,8 @@ def error_details(errors) -> list[dict]:
         ctx = err.get("ctx") or {}
         rule = ctx.get("rule") or f"schema:{err.get('type', 'invalid')}"
         message = ctx.get("message") or err.get("msg", "invalid")
+        if not ctx.get("rule") and "input" in err and err.get("type") not in _NO_ECHO:
+            message = f"{message} (got {_short_repr(err['input'])})"
         out.append({"field": ".".join(loc) or "body", "rule": str(rule), "message": str(message)})
     return out
 

@@ -75,7 +75,7 @@ async def test_start_twice_is_409_and_starts_nothing_more(api, clean_db, ts_env)
         ({"surprise": 1}, "surprise", "schema:extra_forbidden"),
         ({"send_date": "not-a-date"}, "send_date", "schema:date_from_datetime_parsing"),
         ({"kind": "K-NOPE"}, "body", "schema:union_tag_invalid"),
-        ({"image": {"url": "https://img/x.png", "configured_at": "2099-01-01T00:00:00Z"}},
+        ({"image": {"url": "https://img.example.com/x.png", "configured_at": "2099-01-01T00:00:00Z"}},
          "image.configured_at", "R-OC-3"),
         ({"coupon_id": "missing"}, "coupon_id", "R-BEN-1"),
     ],
