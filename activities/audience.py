@@ -22,46 +22,9 @@ from temporalio import activity
 
 from activities import errors
 from activities.context import bind_activity_context
+from audiences import AUDIENCES
+from audiences import filters as F
 from schemas.activities import RefreshAudienceInput, RefreshAudienceResult
-
-# $1 shop_id, $2 snapshot instant, $3 campaign start instant. Each yields consumer_id.
-AUDIENCES: dict[str, str] = {
-    # R-OC-1: purchase within 365 days and a shop visit or live view within 90 days.
-    "oldcust_valid": """
-        SELECT c.consumer_id FROM shop_customers c
-        WHERE c.shop_id = $1
-          AND EXISTS (SELECT 1 FROM orders o
-                      WHERE o.shop_id = $1 AND o.consumer_id = c.consumer_id AND o.status <> 'pending'
-                        AND o.created_at >= $2::timestamptz - interval '365 days' AND o.created_at < $2::timestamptz)
-          AND EXISTS (SELECT 1 FROM behaviour_events e
-                      WHERE e.shop_id = $1 AND e.consumer_id = c.consumer_id
-                        AND e.kind IN ('visit', 'live_view')
-                        AND e.occurred_at >= $2::timestamptz - interval '90 days' AND e.occurred_at < $2::timestamptz)
-          AND $3::timestamptz IS NOT NULL  -- every audience takes the same three parameters
-    """,
-    # R-PH-4: an inquiry (chat consultation) in the last 30 days.
-    "inquired_30d": """
-        SELECT DISTINCT e.consumer_id FROM behaviour_events e
-        WHERE e.shop_id = $1 AND e.kind = 'inquiry'
-          AND e.occurred_at >= $2::timestamptz - interval '30 days' AND e.occurred_at < $2::timestamptz
-          AND $3::timestamptz IS NOT NULL  -- every audience takes the same three parameters
-    """,
-    # R-PH-4: recall = inquired in the last 30 days and no order since the campaign started.
-    "inquired_30d_no_order_since_start": """
-        SELECT DISTINCT e.consumer_id FROM behaviour_events e
-        WHERE e.shop_id = $1 AND e.kind = 'inquiry'
-          AND e.occurred_at >= $2::timestamptz - interval '30 days' AND e.occurred_at < $2::timestamptz
-          AND NOT EXISTS (SELECT 1 FROM orders o
-                          WHERE o.shop_id = $1 AND o.consumer_id = e.consumer_id
-                            AND o.created_at >= $3 AND o.created_at < $2::timestamptz)
-    """,
-    # R-RP-3: a merchant's custom audience: every customer of the shop (the benchmark's phase day).
-    "shop_all": """
-        SELECT c.consumer_id FROM shop_customers c
-        WHERE c.shop_id = $1
-          AND $2::timestamptz IS NOT NULL AND $3::timestamptz IS NOT NULL  -- the same three parameters
-    """,
-}
 
 # Per channel: the opt-out column and the contact that must exist (R-EXC-1).
 CHANNEL_COLUMNS = {
@@ -87,26 +50,10 @@ def exclusion_branches(channel: str) -> str:
                  WHEN c.{unsub} THEN 'unsubscribed'
                  WHEN NOT ({has_contact}) THEN 'no_contact'"""
 
-# R-OC-7: likely readers logged in, visited, viewed live, favourited within 30 days or read a message within 90.
-_LOW_ACTIVITY = """NOT EXISTS (
-    SELECT 1 FROM behaviour_events a
-    WHERE a.shop_id = $1 AND a.consumer_id = m.consumer_id AND a.occurred_at < $2::timestamptz
-      AND ((a.kind IN ('login', 'visit', 'live_view', 'favourite') AND a.occurred_at >= $2::timestamptz - interval '30 days')
-        OR (a.kind = 'message_read' AND a.occurred_at >= $2::timestamptz - interval '90 days')))"""
-
-
-def refresh_sql(audience: str, channel: str, kind: str) -> str:
-    oldcust = kind == "K-OLDCUST"
-    # R-OC-6: who an earlier task of the shop has in today's snapshot, as one hashed set
-    # (a probe per recipient needed an index on the snapshot that cost more to keep than it saved).
-    overlap = "WHEN o.consumer_id IS NOT NULL THEN 'overlap'" if oldcust else ""
-    overlap_join = (
-        "LEFT JOIN (SELECT DISTINCT consumer_id FROM audience_snapshots"
-        " WHERE campaign_id = ANY($10::bigint[]) AND day = $6) o ON o.consumer_id = m.consumer_id"
-        if oldcust
-        else ""
-    )
-    low_activity = f"WHEN {_LOW_ACTIVITY} THEN 'low_activity'" if oldcust else ""
+def refresh_sql(audience: str, channel: str, filters: list[str] | tuple[str, ...] = ()) -> str:
+    """The refresh statement of one part: the audience, the exclusions (R-EXC-1), whom the phase already
+    reached, then the plan's named filters (audiences/filters.py), in this order of precedence."""
+    branches, joins = F.sql(filters)
     # $8 parts, $9 this part: the part's share of the audience (by a hash of the consumer, so
     # any id pattern splits evenly), numbered seq = k * parts + part in consumer order.
     return f"""
@@ -120,11 +67,10 @@ def refresh_sql(audience: str, channel: str, kind: str) -> str:
                  WHEN $7::bool AND EXISTS (SELECT 1 FROM deliveries d
                               WHERE d.campaign_id = $4 AND d.phase = $5 AND d.consumer_id = m.consumer_id
                                 AND d.state IN ('reserved', 'sent', 'unknown')) THEN 'already_reached'
-                 {overlap}
-                 {low_activity}
+                 {branches}
             END AS reason
         FROM matched m JOIN shop_customers c ON c.shop_id = $1 AND c.consumer_id = m.consumer_id
-        {overlap_join}
+        {joins}
     ),
     ins AS (
         INSERT INTO audience_snapshots (campaign_id, phase, day, seq, consumer_id)
@@ -145,7 +91,10 @@ class AudienceActivities:
         log = bind_activity_context(shop_id=inp.shop_id, campaign_db_id=inp.campaign_db_id)
         if inp.audience not in AUDIENCES:
             raise errors.invalid_input("audience", f"unknown audience {inp.audience!r} (one of {', '.join(sorted(AUDIENCES))})")
-        sql = refresh_sql(inp.audience, inp.channel.value, inp.kind)
+        unknown = set(inp.filters) - F.NAMES
+        if unknown:
+            raise errors.invalid_input("filters", f"unknown audience filters {sorted(unknown)} (one of {sorted(F.NAMES)})")
+        sql = refresh_sql(inp.audience, inp.channel.value, inp.filters)
         async with self.pool.acquire() as conn:
             # A retried refresh rebuilds the day's snapshot from scratch: the
             # workflow only slices it after this activity has completed.
@@ -164,16 +113,9 @@ class AudienceActivities:
             )
             args = [inp.shop_id, inp.snapshot_at, inp.campaign_started_at, inp.campaign_db_id, inp.phase_index, inp.day,
                     reached_before, self.parts]  # fmt: skip
-            overlapping: list = []  # $10: the shop's earlier old-customer tasks (R-OC-6)
-            if inp.kind == "K-OLDCUST":
-                earlier = await conn.fetchval(
-                    "SELECT coalesce(array_agg(id), '{}') FROM campaigns"
-                    " WHERE shop_id = $1 AND kind = 'K-OLDCUST' AND id < $2"
-                    " AND state NOT IN ('cancelled', 'failed')",
-                    inp.shop_id,
-                    inp.campaign_db_id,
-                )
-                overlapping = [earlier]
+            overlapping: list = []  # $10: the shop's earlier campaigns of the same kind (R-OC-6)
+            if F.OVERLAP in inp.filters:
+                overlapping = [await conn.fetchval(F.EARLIER_SAME_KIND, inp.shop_id, inp.campaign_db_id, inp.kind)]
         # The parts run at once on their own connections: one statement uses one core, and
         # writing a million snapshot rows is most of a refresh's time.
         outcomes = await asyncio.gather(

@@ -17,7 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from schemas.campaign import CampaignSpec
+from kinds import CampaignSpec
 from schemas.settings import Settings
 
 app = typer.Typer(help="sluice: a durable campaign executor on Temporal and Postgres.", no_args_is_help=True)

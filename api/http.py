@@ -34,7 +34,8 @@ from api.errors import DATABASE_UNAVAILABLE, RETRY_AFTER_S, error_response, unav
 from api.gate import SHOP_SCOPE_KEY, Gate, SecurityHeaders
 from api.throttle import AuthThrottle
 from db.pool import create_pool
-from schemas.campaign import WORKFLOW_ID_PATTERN, CampaignSpec
+from kinds import CampaignSpec
+from schemas.campaign import WORKFLOW_ID_PATTERN
 from schemas.rules import MAX_SPEC_BYTES, RuleViolation, error_details
 from schemas.settings import Settings, get_settings
 from schemas.workflow import CampaignStatus

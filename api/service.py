@@ -22,19 +22,12 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.audience import AUDIENCES
+from kinds import Shop, SpecBase, compile_plan, kind_of
 from schemas import rules
-from schemas.campaign import (
-    CampaignPlan,
-    OldCustomerSpec,
-    PhasedSpec,
-    compile_plan,
-    workflow_id_for,
-)
+from schemas.campaign import CampaignPlan, workflow_id_for
 from schemas.rules import RuleViolation
 from schemas.workflow import CampaignInput, CampaignStatus
 from workflows import search_attributes as SA
-from workflows.calendar import day_window
 from workflows.campaign import CampaignWorkflow
 
 
@@ -68,57 +61,24 @@ async def owns(pool: asyncpg.Pool, shop_id: str, workflow_id: str) -> bool:
     )
 
 
-async def check_spec(conn: asyncpg.Connection, spec: OldCustomerSpec | PhasedSpec, now: datetime) -> str:
-    """Rules that need the database; returns the shop's time zone."""
-    shop = await conn.fetchrow("SELECT timezone, virtual_category FROM shops WHERE shop_id = $1", spec.shop_id)
-    if shop is None:
+async def check_spec(conn: asyncpg.Connection, spec: SpecBase, now: datetime) -> Shop:
+    """Rules that need the database: the shop (exists, has an IANA zone), then the kind's own checks."""
+    row = await conn.fetchrow("SELECT timezone, virtual_category FROM shops WHERE shop_id = $1", spec.shop_id)
+    if row is None:
         raise RuleViolation("shop_id", "R-API-SHOP", f"unknown shop {spec.shop_id!r}")
-    tz = shop["timezone"]
-    if not rules.is_iana_zone(tz):
+    if not rules.is_iana_zone(row["timezone"]):
         # Shops are created with a checked zone (`sluice seed`); one written around that check must not
         # turn into a 500 in the window arithmetic.
-        raise RuleViolation("shop_id", "R-WIN-1", f"the shop's time zone {tz!r} is not an IANA zone name")
-    if isinstance(spec, OldCustomerSpec):
-        last = spec.end_date or spec.send_date
-        if day_window(last, spec.send_time, tz).close_at <= now:
-            raise RuleViolation("send_date", "R-WIN-1", "the send window of the last day has already closed")
-        first_send = day_window(spec.send_date, spec.send_time, tz).send_at
-        if spec.image is not None:
-            ready = spec.image.configured_at + timedelta(hours=rules.OLDCUST_IMAGE_REVIEW_HOURS)
-            if ready > max(first_send, now):
-                raise RuleViolation(
-                    "image.configured_at",
-                    "R-OC-3",
-                    "a custom image must be configured at least 24 hours before sending",
-                )
-        if spec.coupon_id is not None:
-            coupon = await conn.fetchrow(
-                "SELECT valid_from, valid_to, stock FROM coupons WHERE coupon_id = $1 AND shop_id = $2",
-                spec.coupon_id,
-                spec.shop_id,
-            )
-            send_at = max(first_send, now)
-            if coupon is None:
-                raise RuleViolation("coupon_id", "R-BEN-1", f"coupon {spec.coupon_id!r} not found for this shop")
-            if not (coupon["valid_from"] <= send_at < coupon["valid_to"]):
-                raise RuleViolation("coupon_id", "R-OC-9", "the coupon is not valid when the message is sent")
-            if coupon["stock"] <= 0:
-                raise RuleViolation("coupon_id", "R-BEN-1", "the coupon is out of stock")
-    else:
-        for i, phase in enumerate(spec.phases):
-            # An unknown name would only fail in the workflow's first audience refresh.
-            if phase.audience is not None and phase.audience not in AUDIENCES:
-                raise RuleViolation(f"phases.{i}.audience", "R-PH-4", f"unknown audience {phase.audience!r}")
-        last = spec.phases[-1]
-        if day_window(last.end_date, last.send_time, tz).close_at <= now:
-            raise RuleViolation("phases", "R-PH-2", "the last phase has already ended")
-    return tz
+        raise RuleViolation("shop_id", "R-WIN-1", f"the shop's time zone {row['timezone']!r} is not an IANA zone name")
+    shop = Shop(shop_id=spec.shop_id, timezone=row["timezone"], virtual_category=row["virtual_category"])
+    await kind_of(spec).check(conn, spec, shop, now)
+    return shop
 
 
 async def start_campaign(
     pool: asyncpg.Pool,
     client: Client,
-    spec: OldCustomerSpec | PhasedSpec,
+    spec: SpecBase,
     *,
     task_queue: str,
     now: datetime | None = None,
@@ -129,7 +89,7 @@ async def start_campaign(
     spec_json = spec.model_dump(mode="json")
     async with pool.acquire() as conn:
         async with conn.transaction():
-            tz = await check_spec(conn, spec, now)
+            shop = await check_spec(conn, spec, now)
             # No conflict target: the row is unique on (shop_id, campaign_ref) and on workflow_id, and a
             # racing identical start may hit either first; both mean "exists", never an error.
             row = await conn.fetchrow(
@@ -155,7 +115,7 @@ async def start_campaign(
             # The same spec, written by a start whose workflow never started (Temporal was down after
             # the insert): this retry completes it.
             row = existing
-    plan = compile_plan(spec, campaign_db_id=row["id"], timezone=tz)
+    plan = compile_plan(spec, campaign_db_id=row["id"], shop=shop, now=now)
     if tuning:
         plan = plan.model_copy(update={"tuning": plan.tuning.model_copy(update=tuning)})
     try:

@@ -300,7 +300,7 @@ async def _history_events(client, workflow_id: str) -> dict:
 async def _phase_day(dsn: str, pg: Postgres, env, cfg: BenchConfig, tz: str, now: datetime) -> dict:
     from api.service import start_campaign, status
     from db.pool import create_pool
-    from schemas.campaign import PhasedSpec
+    from kinds.phased import PhasedSpec
     from workflows.calendar import local_day
 
     address = env.client.service_client.config.target_host

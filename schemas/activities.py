@@ -28,9 +28,10 @@ NOT_SENT_CANCELLED = "campaign_cancelled"
 class RefreshAudienceInput(BaseModel):
     campaign_db_id: int
     shop_id: str
-    kind: str
+    kind: str = Field(description="the campaign's kind: whose earlier campaigns the overlap filter reads")
     phase_index: int
     audience: str
+    filters: list[str] = Field(default_factory=list, description="audience filters, in order (audiences/filters.py)")
     channel: Channel
     day: date
     snapshot_at: datetime = Field(description="00:00 shop-local of the send day (R-OC-5: T+1)")

@@ -33,7 +33,7 @@ def template_key(shop_id: str, group: str) -> str:
 # K-OLDCUST
 OLDCUST_TEMPLATE_GROUP = "oldcust-scene"  # R-OC-2: shared by all old-customer scenes
 OLDCUST_CAP_PER_DAYS = (1, 7)  # R-OC-2 / R-FAT-1: one per 7 natural days
-OLDCUST_MIN_AUDIENCE = 100  # R-OC-4
+OLDCUST_MIN_AUDIENCE = 101  # R-OC-4: an audience of 100 or fewer cannot be sent
 OLDCUST_CARD_TEXT_MAX = 50  # R-OC-3
 OLDCUST_IMAGE_REVIEW_HOURS = 24  # R-OC-3
 

@@ -25,7 +25,7 @@ from temporalio.exceptions import ApplicationError
 from activities import errors
 from activities.channels import ChannelRegistry, OutboxChannel
 from api.service import start_campaign
-from schemas.campaign import OldCustomerSpec
+from kinds.oldcust import OldCustomerSpec
 from schemas.settings import Settings
 from tests.ledger_checks import assert_fatigue_matches_ledger, assert_ledger_exact
 from tests.test_signals_cli import seed_shop

@@ -21,6 +21,8 @@ from pydantic import ValidationError
 from temporalio.api.enums.v1 import EventType
 
 from api.service import start_campaign
+from kinds.oldcust import OldCustomerSpec
+from kinds.phased import PhasedSpec, PhaseSpec
 from schemas import rules
 from schemas.activities import (
     NOT_SENT_WINDOW,
@@ -29,7 +31,7 @@ from schemas.activities import (
     SUPPRESS_SHOP_DAY,
     SUPPRESS_TEMPLATE,
 )
-from schemas.campaign import OldCustomerSpec, Pacing, PhasedSpec, PhaseSpec
+from schemas.campaign import Pacing
 from schemas.settings import Settings
 from tests.factories import add_customers, make_shop
 from workers.worker import build_worker
@@ -453,18 +455,18 @@ async def test_oldcust_leftover_below_100_still_goes_out_next_day(clean_db, ts_e
         ordered_at=now - timedelta(days=30),
         visited_at=now - timedelta(days=3),
     )
-    # A second shop with 99 valid old customers: refused every day (R-OC-4).
-    await make_shop(pool, "s99", tz)
+    # A second shop with exactly 100 valid old customers: refused every day (R-OC-4: 100 or fewer cannot be sent).
+    await make_shop(pool, "s100", tz)
     await add_customers(
         pool,
-        "s99",
-        list(range(1, 100)),
+        "s100",
+        list(range(1, 101)),
         ordered_at=now - timedelta(days=30),
         visited_at=now - timedelta(days=3),
     )
     specs = [
         oldcust("s300", "late", d1, end_date=d2, send_time=time(20, 0), pacing=Pacing(per_hour=120)),
-        oldcust("s99", "small", d1, end_date=d2, send_time=time(20, 0)),
+        oldcust("s100", "small", d1, end_date=d2, send_time=time(20, 0)),
     ]
     plans, _, results = await _run(ts_env, pool, specs)
     rows = await ledger(pool, plans[0].campaign_db_id)

@@ -14,8 +14,9 @@ import uuid
 from datetime import UTC, datetime, time, timedelta
 
 from api.service import start_campaign
+from kinds.oldcust import OldCustomerSpec
+from kinds.phased import PhasedSpec, PhaseSpec
 from schemas import rules
-from schemas.campaign import OldCustomerSpec, PhasedSpec, PhaseSpec
 from schemas.settings import Settings
 from tests.factories import add_customers, make_shop
 from tests.ledger_checks import assert_fatigue_matches_ledger

@@ -19,7 +19,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from api.service import start_campaign
-from schemas.campaign import PhasedSpec, PhaseSpec
+from kinds.phased import PhasedSpec, PhaseSpec
 from schemas.settings import Settings
 from tests.conftest import DEV_SERVER_ARGS
 from tests.factories import add_customers, make_shop

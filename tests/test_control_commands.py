@@ -25,7 +25,8 @@ import pytest
 from temporalio.client import WorkflowExecutionStatus
 
 from api import service
-from schemas.campaign import OldCustomerSpec, PhasedSpec, PhaseSpec
+from kinds.oldcust import OldCustomerSpec
+from kinds.phased import PhasedSpec, PhaseSpec
 from schemas.settings import Settings
 from tests.factories import make_shop
 from workers.worker import build_worker

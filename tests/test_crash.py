@@ -30,8 +30,9 @@ from pathlib import Path
 import pytest
 
 from api.service import start_campaign
+from kinds.oldcust import OldCustomerSpec
 from schemas import rules
-from schemas.campaign import Channel, OldCustomerSpec
+from schemas.campaign import Channel
 from schemas.rules import template_key
 from tests.factories import add_customers, make_shop
 from tests.gateway import Gateway

@@ -23,8 +23,9 @@ from hypothesis import HealthCheck, example, given, settings
 from pydantic import TypeAdapter, ValidationError
 
 from api.cli import load_spec
+from kinds import CampaignSpec
+from kinds.phased import PhaseSpec
 from schemas import rules
-from schemas.campaign import CampaignSpec, PhaseSpec
 from schemas.rules import error_details
 from schemas.text import ALLOWED_FORMAT, BLANK_LOOKALIKES, check_text, is_blank, refused_characters, text_problem
 from schemas.urls import url_problem

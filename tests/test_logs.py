@@ -10,7 +10,7 @@ from datetime import time, timedelta
 import structlog
 
 from api.service import start_campaign
-from schemas.campaign import OldCustomerSpec
+from kinds.oldcust import OldCustomerSpec
 from schemas.settings import Settings
 from tests.factories import add_customers, make_shop
 from workers.logs import configure_logging, mask

@@ -6,7 +6,7 @@ import uuid
 from datetime import time, timedelta
 
 from api.service import start_campaign
-from schemas.campaign import OldCustomerSpec
+from kinds.oldcust import OldCustomerSpec
 from schemas.settings import Settings
 from tests.factories import add_customers, make_shop
 from workers.worker import build_worker

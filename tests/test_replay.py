@@ -18,7 +18,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from api.service import start_campaign
-from schemas.campaign import OldCustomerSpec, Pacing
+from kinds.oldcust import OldCustomerSpec
+from schemas.campaign import Pacing
 from schemas.settings import Settings
 from tests.factories import add_customers, make_shop
 from workers.worker import build_worker

@@ -19,14 +19,9 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from pydantic import TypeAdapter, ValidationError
 
-from schemas.campaign import (
-    PHASE_ORDER,
-    CampaignSpec,
-    PhasedSpec,
-    PhaseName,
-    PhaseSpec,
-    illegal_characters,
-)
+from kinds import CampaignSpec
+from kinds.phased import PHASE_ORDER, PhasedSpec, PhaseName, PhaseSpec
+from schemas.campaign import illegal_characters
 from schemas.rules import WINDOW_CLOSE, WINDOW_OPEN, error_details
 from schemas.text import BLANK_LOOKALIKES, is_blank
 from workflows.calendar import day_window

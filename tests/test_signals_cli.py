@@ -16,8 +16,8 @@ import pytest
 
 from activities.channels import ChannelRegistry, OutboxChannel
 from api.service import start_campaign
+from kinds.oldcust import OldCustomerSpec
 from schemas import activities as A
-from schemas.campaign import OldCustomerSpec
 from schemas.settings import Settings
 from tests.factories import add_customers, make_shop
 from tests.ledger_checks import assert_fatigue_matches_ledger, assert_ledger_exact, ledger_counts

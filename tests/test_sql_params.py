@@ -23,7 +23,8 @@ from pathlib import Path
 
 import asyncpg
 
-from activities.audience import AUDIENCES, CHANNEL_ADDRESS, CHANNEL_COLUMNS
+from activities.audience import CHANNEL_ADDRESS, CHANNEL_COLUMNS
+from audiences import AUDIENCES
 from db.pool import _init_connection
 from schemas.campaign import Channel
 from tests.api_helpers import client, running_app, shop_key
@@ -32,7 +33,7 @@ from workflows.calendar import local_day
 from workflows.campaign import CampaignWorkflow
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["api", "activities", "db", "schemas", "workers", "workflows"]
+PACKAGES = ["api", "activities", "audiences", "db", "kinds", "schemas", "workers", "workflows"]
 SQL = re.compile(
     r"\b(SELECT|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE|DROP|TRUNCATE|ANALYZE|ALTER|COPY|VALUES|WHERE)\b",
     re.IGNORECASE,
@@ -46,9 +47,9 @@ ALLOWED_INTERPOLATIONS = {
     ("activities/audience.py", "exclusion_branches(channel)"):
         "CASE branches built only from CHANNEL_COLUMNS[channel]: an opt-out column and a constant contact"
         " predicate per Channel enum value",
-    ("activities/audience.py", "overlap"): "a constant SQL fragment chosen by the campaign kind",
-    ("activities/audience.py", "overlap_join"): "a constant SQL fragment chosen by the campaign kind",
-    ("activities/audience.py", "low_activity"): "a constant SQL fragment (_LOW_ACTIVITY) chosen by kind",
+    ("activities/audience.py", "branches"):
+        "CASE branches of audiences/filters.py, chosen by filter names checked against filters.NAMES before",
+    ("activities/audience.py", "joins"): "constant joins of audiences/filters.py, chosen as above",
     ("activities/send.py", "exclusion_branches(channel)"): "CASE branches from CHANNEL_COLUMNS, as above",
     ("activities/send.py", "CHANNEL_ADDRESS[channel]"): "a constant address column per Channel",
     ("activities/send.py", "prior"): "a constant ledger probe or NULL, chosen by the probe bool",
@@ -66,6 +67,7 @@ ALLOWED_SQL_ARGUMENTS = {
     ("activities/send.py", "_WRITE_HANDED_OFF if handoff else _WRITE_RESERVED"):
         "_write_sql(True/False) at import: built only from the allowed interpolations above",
     ("activities/audience.py", "sql"): "refresh_sql(): built only from the allowed interpolations above",
+    ("activities/audience.py", "F.EARLIER_SAME_KIND"): "a constant statement of audiences/filters.py",
     ("db/migrate.py", "path.read_text()"): "the migration files shipped in db/migrations",
 }
 

@@ -172,6 +172,7 @@ class CampaignWorkflow:
                     kind=plan.kind,
                     phase_index=progress.phase_index,
                     audience=phase.audience,
+                    filters=phase.filters,
                     channel=phase.channel,
                     day=win.day,
                     snapshot_at=win.snapshot_at,

@@ -24,7 +24,7 @@ import pytest
 from temporalio.client import Client
 
 from api.service import start_campaign
-from schemas.campaign import OldCustomerSpec
+from kinds.oldcust import OldCustomerSpec
 from tests.conftest import EMBEDDED
 from tests.factories import add_customers, make_shop
 from tests.ledger_checks import assert_fatigue_matches_ledger, assert_ledger_exact, ledger_counts

@@ -13,7 +13,8 @@ from datetime import time, timedelta
 from activities.channels import ChannelRegistry, OutboxChannel
 from activities.http_channel import HttpGatewayChannel
 from api.service import start_campaign
-from schemas.campaign import Channel, OldCustomerSpec
+from kinds.oldcust import OldCustomerSpec
+from schemas.campaign import Channel
 from schemas.settings import Settings
 from tests.factories import add_customers, make_shop
 from tests.gateway import Chaos, Gateway

@@ -1,0 +1,44 @@
+"""The campaign kinds sluice runs, one module each (kinds/base.py says what a kind is).
+
+Everything that differs between kinds is decided here, from the registry: the
+spec union the API and the CLI validate (and the OpenAPI schema shows), the
+database checks, the compile step. Nothing outside a kind's module asks which
+kind a spec or a plan is (tests/test_kinds.py scans for it).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from kinds.base import Kind, Shop, SpecBase
+from kinds.oldcust import OldCustomer
+from kinds.phased import Phased
+from schemas.campaign import CampaignPlan, workflow_id_for
+
+# The registry: adding a kind is one module and one line here.
+KINDS: dict[str, Kind] = {k.name: k for k in (OldCustomer(), Phased())}
+
+# The spec of any registered kind, told apart by its `kind` field.
+CampaignSpec = Annotated[Union[tuple(k.spec for k in KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
+
+
+def kind_of(spec: SpecBase) -> Kind:
+    return KINDS[spec.kind]
+
+
+def compile_plan(spec: SpecBase, *, campaign_db_id: int, shop: Shop, now: datetime) -> CampaignPlan:
+    return CampaignPlan(
+        campaign_db_id=campaign_db_id,
+        workflow_id=workflow_id_for(spec.shop_id, spec.campaign_id),
+        shop_id=spec.shop_id,
+        campaign_id=spec.campaign_id,
+        kind=spec.kind,
+        timezone=shop.timezone,
+        phases=kind_of(spec).compile(spec, shop, now),
+    )
+
+
+__all__ = ["KINDS", "CampaignSpec", "Kind", "Shop", "SpecBase", "compile_plan", "kind_of"]

@@ -1,0 +1,62 @@
+"""What a campaign kind is.
+
+A kind (a playbook: K-OLDCUST, K-PHASED, ...) is one module of this package
+holding everything that is particular to it:
+
+- its spec model (`spec`): what a merchant submits, with the rules that need
+  nothing but the spec itself, as pydantic validators naming their rule ids;
+- `check`: the rules that need the database (a coupon that exists, a window
+  that has not closed), run before anything is written or started;
+- `compile`: the spec turned into phases (`PhasePlan`s): audience, filters,
+  channel, caps, content, coupon. The workflow walks plans and never asks
+  which kind it runs;
+- the audiences its phases may name (`audiences`, names of the audience
+  library in audiences/).
+
+kinds/__init__.py registers the kinds; the API's and the CLI's spec union,
+the OpenAPI schema and the checks are built from that registry. Adding a kind
+is one module and one line there (docs/playbooks.md).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime
+from typing import ClassVar
+
+import asyncpg
+
+from schemas.campaign import Ident, PhasePlan, Strict
+
+
+class SpecBase(Strict):
+    """The fields every kind's spec has; each kind narrows `kind` to its own literal name."""
+
+    kind: str
+    shop_id: Ident
+    campaign_id: Ident
+
+
+@dataclass(frozen=True)
+class Shop:
+    """What the checks and the compile step know of the shop (already checked: exists, IANA zone)."""
+
+    shop_id: str
+    timezone: str
+    virtual_category: bool
+
+
+class Kind(ABC):
+    name: ClassVar[str]
+    spec: ClassVar[type[SpecBase]]
+    # The audience names the kind's phases may use (each an entry of audiences.AUDIENCES).
+    audiences: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    async def check(self, conn: asyncpg.Connection, spec: SpecBase, shop: Shop, now: datetime) -> None:
+        """Raise schemas.rules.RuleViolation for a rule the spec breaks against the database or the clock."""
+
+    @abstractmethod
+    def compile(self, spec: SpecBase, shop: Shop, now: datetime) -> list[PhasePlan]:
+        """The phases the workflow will walk."""
