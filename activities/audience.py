@@ -81,6 +81,52 @@ def refresh_sql(audience: str, channel: str, filters: list[str] | tuple[str, ...
     """
 
 
+def checked_refresh_sql(inp: RefreshAudienceInput) -> str:
+    """The refresh statement for the input's audience, channel and filters; unknown names are bad input."""
+    if inp.audience not in AUDIENCES:
+        raise errors.invalid_input("audience", f"unknown audience {inp.audience!r} (one of {', '.join(sorted(AUDIENCES))})")
+    unknown = set(inp.filters) - F.NAMES
+    if unknown:
+        raise errors.invalid_input("filters", f"unknown audience filters {sorted(unknown)} (one of {sorted(F.NAMES)})")
+    return refresh_sql(inp.audience, inp.channel.value, inp.filters)
+
+
+async def refresh_args(conn: asyncpg.Connection, inp: RefreshAudienceInput, parts: int):
+    """The refresh statement's arguments, as a function of the part (the one builder of $1..$10)."""
+    # The phase's first day has reached no one yet: the planner then drops the per-recipient
+    # ledger probe (custom plans, db/pool.py).
+    reached_before = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM deliveries WHERE campaign_id = $1 AND phase = $2)",
+        inp.campaign_db_id,
+        inp.phase_index,
+    )
+    overlapping: list = []  # $10: the shop's earlier campaigns of the same kind (R-OC-6)
+    if F.OVERLAP in inp.filters:
+        overlapping = [await conn.fetchval(F.EARLIER_SAME_KIND, inp.shop_id, inp.campaign_db_id, inp.kind)]
+
+    def for_part(part: int) -> list:
+        return [
+            inp.shop_id,  # $1
+            inp.snapshot_at,  # $2
+            inp.campaign_started_at,  # $3
+            inp.campaign_db_id,  # $4
+            inp.phase_index,  # $5
+            inp.day,  # $6
+            reached_before,  # $7
+            parts,  # $8
+            part,  # $9
+            *overlapping,  # $10
+        ]
+
+    return for_part
+
+
+def count_reasons(rows) -> tuple[int, dict[str, int]]:
+    """(eligible, excluded per reason) from the refresh statement's (reason, n) rows."""
+    counts: Counter[str] = Counter(dict(rows))
+    return counts.pop("eligible", 0), dict(counts)
+
+
 class AudienceActivities:
     def __init__(self, pool: asyncpg.Pool, *, parts: int = 2):
         self.pool = pool
@@ -89,12 +135,7 @@ class AudienceActivities:
     @activity.defn
     async def refresh_audience(self, inp: RefreshAudienceInput) -> RefreshAudienceResult:
         log = bind_activity_context(shop_id=inp.shop_id, campaign_db_id=inp.campaign_db_id)
-        if inp.audience not in AUDIENCES:
-            raise errors.invalid_input("audience", f"unknown audience {inp.audience!r} (one of {', '.join(sorted(AUDIENCES))})")
-        unknown = set(inp.filters) - F.NAMES
-        if unknown:
-            raise errors.invalid_input("filters", f"unknown audience filters {sorted(unknown)} (one of {sorted(F.NAMES)})")
-        sql = refresh_sql(inp.audience, inp.channel.value, inp.filters)
+        sql = checked_refresh_sql(inp)
         async with self.pool.acquire() as conn:
             # A retried refresh rebuilds the day's snapshot from scratch: the
             # workflow only slices it after this activity has completed.
@@ -104,22 +145,11 @@ class AudienceActivities:
                 inp.phase_index,
                 inp.day,
             )
-            # The phase's first day has reached no one yet: the planner then drops the per-recipient
-            # ledger probe (custom plans, db/pool.py).
-            reached_before = await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM deliveries WHERE campaign_id = $1 AND phase = $2)",
-                inp.campaign_db_id,
-                inp.phase_index,
-            )
-            args = [inp.shop_id, inp.snapshot_at, inp.campaign_started_at, inp.campaign_db_id, inp.phase_index, inp.day,
-                    reached_before, self.parts]  # fmt: skip
-            overlapping: list = []  # $10: the shop's earlier campaigns of the same kind (R-OC-6)
-            if F.OVERLAP in inp.filters:
-                overlapping = [await conn.fetchval(F.EARLIER_SAME_KIND, inp.shop_id, inp.campaign_db_id, inp.kind)]
+            part_args = await refresh_args(conn, inp, self.parts)
         # The parts run at once on their own connections: one statement uses one core, and
         # writing a million snapshot rows is most of a refresh's time.
         outcomes = await asyncio.gather(
-            *(self._refresh_part(sql, [*args, part, *overlapping]) for part in range(self.parts)),
+            *(self._refresh_part(sql, part_args(part)) for part in range(self.parts)),
             return_exceptions=True,
         )
         failed = [o for o in outcomes if isinstance(o, BaseException)]

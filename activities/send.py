@@ -53,8 +53,11 @@ _COMMITTED_STATES = ("reserved", "unknown", "sent")
 _NO_TEMPLATE_CAP = 2**31 - 1
 
 
-def _cap_reason(today, earlier: int, cap) -> str:
-    """Which cap stopped a consumer `_RESERVE` did not reserve (the first that bites, R-FAT-3, 2, 1)."""
+def cap_verdict(today, earlier: int, cap) -> str | None:
+    """The first cap that stops one more message to the consumer (R-FAT-3, 2, 1), or None.
+
+    `today` is a `CAPS_READ` row (the consumer's counts on the fatigue day), `earlier` the
+    template group's count on the window's earlier days. The same test as `_RESERVE`'s WHERE."""
     if today["day_sent"] >= rules.GLOBAL_DAY_MAX:
         return A.SUPPRESS_GLOBAL_DAY
     if today["shop_sent"] >= rules.SHOP_DAY_MAX:
@@ -63,6 +66,14 @@ def _cap_reason(today, earlier: int, cap) -> str:
         return A.SUPPRESS_GLOBAL_SHOPS
     if cap and today["template_today"] + earlier >= cap.count:
         return A.SUPPRESS_TEMPLATE
+    return None
+
+
+def _cap_reason(today, earlier: int, cap) -> str:
+    """Which cap stopped a consumer `_RESERVE` did not reserve."""
+    reason = cap_verdict(today, earlier, cap)
+    if reason is not None:
+        return reason
     # The statement and this reading disagree: fail the chunk (its transaction rolls back) rather
     # than record a reason that is not true.
     raise errors.cap_reading_raced(f"consumer {today['id']}: not reserved, yet no cap bites ({dict(today)}, earlier {earlier})")
@@ -142,7 +153,7 @@ _RESERVE = """
 # primary-key probe per consumer as a scalar subquery: as a join, a day newer than the statistics
 # planned a hash join over the whole table for every chunk (0.29 s per chunk of
 # 2,000 and 71% of the day's database time on a fresh install).
-_CAPS = """
+CAPS_READ = """
     SELECT id, coalesce((f).sent, 0) AS day_sent, coalesce((f).shops, 0) AS day_shops,
            coalesce(((f).per_shop ->> $2)::int, 0) AS shop_sent,
            coalesce(((f).per_template ->> $4)::int, 0) AS template_today
@@ -151,7 +162,7 @@ _CAPS = """
 """
 # The template window's earlier days (R-FAT-1), for the whole chunk in one index scan over
 # (consumer_id, day); only consumers with a message of the group in the window come back.
-_TEMPLATE_WINDOW = """
+TEMPLATE_WINDOW = """
     SELECT consumer_id, sum((per_template ->> $4)::int)::int AS n
     FROM fatigue_day
     WHERE consumer_id = ANY($1::bigint[]) AND day > $2::date - $3::int AND day < $2::date
@@ -424,7 +435,7 @@ class SendActivities:
                 # Earlier days of the template window only lose counts (a failed send gives its
                 # count back), so reading them before the locks can only err on the safe side.
                 earlier = (
-                    dict(await conn.fetch(_TEMPLATE_WINDOW, live, fday, cap.days, tkey)) if cap and cap.days > 1 else {}
+                    dict(await conn.fetch(TEMPLATE_WINDOW, live, fday, cap.days, tkey)) if cap and cap.days > 1 else {}
                 )
                 reserved = {
                     r[0]
@@ -436,7 +447,7 @@ class SendActivities:
                 }  # fmt: skip
                 capped = [c for c in live if c not in reserved]
                 if capped:
-                    for r in await conn.fetch(_CAPS, capped, inp.shop_id, fday, tkey):
+                    for r in await conn.fetch(CAPS_READ, capped, inp.shop_id, fday, tkey):
                         decisions[r["id"]] = _cap_reason(r, earlier.get(r["id"], 0), cap)
             if inp.coupon_id:
                 await self._grant_coupons(conn, inp, [c for c in ids if decisions[c] is None], decisions)

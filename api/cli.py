@@ -252,16 +252,9 @@ def load_spec(path: Path):
     return TypeAdapter(CampaignSpec).validate_python(json.loads("".join(chunks)))
 
 
-@app.command()
-def start(spec_file: Annotated[Path, typer.Argument(help="campaign spec, .yaml/.yml or .json")]) -> None:
-    """Start a campaign from a spec file (same rules and answers as POST /campaigns)."""
-    from api import service
-    from db.pool import create_pool
-    from schemas.rules import RuleViolation
-    from workers.worker import connect_client
-
+def _spec_or_exit(spec_file: Path):
     try:
-        spec = load_spec(spec_file)
+        return load_spec(spec_file)
     except ValidationError as exc:
         from schemas.rules import error_details
 
@@ -270,6 +263,58 @@ def start(spec_file: Annotated[Path, typer.Argument(help="campaign spec, .yaml/.
         raise typer.Exit(2) from None
     except (OSError, ValueError, yaml.YAMLError) as exc:
         _fail(f"cannot read {spec_file}: {exc}", 2)
+
+
+@app.command()
+def preview(
+    spec_file: Annotated[Path, typer.Argument(help="campaign spec, .yaml/.yml or .json")],
+    output: Annotated[str, typer.Option("-o", "--output", help="table or json")] = "table",
+) -> None:
+    """Whom a spec would reach, phase by phase, and what removes the rest (R-PRE-1); nothing is started."""
+    from rich.table import Table
+
+    from api import service
+    from db.pool import create_pool
+    from schemas.rules import RuleViolation
+
+    spec = _spec_or_exit(spec_file)
+    settings = _settings()
+
+    async def run():
+        pool = await create_pool(settings.database_url, size=2)
+        try:
+            return await service.preview_campaign(pool, spec, platform_tz=settings.platform_timezone)
+        finally:
+            await pool.close()
+
+    try:
+        result = asyncio.run(run())
+    except RuleViolation as exc:
+        _fail(f"invalid {exc.field}: {exc.rule}: {exc.message}", 2)
+    if output == "json":
+        console.print_json(result.model_dump_json())
+        return
+    for p in result.phases:
+        table = Table(title=f"{result.workflow_id} {p.phase} {p.day}: audience {p.audience}")
+        table.add_column("")
+        table.add_column("rule")
+        table.add_column("recipients", justify="right")
+        table.add_row("matched", "", f"{p.matched:,}")
+        for reason, n in p.removed.items():
+            table.add_row(f"- {reason}", p.rules.get(reason, ""), f"{n:,}")
+        table.add_row("would send", "", f"{p.would_send:,}")
+        console.print(table)
+
+
+@app.command()
+def start(spec_file: Annotated[Path, typer.Argument(help="campaign spec, .yaml/.yml or .json")]) -> None:
+    """Start a campaign from a spec file (same rules and answers as POST /campaigns)."""
+    from api import service
+    from db.pool import create_pool
+    from schemas.rules import RuleViolation
+    from workers.worker import connect_client
+
+    spec = _spec_or_exit(spec_file)
     settings = _settings()
 
     async def run():

@@ -33,6 +33,7 @@ from api import docs, health, service
 from api.errors import DATABASE_UNAVAILABLE, RETRY_AFTER_S, error_response, unavailable
 from api.gate import SHOP_SCOPE_KEY, Gate, SecurityHeaders
 from api.throttle import AuthThrottle
+from audiences.preview import Preview
 from db.pool import create_pool
 from kinds import CampaignSpec
 from schemas.campaign import WORKFLOW_ID_PATTERN
@@ -175,6 +176,19 @@ def create_app(settings: Settings | None = None, *, pool=None, client: Client | 
         status_url, ui = _urls(plan.workflow_id)
         log.info("campaign started", workflow_id=plan.workflow_id)
         return Started(campaign_id=plan.campaign_id, workflow_id=plan.workflow_id, status_url=status_url, temporal_ui_url=ui)
+
+    @app.post(
+        "/campaigns/preview",
+        response_model=Preview,
+        responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 413: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    )
+    async def preview(request: Request, shop: KeyShop, spec: Annotated[CampaignSpec, Body()]) -> Preview:
+        """R-PRE-1: the spec checked as a start would check it, then per phase whom it would reach and what removes
+        the rest (exclusions, filters, fatigue caps by rule id, minimum size, daily cap, coupon stock). Nothing is
+        written or started."""
+        if spec.shop_id != shop:
+            return error_response(403, "shop_id", "R-API-KEY", "this API key may not preview campaigns for that shop_id")
+        return await service.preview_campaign(request.app.state.pool, spec, platform_tz=settings.platform_timezone)
 
     async def _own(request: Request, shop: str, workflow_id: str) -> None:
         # Ownership comes from the campaigns table, never from the shape of the id; another

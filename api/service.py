@@ -22,6 +22,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from audiences.preview import Preview, preview
 from kinds import Shop, SpecBase, compile_plan, kind_of
 from schemas import rules
 from schemas.campaign import CampaignPlan, workflow_id_for
@@ -137,6 +138,15 @@ async def start_campaign(
     except RuntimeError as err:  # the client cannot (re)connect: "Failed client connect"
         raise TemporalUnavailable(str(err)[:300]) from None
     return plan, started
+
+
+async def preview_campaign(pool: asyncpg.Pool, spec: SpecBase, *, platform_tz: str, now: datetime | None = None) -> Preview:
+    """R-PRE-1: the spec's checks, then whom each phase would reach and what removes the rest; nothing is written."""
+    now = now or datetime.now(UTC)
+    async with pool.acquire() as conn:
+        shop = await check_spec(conn, spec, now)
+    plan = compile_plan(spec, campaign_db_id=0, shop=shop, now=now)
+    return await preview(pool, plan, now=now, platform_tz=platform_tz)
 
 
 async def _workflow_exists(client: Client, wf_id: str) -> bool:

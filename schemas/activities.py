@@ -23,6 +23,29 @@ SUPPRESS_NO_CONTACT = "no_contact"  # R-EXC-1
 SUPPRESS_BENEFIT = "benefit_unavailable"  # R-OC-9 / R-BEN-1
 NOT_SENT_WINDOW = "window_closed_phase_ended"  # R-PH-2: unsent at 22:00 of the phase's last day
 NOT_SENT_CANCELLED = "campaign_cancelled"
+# Reasons the audience refresh gives (filters and the ledger), and the preview's own.
+EXCLUDED_ALREADY_REACHED = "already_reached"
+EXCLUDED_OVERLAP = "overlap"  # R-OC-6
+EXCLUDED_LOW_ACTIVITY = "low_activity"  # R-OC-7
+NOT_SENT_MIN_AUDIENCE = "audience_below_minimum"  # R-OC-4
+NOT_SENT_DAILY_CAP = "daily_cap"  # R-PH-7
+
+# The rule behind each reason, for the preview and the reports.
+REASON_RULES = {
+    SUPPRESS_SHOP_DAY: "R-FAT-2",
+    SUPPRESS_GLOBAL_DAY: "R-FAT-3",
+    SUPPRESS_GLOBAL_SHOPS: "R-FAT-3",
+    SUPPRESS_TEMPLATE: "R-FAT-1",
+    SUPPRESS_UNSUBSCRIBED: "R-EXC-1",
+    SUPPRESS_BLACKLISTED: "R-EXC-1",
+    SUPPRESS_DELETED: "R-EXC-1",
+    SUPPRESS_NO_CONTACT: "R-EXC-1",
+    SUPPRESS_BENEFIT: "R-BEN-1",
+    EXCLUDED_OVERLAP: "R-OC-6",
+    EXCLUDED_LOW_ACTIVITY: "R-OC-7",
+    NOT_SENT_MIN_AUDIENCE: "R-OC-4",
+    NOT_SENT_DAILY_CAP: "R-PH-7",
+}
 
 
 class RefreshAudienceInput(BaseModel):

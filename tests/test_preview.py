@@ -1,0 +1,122 @@
+"""The reachable-count preview (R-PRE-1) equals what the run then decides on the same data.
+
+A shop where every exclusion, filter and cap bites for a known handful of
+customers; the preview through the API's path, then the campaign itself on the
+time-skipping server: the preview's `would_send` is the ledger's `sent`, its
+fatigue reasons the ledger's suppressions, its exclusions and filters the
+refresh's. Nothing the preview does is left in the database.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import time, timedelta
+
+from api.service import preview_campaign
+from kinds.oldcust import OldCustomerSpec
+from tests.api_helpers import client, running_app, shop_key
+from tests.factories import add_customers, make_shop
+from tests.test_oldcust_workflow import TZ, _run
+from workflows.calendar import local_day
+
+SHOP = "s1"
+
+
+async def _shop(pool, now, send_day):
+    await make_shop(pool, SHOP, TZ)
+    recent = dict(ordered_at=now - timedelta(days=30), visited_at=now - timedelta(days=3))
+    await add_customers(pool, SHOP, list(range(1, 301)), **recent)
+    await add_customers(pool, SHOP, list(range(301, 306)), blacklisted=True, **recent)
+    await add_customers(pool, SHOP, list(range(306, 309)), unsub_chat=True, **recent)
+    await add_customers(pool, SHOP, list(range(309, 312)), chat_id=None, **recent)
+    # R-OC-7: valid old customers (a visit within 90 days) but nothing within 30.
+    await add_customers(pool, SHOP, list(range(312, 331)), ordered_at=now - timedelta(days=30),
+                        visited_at=now - timedelta(days=60))
+    # R-OC-6: an earlier old-customer task of the shop has 1..20 in the same day's snapshot.
+    earlier = await pool.fetchval(
+        "INSERT INTO campaigns (shop_id, campaign_ref, workflow_id, kind, spec, state)"
+        " VALUES ($1, 'earlier', $1 || '.earlier', 'K-OLDCUST', '{}'::jsonb, 'sending') RETURNING id", SHOP)
+    await pool.executemany(
+        "INSERT INTO audience_snapshots (campaign_id, phase, day, seq, consumer_id) VALUES ($1, 0, $2, $3, $4)",
+        [(earlier, send_day, c, c) for c in range(1, 21)])
+    # Caps already spent on the send day (platform day = the shop's day here: both Asia/Shanghai).
+    rows = [(c, send_day, 10, 3, {"x": 10}, {}) for c in range(21, 26)]  # R-FAT-3: 10 a day
+    rows += [(c, send_day, 5, 5, {"a": 1, "b": 1, "c": 1, "d": 1, "e": 1}, {}) for c in range(26, 31)]  # 5 shops
+    rows += [(c, send_day, 2, 1, {SHOP: 2}, {}) for c in range(31, 36)]  # R-FAT-2: 2 from this shop
+    rows += [(c, send_day - timedelta(days=3), 1, 1, {SHOP: 1}, {f"{SHOP}/oldcust-scene": 1})
+             for c in range(36, 41)]  # R-OC-2 / R-FAT-1: a custom scene 3 days before
+    await pool.executemany(
+        "INSERT INTO fatigue_day (consumer_id, day, sent, shops, per_shop, per_template) VALUES ($1, $2, $3, $4, $5, $6)",
+        rows)
+
+
+EXPECTED_REMOVED = {
+    "blacklisted": 5, "unsubscribed": 3, "no_contact": 3, "low_activity": 19, "overlap": 20,
+    "fatigue_global_day": 5, "fatigue_global_shops": 5, "fatigue_shop_day": 5, "fatigue_template": 5,
+}
+REFRESH_REASONS = {"blacklisted", "unsubscribed", "no_contact", "low_activity", "overlap"}
+
+
+async def test_the_preview_equals_what_the_run_decides(clean_db, ts_env):
+    pool = clean_db
+    now = await ts_env.get_current_time()
+    send_day = local_day(now, TZ) + timedelta(days=1)
+    await _shop(pool, now, send_day)
+    spec = OldCustomerSpec(kind="K-OLDCUST", shop_id=SHOP, campaign_id="c1", scene="Spring", card_text="Hi",
+                           send_date=send_day, send_time=time(9, 30))
+    before = await pool.fetchval("SELECT count(*) FROM campaigns")
+    result = await preview_campaign(pool, spec, platform_tz=TZ, now=now)
+    [phase] = result.phases
+    assert phase.matched == 330 and phase.day == send_day.isoformat()
+    assert phase.removed == EXPECTED_REMOVED, phase.removed
+    assert phase.would_send == 330 - sum(EXPECTED_REMOVED.values()) == 260
+    assert phase.rules["fatigue_template"] == "R-FAT-1" and phase.rules["overlap"] == "R-OC-6"
+    # Nothing of the preview stays: no campaign, no snapshot, no counter moved.
+    assert await pool.fetchval("SELECT count(*) FROM campaigns") == before
+    assert await pool.fetchval("SELECT count(*) FROM audience_snapshots") == 20
+    assert await pool.fetchval("SELECT sum(sent) FROM fatigue_day") == 5 * 10 + 5 * 5 + 5 * 2 + 5
+
+    plans, results = await _run(ts_env, pool, [spec])
+    cid = plans[0].campaign_db_id
+    ledger = dict(await pool.fetch(
+        "SELECT coalesce(reason, state), count(*)::int FROM deliveries WHERE campaign_id = $1 GROUP BY 1", cid))
+    refresh = await pool.fetchrow("SELECT matched, excluded FROM audience_refreshes WHERE campaign_id = $1", cid)
+    assert ledger.pop("sent") == phase.would_send
+    assert ledger == {k: v for k, v in phase.removed.items() if k.startswith("fatigue_")}
+    assert refresh["matched"] == phase.matched
+    assert refresh["excluded"] == {k: v for k, v in phase.removed.items() if k in REFRESH_REASONS}
+
+
+async def test_a_preview_of_100_or_fewer_sends_nothing_and_neither_does_the_run(clean_db, ts_env):
+    pool = clean_db
+    now = await ts_env.get_current_time()
+    send_day = local_day(now, TZ) + timedelta(days=1)
+    await make_shop(pool, SHOP, TZ)
+    await add_customers(pool, SHOP, list(range(1, 101)), ordered_at=now - timedelta(days=30),
+                        visited_at=now - timedelta(days=3))
+    spec = OldCustomerSpec(kind="K-OLDCUST", shop_id=SHOP, campaign_id="small", scene="S", card_text="Hi",
+                           send_date=send_day, send_time=time(9, 30))
+    [phase] = (await preview_campaign(pool, spec, platform_tz=TZ, now=now)).phases
+    assert phase.would_send == 0 and phase.removed == {"audience_below_minimum": 100}
+    assert phase.rules == {"audience_below_minimum": "R-OC-4"}
+    plans, _ = await _run(ts_env, pool, [spec])
+    assert await pool.fetchval(
+        "SELECT count(*) FROM deliveries WHERE campaign_id = $1 AND state = 'sent'", plans[0].campaign_db_id) == 0
+
+
+async def test_preview_through_the_api_and_the_cli_shape(clean_db, ts_env):
+    pool = clean_db
+    now = await ts_env.get_current_time()
+    key = await shop_key(pool, SHOP, TZ)
+    await add_customers(pool, SHOP, list(range(1, 151)), ordered_at=now - timedelta(days=30),
+                        visited_at=now - timedelta(days=3))
+    body = {"kind": "K-OLDCUST", "shop_id": SHOP, "campaign_id": "p", "scene": "S", "card_text": "Hi"}
+    async with running_app(pool, ts_env, worker=False) as app, client(app, key) as c:
+        res = await c.post("/campaigns/preview", json=body)
+        assert res.status_code == 200, res.text
+        assert res.json()["phases"][0]["would_send"] == 150
+        assert (await c.post("/campaigns/preview", json={**body, "shop_id": "other"})).status_code == 403
+        bad = await c.post("/campaigns/preview", json={**body, "card_text": "x" * 51})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["rule"] == "R-OC-3"
+    assert await pool.fetchval("SELECT count(*) FROM campaigns") == 0
+    assert json.loads(res.text)["workflow_id"] == f"{SHOP}.p"
