@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from dataclasses import dataclass
 
 import asyncpg
 from temporalio import activity
 
 from activities import errors
 from activities.context import bind_activity_context
-from audiences import AUDIENCES
+from audiences import AUDIENCES, CUSTOM, names, with_item_choice
 from audiences import filters as F
 from schemas.activities import RefreshAudienceInput, RefreshAudienceResult
 
@@ -50,19 +51,22 @@ def exclusion_branches(channel: str) -> str:
                  WHEN c.{unsub} THEN 'unsubscribed'
                  WHEN NOT ({has_contact}) THEN 'no_contact'"""
 
-def refresh_sql(audience: str, channel: str, filters: list[str] | tuple[str, ...] = ()) -> str:
+def refresh_sql(audience_sql: str, yields_item: bool, channel: str, filters: list[str] | tuple[str, ...] = ()) -> str:
     """The refresh statement of one part: the audience, the exclusions (R-EXC-1), whom the phase already
     reached, then the plan's named filters (audiences/filters.py), in this order of precedence."""
     branches, joins = F.sql(filters)
+    item = "a.item" if yields_item else "NULL::bigint"
     # $8 parts, $9 this part: the part's share of the audience (by a hash of the consumer, so
     # any id pattern splits evenly), numbered seq = k * parts + part in consumer order.
+    # $10 (the overlap filter's campaigns) is always bound, so the audience's own start at $11.
     return f"""
     WITH matched AS (
-        SELECT a.consumer_id FROM ({AUDIENCES[audience]}) a
-        WHERE $8::int = 1 OR (hashint8(a.consumer_id) & 2147483647) % $8::int = $9::int
+        SELECT a.consumer_id, {item} AS item FROM ({audience_sql}) a
+        WHERE ($8::int = 1 OR (hashint8(a.consumer_id) & 2147483647) % $8::int = $9::int)
+          AND cardinality($10::bigint[]) >= 0
     ),
     flagged AS (
-        SELECT m.consumer_id,
+        SELECT m.consumer_id, m.item,
             CASE {exclusion_branches(channel)}
                  WHEN $7::bool AND EXISTS (SELECT 1 FROM deliveries d
                               WHERE d.campaign_id = $4 AND d.phase = $5 AND d.consumer_id = m.consumer_id
@@ -73,22 +77,54 @@ def refresh_sql(audience: str, channel: str, filters: list[str] | tuple[str, ...
         {joins}
     ),
     ins AS (
-        INSERT INTO audience_snapshots (campaign_id, phase, day, seq, consumer_id)
-        SELECT $4, $5, $6, ((row_number() OVER (ORDER BY consumer_id) - 1) * $8::int + $9::int)::int, consumer_id
+        INSERT INTO audience_snapshots (campaign_id, phase, day, seq, consumer_id, item)
+        SELECT $4, $5, $6, ((row_number() OVER (ORDER BY consumer_id) - 1) * $8::int + $9::int)::int, consumer_id, item
         FROM flagged WHERE reason IS NULL
     )
     SELECT coalesce(reason, 'eligible') AS reason, count(*)::int AS n FROM flagged GROUP BY 1
     """
 
 
-def checked_refresh_sql(inp: RefreshAudienceInput) -> str:
+@dataclass(frozen=True)
+class RefreshStatement:
+    sql: str
+    audience_args: list  # bound from $11 on
+
+
+def checked_refresh_sql(inp: RefreshAudienceInput) -> RefreshStatement:
     """The refresh statement for the input's audience, channel and filters; unknown names are bad input."""
-    if inp.audience not in AUDIENCES:
-        raise errors.invalid_input("audience", f"unknown audience {inp.audience!r} (one of {', '.join(sorted(AUDIENCES))})")
     unknown = set(inp.filters) - F.NAMES
     if unknown:
         raise errors.invalid_input("filters", f"unknown audience filters {sorted(unknown)} (one of {sorted(F.NAMES)})")
-    return refresh_sql(inp.audience, inp.channel.value, inp.filters)
+    if inp.audience == CUSTOM:
+        audience_sql, args = custom_audience_sql(inp.audience_params)
+        coupons = inp.audience_params.get("coupon_ids")
+        if coupons:  # the products of these coupons are pushed, one per recipient (R-RP-10)
+            audience_sql = with_item_choice(audience_sql, FIRST_AUDIENCE_PARAM + len(args))
+            args = [*args, list(coupons)]
+        return RefreshStatement(refresh_sql(audience_sql, bool(coupons), inp.channel.value, inp.filters), args)
+    aud = AUDIENCES.get(inp.audience)
+    if aud is None:
+        raise errors.invalid_input("audience", f"unknown audience {inp.audience!r} (one of {', '.join(sorted(names()))})")
+    missing = [p for p in aud.params if p not in inp.audience_params]
+    if missing:
+        raise errors.invalid_input("audience_params", f"audience {inp.audience!r} needs {missing}")
+    args = [inp.audience_params[p] for p in aud.params]
+    return RefreshStatement(refresh_sql(aud.sql, aud.yields_item, inp.channel.value, inp.filters), args)
+
+
+def custom_audience_sql(params: dict) -> tuple[str, list]:
+    """The merchant's filter (params["filter"]) compiled to SQL whose values are bound from $11 on."""
+    from audiences.custom import compile_custom, parse_filter
+
+    try:
+        flt = parse_filter(params.get("filter"))
+    except ValueError as exc:
+        raise errors.invalid_input("audience_params.filter", str(exc)[:500]) from None
+    return compile_custom(flt, first_param=FIRST_AUDIENCE_PARAM)
+
+
+FIRST_AUDIENCE_PARAM = 11
 
 
 async def refresh_args(conn: asyncpg.Connection, inp: RefreshAudienceInput, parts: int):
@@ -102,7 +138,8 @@ async def refresh_args(conn: asyncpg.Connection, inp: RefreshAudienceInput, part
     )
     overlapping: list = []  # $10: the shop's earlier campaigns of the same kind (R-OC-6)
     if F.OVERLAP in inp.filters:
-        overlapping = [await conn.fetchval(F.EARLIER_SAME_KIND, inp.shop_id, inp.campaign_db_id, inp.kind)]
+        overlapping = await conn.fetchval(F.EARLIER_SAME_KIND, inp.shop_id, inp.campaign_db_id, inp.kind)
+    statement = checked_refresh_sql(inp)
 
     def for_part(part: int) -> list:
         return [
@@ -115,7 +152,8 @@ async def refresh_args(conn: asyncpg.Connection, inp: RefreshAudienceInput, part
             reached_before,  # $7
             parts,  # $8
             part,  # $9
-            *overlapping,  # $10
+            overlapping,  # $10
+            *statement.audience_args,  # $11...
         ]
 
     return for_part
@@ -135,7 +173,7 @@ class AudienceActivities:
     @activity.defn
     async def refresh_audience(self, inp: RefreshAudienceInput) -> RefreshAudienceResult:
         log = bind_activity_context(shop_id=inp.shop_id, campaign_db_id=inp.campaign_db_id)
-        sql = checked_refresh_sql(inp)
+        sql = checked_refresh_sql(inp).sql
         async with self.pool.acquire() as conn:
             # A retried refresh rebuilds the day's snapshot from scratch: the
             # workflow only slices it after this activity has completed.

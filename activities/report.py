@@ -67,6 +67,14 @@ class ReportActivities:
                 if r["reason"]:
                     key = f"{r['state']}:{r['reason']}"
                     counts[key] = counts.get(key, 0) + r["n"]
+            # Offers (R-RP-5) per state: held, claimed, expired, released.
+            for state, n in await conn.fetch(
+                "SELECT state, count(*)::int FROM claims WHERE campaign_id = $1 AND phase = $2 AND day = $3 GROUP BY 1",
+                inp.campaign_db_id,
+                inp.phase_index,
+                inp.day,
+            ):
+                counts[f"offers_{state}"] = n
             if refresh:
                 counts["audience_matched"] = refresh["matched"]
                 counts["audience_eligible"] = refresh["eligible"]

@@ -29,7 +29,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 from temporalio import activity
@@ -38,9 +38,11 @@ from activities import errors
 from activities.audience import CHANNEL_ADDRESS, exclusion_branches
 from activities.channels import ChannelRegistry, InDatabaseChannel, Outbound, Outcome
 from activities.context import bind_activity_context
+from content.render import compile_template, format_ends_at
 from schemas import activities as A
 from schemas import rules
 from schemas.activities import ReconcileInput, ReconcileResult, SendSliceInput, SendSliceResult
+from schemas.campaign import PERSONAL_PLACEHOLDERS
 from schemas.rules import template_key
 from workflows.calendar import platform_day
 
@@ -95,7 +97,7 @@ def _body(inp: SendSliceInput) -> str:
     return f"{inp.title}\n{inp.text}" if inp.title else inp.text
 
 
-def _chunk_sql(channel: str, probe: bool) -> str:
+def _chunk_sql(channel: str, probe: bool, personal: bool = False) -> str:
     """The chunk's snapshot rows with what send time needs: exclusions, address, earlier decision.
 
     `probe` reads each row's earlier decision in the ledger. A chunk no attempt has decided
@@ -113,10 +115,12 @@ def _chunk_sql(channel: str, probe: bool) -> str:
         else "NULL::text"
     )
     # R-EXC-1, checked again at send time: the snapshot is from 00:00 (R-OC-5). The columns are
-    # unpacked in this order by SendActivities._reserve.
+    # unpacked in this order by SendActivities._reserve; `personal` adds what per-recipient content
+    # needs: the product the audience chose (R-RP-10) and the customer's nickname.
+    personal_columns = ", s.item, c.nick" if personal else ""
     return f"""
         SELECT s.seq, s.consumer_id, {CHANNEL_ADDRESS[channel]} AS address, {prior} AS prior,
-               CASE {exclusion_branches(channel)} END AS excluded
+               CASE {exclusion_branches(channel)} END AS excluded{personal_columns}
         FROM audience_snapshots s
         JOIN shop_customers c ON c.shop_id = $4 AND c.consumer_id = s.consumer_id
         WHERE s.campaign_id = $1 AND s.phase = $2 AND s.day = $3 AND s.seq >= $5 AND s.seq < $6
@@ -185,15 +189,16 @@ def _write_sql(handoff: bool) -> str:
 
     $1 campaign, $2 phase, $3 day, $4 channel, $5 shop, $6 template group, $7 fatigue day,
     $8 decided_at, $9 ids, $10 reasons (NULL: live), $11 the live rows' state,
-    [$12 live ids, $13 their addresses (both in the order of $9), $14 body].
+    [$12 live ids, $13 their addresses (both in the order of $9), $14 body, $15 each live row's own
+    body (per-recipient content) or NULL].
     """
     ref = "CASE WHEN u.reason IS NULL THEN 'outbox:' || (SELECT id FROM b) END" if handoff else "NULL"
     # The batch takes the live ids and addresses as sent: no aggregate over the chunk's rows.
     outbox = (
         """b AS (SELECT nextval('outbox_id_seq') AS id),
     o AS (
-        INSERT INTO outbox (id, campaign_id, phase, day, channel, body, consumer_ids, addresses)
-        SELECT (SELECT id FROM b), $1, $2, $3, $4, $14, $12::bigint[], $13::text[]
+        INSERT INTO outbox (id, campaign_id, phase, day, channel, body, consumer_ids, addresses, bodies)
+        SELECT (SELECT id FROM b), $1, $2, $3, $4, $14, $12::bigint[], $13::text[], $15::text[]
         WHERE cardinality($12::bigint[]) > 0
     ),"""
         if handoff
@@ -218,6 +223,73 @@ _RECORD_OUTCOMES = """
       AND d.consumer_id = u.id AND d.state = ANY($5::text[])
     RETURNING d.consumer_id
 """
+
+
+# The offers of a chunk's live deliveries (R-RP-5), held in the chunk's transaction; their stock
+# units were taken by _TAKE_STOCK just before. $1 campaign, $2 phase, $3 day, $4 channel, $5 shop,
+# $6 ids, $7 their coupons, $8 their products, $9 the hand-off instant, $10 the offer's hours.
+_HOLD_OFFERS = """
+    INSERT INTO claims (campaign_id, phase, consumer_id, day, channel, shop_id, coupon_id, product_id,
+                        held_at, expires_at)
+    SELECT $1, $2, u.id, $3, $4, $5, u.coupon, u.item, $9::timestamptz, $9::timestamptz + make_interval(hours => $10::int)
+    FROM unnest($6::bigint[], $7::text[], $8::bigint[]) AS u(id, coupon, item)
+"""
+# Units of each coupon's stock for the chunk, all or nothing per coupon, coupon rows locked in coupon
+# order after the consumers' rows (the same order everywhere). $1 coupons (ascending), $2 units each.
+_LOCK_COUPONS = """
+    SELECT coupon_id, CASE WHEN valid_from <= $3 AND valid_to > $3 THEN stock ELSE 0 END AS usable
+    FROM coupons WHERE coupon_id = ANY($1::text[]) AND shop_id = $2 ORDER BY coupon_id FOR UPDATE
+"""
+_TAKE_STOCK = """
+    UPDATE coupons c SET stock = c.stock - u.n
+    FROM unnest($1::text[], $2::int[]) AS u(coupon_id, n) WHERE c.coupon_id = u.coupon_id
+"""
+# A delivery that was not sent gives its offer's unit back (R-OC-8).
+_RELEASE_OFFERS = """
+    WITH r AS (
+        UPDATE claims SET state = 'released', closed_at = now()
+        WHERE campaign_id = $1 AND phase = $2 AND day = $3 AND channel = $4 AND consumer_id = ANY($5::bigint[])
+          AND state = 'held'
+        RETURNING coupon_id
+    )
+    UPDATE coupons c SET stock = c.stock + p.n
+    FROM (SELECT coupon_id, count(*)::int AS n FROM r GROUP BY coupon_id ORDER BY coupon_id) p
+    WHERE c.coupon_id = p.coupon_id
+"""
+_OFFER_CATALOG = """
+    SELECT c.coupon_id, c.name, c.product_id, p.title
+    FROM coupons c LEFT JOIN products p ON p.product_id = c.product_id AND p.shop_id = c.shop_id
+    WHERE c.coupon_id = ANY($1::text[]) AND c.shop_id = $2 AND c.product_id IS NOT NULL
+"""
+
+
+@dataclass(frozen=True)
+class OfferItem:
+    coupon_id: str
+    coupon_name: str
+    title: str
+
+
+@dataclass
+class Personal:
+    """What a slice needs for per-recipient content and offers: the template, and per product the
+    exclusive coupon that goes with it (R-RP-10)."""
+
+    template: object | None
+    catalog: dict[int, OfferItem]
+    timezone: str
+
+    def body(self, inp: SendSliceInput, nick: str | None, item: OfferItem | None, expires_at: datetime | None) -> str:
+        if self.template is None:
+            return _body(inp)
+        ctx = {
+            "name": nick or "",
+            "product": item.title if item else "",
+            "coupon": item.coupon_name if item else "",
+            "ends_at": format_ends_at(expires_at, self.timezone) if expires_at else "",
+        }
+        text = self.template.render(ctx)
+        return f"{inp.title}\n{text}" if inp.title else text
 
 
 class SendActivities:
@@ -249,6 +321,7 @@ class SendActivities:
         # An earlier attempt may have committed the chunk after its last heartbeat: read the
         # ledger for that one. Later chunks were not reached by it (chunks run in order).
         probe = bool(details) or activity.info().attempt > 1
+        personal = await self._personal(inp)
         while result.next_seq < inp.seq_hi:
             # A worker that comes back after the window closed sends nothing stale (docs/design.md, "No stale sends").
             if self.clock() >= inp.window_end:
@@ -262,7 +335,7 @@ class SendActivities:
                 break
             # A chunk runs to its end even when the workflow cancels the slice
             # (pause, 22:00): a reservation is never left without its send.
-            chunk = asyncio.ensure_future(self._run_chunk(inp, result, channel, fatigue_day, probe))
+            chunk = asyncio.ensure_future(self._run_chunk(inp, result, channel, fatigue_day, probe, personal))
             probe = False
             try:
                 await asyncio.shield(chunk)
@@ -283,13 +356,15 @@ class SendActivities:
         return result
 
     async def _run_chunk(
-        self, inp: SendSliceInput, result: SendSliceResult, channel, fatigue_day: date, probe: bool
+        self, inp: SendSliceInput, result: SendSliceResult, channel, fatigue_day: date, probe: bool,
+        personal: Personal | None = None,
     ) -> None:
         hi = min(result.next_seq + inp.chunk_size, inp.seq_hi)
         handoff = isinstance(channel, InDatabaseChannel)
         budget = inp.budget - result.reserved
         try:
-            chunk = await self._reserve(inp, result.next_seq, hi, budget, fatigue_day, handoff, probe=probe)
+            chunk = await self._reserve(inp, result.next_seq, hi, budget, fatigue_day, handoff, probe=probe,
+                                        personal=personal)
         except asyncpg.UniqueViolationError:
             # Some row of the chunk was decided before: by an earlier attempt of this slice (a
             # crash after its commit, before its heartbeat), by a re-run of the range, or by an
@@ -298,11 +373,12 @@ class SendActivities:
             bind_activity_context(shop_id=inp.shop_id, campaign_db_id=inp.campaign_db_id).info(
                 "chunk decided before; reading it again with the ledger", seq=result.next_seq
             )
-            chunk = await self._reserve(inp, result.next_seq, hi, budget, fatigue_day, handoff, probe=True)
+            chunk = await self._reserve(inp, result.next_seq, hi, budget, fatigue_day, handoff, probe=True,
+                                        personal=personal)
         outcomes = await dispatch(channel, chunk.to_send, chunk.to_reconcile)
         await self._record(
             LedgerDay(inp.campaign_db_id, inp.phase_index, inp.day, inp.channel.value, inp.shop_id, fatigue_day,
-                      inp.template_cap, inp.coupon_id),
+                      inp.template_cap, inp.coupon_id, offer=inp.offer is not None),
             outcomes,
         )
         result.next_seq = chunk.next_seq
@@ -385,9 +461,20 @@ class SendActivities:
             )
         )
 
+    async def _personal(self, inp: SendSliceInput) -> Personal | None:
+        """Per-recipient content and offers of the slice, or None (one body for the whole chunk)."""
+        if inp.offer is None and not inp.text_is_template:
+            return None
+        template = compile_template(inp.text, allowed=PERSONAL_PLACEHOLDERS, rule="R-RP-6") if inp.text_is_template else None
+        catalog = {}
+        if inp.offer is not None:
+            rows = await self.pool.fetch(_OFFER_CATALOG, inp.offer.coupon_ids, inp.shop_id)
+            catalog = {r["product_id"]: OfferItem(r["coupon_id"], r["name"], r["title"] or "") for r in rows}
+        return Personal(template=template, catalog=catalog, timezone=inp.timezone or "UTC")
+
     async def _reserve(
         self, inp: SendSliceInput, lo: int, hi: int, budget: int, fday: date, handoff: bool = False,
-        *, probe: bool = True,
+        *, probe: bool = True, personal: Personal | None = None,
     ) -> ChunkOutcome:
         """Decide the chunk [lo, hi) in one transaction: exclusions, caps, ledger rows, counters.
 
@@ -400,14 +487,16 @@ class SendActivities:
         cap = inp.template_cap
         args = [inp.campaign_db_id, inp.phase_index, inp.day, inp.shop_id, lo, hi] + ([ch] if probe else [])
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(_chunk_sql(ch, probe), *args)
+            rows = await conn.fetch(_chunk_sql(ch, probe, personal is not None), *args)
             out = ChunkOutcome(next_seq=hi)
             decisions: dict[int, str | None] = {}
             addresses: dict[int, str] = {}
+            # Per-recipient content: each consumer's (item, nickname).
+            extras = {r[1]: (r[5], r[6]) for r in rows} if personal is not None else {}
             # Budget (R-PH-7) counts every delivery this slice stands behind: new
             # candidates, reservations to finish and sends already made.
             committed = 0
-            for seq, consumer, address, prior, excluded in rows:
+            for seq, consumer, address, prior, excluded in rows if personal is None else (r[:5] for r in rows):
                 live = (excluded is None) if prior is None else prior in _COMMITTED_STATES
                 if live and committed >= budget:
                     out.next_seq = seq
@@ -418,7 +507,8 @@ class SendActivities:
                     addresses[consumer] = address
                 # Decided by an earlier attempt of this chunk: finish its work, decide nothing anew.
                 elif prior in _LIVE_STATES:
-                    out.to_reconcile.append(self._outbound(inp, consumer, address))
+                    # The body is what it was when decided (a provider that has it compares by reference).
+                    out.to_reconcile.append(self._outbound(inp, consumer, address, _body(inp)))
                 elif prior == "sent":
                     out.already_sent += 1
                 else:
@@ -449,18 +539,39 @@ class SendActivities:
                 if capped:
                     for r in await conn.fetch(CAPS_READ, capped, inp.shop_id, fday, tkey):
                         decisions[r["id"]] = _cap_reason(r, earlier.get(r["id"], 0), cap)
-            if inp.coupon_id:
+            offered: dict[int, OfferItem] = {}
+            if inp.offer is not None:
+                offered = await self._take_offer_stock(conn, inp, personal, [c for c in ids if decisions[c] is None],
+                                                       extras, decisions)
+            elif inp.coupon_id:
                 await self._grant_coupons(conn, inp, [c for c in ids if decisions[c] is None], decisions)
 
             reasons = [decisions[c] for c in ids]
             live_now = [c for c, why in zip(ids, reasons, strict=True) if why is None]
+            # The hand-off instant of the chunk (its transaction commits the delivery and, for the outbox,
+            # hands it off): an offer's countdown starts here.
+            # Never before the slice was scheduled (the time-skipping test server runs ahead of the wall clock).
+            handed_at = max(self.clock(), inp.decided_at)
+            expires_at = handed_at + timedelta(hours=inp.offer.hours) if inp.offer is not None else None
+            bodies = (
+                {c: personal.body(inp, extras[c][1], offered.get(c), expires_at) for c in live_now}
+                if personal is not None
+                else None
+            )
             args = [
                 inp.campaign_db_id, inp.phase_index, inp.day, ch, inp.shop_id, cap.group if cap else "", fday,
                 inp.decided_at, ids, reasons, "sent" if handoff else "reserved",
             ]  # fmt: skip
             if handoff:
-                args += [live_now, [addresses[c] for c in live_now], _body(inp)]
+                args += [live_now, [addresses[c] for c in live_now], _body(inp),
+                         [bodies[c] for c in live_now] if bodies is not None else None]  # fmt: skip
             await conn.execute(_WRITE_HANDED_OFF if handoff else _WRITE_RESERVED, *args)
+            if offered and live_now:
+                await conn.execute(
+                    _HOLD_OFFERS, inp.campaign_db_id, inp.phase_index, inp.day, ch, inp.shop_id, live_now,
+                    [offered[c].coupon_id for c in live_now], [extras[c][0] for c in live_now], handed_at,
+                    inp.offer.hours,
+                )  # fmt: skip
             out.suppressed.update(reason for reason in decisions.values() if reason is not None)
             # A reservation without a live delivery gives its count back (the coupon ran out for it).
             unused = sorted(reserved.difference(live_now))
@@ -473,7 +584,9 @@ class SendActivities:
             if handoff:
                 out.handed_off = len(live_now)
             else:
-                out.to_send.extend(self._outbound(inp, c, addresses[c]) for c in live_now)
+                out.to_send.extend(
+                    self._outbound(inp, c, addresses[c], bodies[c] if bodies is not None else _body(inp)) for c in live_now
+                )
         return out
 
     @staticmethod
@@ -492,7 +605,39 @@ class SendActivities:
             decisions[c] = A.SUPPRESS_BENEFIT
 
     @staticmethod
-    def _outbound(inp: SendSliceInput, consumer_id: int, address: str) -> Outbound:
+    async def _take_offer_stock(
+        conn, inp: SendSliceInput, personal: Personal, live: list[int], extras: dict, decisions: dict
+    ) -> dict[int, OfferItem]:
+        """R-RP-5 / R-RP-10: each live consumer's offer is the coupon of the product chosen for them; one unit
+        of its stock is taken now, in consumer order while it lasts. Who has no product with a coupon, or
+        whose coupon ran out or is not valid now, gets no message (benefit_unavailable, R-BEN-1)."""
+        wanted: dict[str, list[int]] = {}
+        for c in live:
+            item = personal.catalog.get(extras[c][0])
+            if item is None:
+                decisions[c] = A.SUPPRESS_BENEFIT
+            else:
+                wanted.setdefault(item.coupon_id, []).append(c)
+        if not wanted:
+            return {}
+        coupons = sorted(wanted)
+        usable = dict(await conn.fetch(_LOCK_COUPONS, coupons, inp.shop_id, inp.decided_at))
+        taken: dict[str, int] = {}
+        offered: dict[int, OfferItem] = {}
+        for coupon_id in coupons:
+            consumers = wanted[coupon_id]
+            n = min(len(consumers), max(0, usable.get(coupon_id, 0)))
+            taken[coupon_id] = n
+            for c in consumers[n:]:
+                decisions[c] = A.SUPPRESS_BENEFIT
+            for c in consumers[:n]:
+                offered[c] = personal.catalog[extras[c][0]]
+        if any(taken.values()):
+            await conn.execute(_TAKE_STOCK, list(taken), list(taken.values()))
+        return offered
+
+    @staticmethod
+    def _outbound(inp: SendSliceInput, consumer_id: int, address: str, body: str) -> Outbound:
         return Outbound(
             campaign_id=inp.campaign_db_id,
             phase=inp.phase_index,
@@ -500,7 +645,7 @@ class SendActivities:
             day=inp.day,
             channel=inp.channel.value,
             address=address,
-            body=_body(inp),
+            body=body,
         )
 
     async def _record(self, key: LedgerDay, outcomes: list[Outcome]) -> None:
@@ -524,6 +669,8 @@ class SendActivities:
             released = sorted(r["consumer_id"] for r in changed if r["consumer_id"] in failed)
             if released:
                 await release_reservations(conn, released, key.shop_id, key.fatigue_day, key.template_cap)
+                if key.offer:
+                    await conn.execute(_RELEASE_OFFERS, key.campaign_id, key.phase, key.day, key.channel, released)
                 if key.coupon_id:
                     await conn.execute(
                         "UPDATE coupons SET stock = stock + $2 WHERE coupon_id = $1", key.coupon_id, len(released)
@@ -542,6 +689,7 @@ class LedgerDay:
     fatigue_day: date
     template_cap: object | None
     coupon_id: str | None = None
+    offer: bool = False  # its deliveries carry offers (claims) to give back when not sent
 
 
 async def dispatch(channel, fresh: list[Outbound], uncertain: list[Outbound]) -> list[Outcome]:

@@ -16,7 +16,9 @@ anything about that shop is looked up.
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import structlog
@@ -25,10 +27,11 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import Client
 
+from activities import offers
 from api import docs, health, service
 from api.errors import DATABASE_UNAVAILABLE, RETRY_AFTER_S, error_response, unavailable
 from api.gate import SHOP_SCOPE_KEY, Gate, SecurityHeaders
@@ -60,6 +63,20 @@ class Accepted(BaseModel):
     workflow_id: str
     action: str
     accepted: bool = True
+
+
+class ClaimRequest(BaseModel):
+    consumer_id: int | None = Field(default=None, description="when given, the offer must be this consumer's")
+
+
+class OfferClaim(BaseModel):
+    offer_id: int
+    state: str = Field(description="claimed | ended")
+    coupon_id: str
+    product_id: int | None
+    consumer_id: int
+    expires_at: datetime | None
+    claimed_at: datetime | None
 
 
 class RuleError(BaseModel):
@@ -189,6 +206,29 @@ def create_app(settings: Settings | None = None, *, pool=None, client: Client | 
         if spec.shop_id != shop:
             return error_response(403, "shop_id", "R-API-KEY", "this API key may not preview campaigns for that shop_id")
         return await service.preview_campaign(request.app.state.pool, spec, platform_tz=settings.platform_timezone)
+
+    @app.post(
+        "/offers/{offer_id}/claim",
+        response_model=OfferClaim,
+        responses={
+            401: {"model": ErrorBody},
+            404: {"model": ErrorBody, "description": "no such offer of this shop (or not this consumer's)"},
+            409: {"model": OfferClaim, "description": "the offer has ended: its window is over (state 'ended')"},
+        },
+    )
+    async def claim_offer(
+        request: Request, shop: KeyShop, offer_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
+        body: Annotated[ClaimRequest | None, Body()] = None,
+    ) -> OfferClaim:
+        """R-RP-5: the consumer claims a countdown-bounded offer. Before it ends: `claimed` (again and again:
+        idempotent). After: 409 with the state `ended`. The platform calls it with the shop's key."""
+        answer = await offers.claim(request.app.state.pool, offer_id, shop, datetime.now(UTC))
+        if answer is None or (body is not None and body.consumer_id is not None and body.consumer_id != answer.consumer_id):
+            raise HTTPException(status_code=404, detail=f"offer {offer_id} not found")
+        result = OfferClaim(**dataclasses.asdict(answer))
+        if answer.state != offers.CLAIMED:
+            return JSONResponse(status_code=409, content=result.model_dump(mode="json"))
+        return result
 
     async def _own(request: Request, shop: str, workflow_id: str) -> None:
         # Ownership comes from the campaigns table, never from the shape of the id; another

@@ -2,10 +2,14 @@
 
 An audience is a set-based SQL query over the shop's data as of the snapshot
 instant (R-OC-5: T+1, data before 00:00 of the send day), yielding
-`consumer_id`. Its parameters are always $1 shop_id, $2 the snapshot
-instant, $3 the campaign's start instant. A kind names the audience of each
-phase in its plan (kinds/); the refresh (activities/audience.py) evaluates it
-into the day's snapshot. A new audience is a new entry here.
+`consumer_id` and, for audiences that choose a product per recipient
+(R-RP-10), `item`. Its parameters are $1 shop_id, $2 the snapshot instant,
+$3 the campaign's start instant, and from $11 on the audience's own
+parameters (`Audience.params`, taken by name from the plan's
+`audience_params`). A kind names the audience of each phase in its plan
+(kinds/); the refresh (activities/audience.py) evaluates it into the day's
+snapshot. A new audience is a new entry here. The merchant's custom audience
+(`custom`) is a filter compiled to SQL at refresh (audiences/custom.py).
 
 A filter (audiences/filters.py) drops recipients of an audience for a named
 reason (`overlap`, `low_activity`); a plan lists the filters its phase
@@ -14,8 +18,21 @@ applies.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Audience:
+    sql: str
+    yields_item: bool = False  # the query yields `item` too: the product pushed to the recipient
+    params: tuple[str, ...] = ()  # names of the plan's audience_params bound as $11, $12, ...
+    description: str = ""
+
+
+CUSTOM = "custom"  # the merchant's filter (audiences/custom.py), compiled at refresh
+
 # $1 shop_id, $2 snapshot instant, $3 campaign start instant. Each yields consumer_id.
-AUDIENCES: dict[str, str] = {
+_SQL: dict[str, str] = {
     # R-OC-1: purchase within 365 days and a shop visit or live view within 90 days.
     "oldcust_valid": """
         SELECT c.consumer_id FROM shop_customers c
@@ -54,5 +71,44 @@ AUDIENCES: dict[str, str] = {
 }
 
 
+AUDIENCES: dict[str, Audience] = {name: Audience(sql) for name, sql in _SQL.items()}
+
+
+def _register_item_audiences() -> None:
+    # K-REPURCHASE's own (R-RP-1, R-RP-2): each recipient with the product to push, among the products of
+    # the campaign's exclusive coupons ($11, R-RP-10).
+    from audiences import repurchase
+
+    for name, sql in repurchase.AUDIENCES.items():
+        AUDIENCES[name] = Audience(sql, yields_item=True, params=("coupon_ids",))
+
+
+_register_item_audiences()
+
+# R-RP-10 for an audience that chooses no product (a custom one): each recipient's product is the one of
+# the campaign's coupons' products ($n) they engaged with most in the last 30 days (views, visits, carts,
+# favourites), the most recent first on a tie, then the lowest id. A primary-key probe per coupon and an
+# index range (behaviour_shop_consumer) per recipient and product.
+_CHOOSE_ITEM = """
+    SELECT a.consumer_id, (
+        SELECT cp.product_id FROM coupons cp
+        LEFT JOIN LATERAL (
+            SELECT count(*) AS n, max(e.occurred_at) AS last FROM behaviour_events e
+            WHERE e.shop_id = $1 AND e.consumer_id = a.consumer_id AND e.product_id = cp.product_id
+              AND e.kind IN ('view', 'visit', 'cart', 'favourite')
+              AND e.occurred_at >= $2::timestamptz - interval '30 days' AND e.occurred_at < $2::timestamptz
+        ) b ON true
+        WHERE cp.coupon_id = ANY(${coupons}::text[]) AND cp.shop_id = $1 AND cp.product_id IS NOT NULL
+        ORDER BY b.n DESC, b.last DESC NULLS LAST, cp.product_id
+        LIMIT 1) AS item
+    FROM ({audience}) a
+"""
+
+
+def with_item_choice(audience_sql: str, coupons_param: int) -> str:
+    """An audience yielding only consumer_id, given each recipient's product (R-RP-10); the coupons at $n."""
+    return _CHOOSE_ITEM.replace("{coupons}", str(int(coupons_param))).replace("{audience}", audience_sql)
+
+
 def names() -> frozenset[str]:
-    return frozenset(AUDIENCES)
+    return frozenset(AUDIENCES) | {CUSTOM}

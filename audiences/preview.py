@@ -81,10 +81,11 @@ async def _phase(conn, plan: CampaignPlan, index: int, campaign_db_id: int, *, n
     win = day_window(_first_open_day(phase, plan.timezone, now), phase.send_time, plan.timezone)
     inp = RefreshAudienceInput(
         campaign_db_id=campaign_db_id, shop_id=plan.shop_id, kind=plan.kind, phase_index=index,
-        audience=phase.audience, filters=phase.filters, channel=phase.channel, day=win.day,
+        audience=phase.audience, filters=phase.filters, audience_params=phase.audience_params, channel=phase.channel,
+        day=win.day,
         snapshot_at=win.snapshot_at, campaign_started_at=now,
     )  # fmt: skip
-    sql = checked_refresh_sql(inp)
+    sql = checked_refresh_sql(inp).sql
     args = (await refresh_args(conn, inp, 1))(0)
     eligible, removed = count_reasons(await conn.fetch(sql, *args))
     matched = eligible + sum(removed.values())

@@ -16,10 +16,11 @@ from pydantic import Field
 from kinds.base import Kind, Shop, SpecBase
 from kinds.oldcust import OldCustomer
 from kinds.phased import Phased
+from kinds.repurchase import Repurchase
 from schemas.campaign import CampaignPlan, workflow_id_for
 
 # The registry: adding a kind is one module and one line here.
-KINDS: dict[str, Kind] = {k.name: k for k in (OldCustomer(), Phased())}
+KINDS: dict[str, Kind] = {k.name: k for k in (OldCustomer(), Phased(), Repurchase())}
 
 # The spec of any registered kind, told apart by its `kind` field.
 CampaignSpec = Annotated[Union[tuple(k.spec for k in KINDS.values())], Field(discriminator="kind")]  # noqa: UP007

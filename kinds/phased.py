@@ -137,7 +137,8 @@ def phase_days(spec: PhasedSpec, tz: str, now: datetime) -> list[tuple[date, dat
 class Phased(Kind):
     name: ClassVar[str] = NAME
     spec: ClassVar[type[SpecBase]] = PhasedSpec
-    audiences: ClassVar[tuple[str, ...]] = tuple(sorted(AUDIENCES))
+    # Any audience of the library that needs no parameters of its own.
+    audiences: ClassVar[tuple[str, ...]] = tuple(sorted(n for n, a in AUDIENCES.items() if not a.params))
 
     async def check(self, conn: asyncpg.Connection, spec: PhasedSpec, shop: Shop, now: datetime) -> None:
         for i, phase in enumerate(spec.phases):

@@ -9,7 +9,7 @@ from datetime import date, datetime
 
 from pydantic import BaseModel, Field
 
-from schemas.campaign import Channel, TemplateCap
+from schemas.campaign import Channel, OfferPlan, TemplateCap
 
 # Why a recipient got no message; stored in deliveries.reason and counted in reports.
 SUPPRESS_SHOP_DAY = "fatigue_shop_day"  # R-FAT-2
@@ -55,6 +55,7 @@ class RefreshAudienceInput(BaseModel):
     phase_index: int
     audience: str
     filters: list[str] = Field(default_factory=list, description="audience filters, in order (audiences/filters.py)")
+    audience_params: dict = Field(default_factory=dict, description="the audience's own parameters, by name")
     channel: Channel
     day: date
     snapshot_at: datetime = Field(description="00:00 shop-local of the send day (R-OC-5: T+1)")
@@ -87,6 +88,9 @@ class SendSliceInput(BaseModel):
     decided_at: datetime = Field(description="workflow time when the slice was scheduled")
     window_end: datetime = Field(description="22:00 shop-local; nothing is handed to a channel after it")
     chunk_size: int = 5000
+    offer: OfferPlan | None = None
+    text_is_template: bool = False
+    timezone: str | None = Field(default=None, description="the shop's zone, for times shown in the text")
 
 
 class SendSliceResult(BaseModel):
@@ -110,6 +114,18 @@ class CloseDayInput(BaseModel):
     reason: str | None = Field(
         default=None, description="when set, unsent snapshot rows are recorded as not_sent with it"
     )
+
+
+class OffersInput(BaseModel):
+    campaign_db_id: int
+    phase_index: int
+    day: date
+    now: datetime = Field(description="workflow time: offers whose end is at or before it are over")
+
+
+class OffersResult(BaseModel):
+    last_expiry: datetime | None = Field(description="when the day's last held offer ends; None: none held")
+    counts: dict[str, int] = Field(default_factory=dict, description="offers per state")
 
 
 class DayReport(BaseModel):

@@ -137,6 +137,20 @@ class TemplateCap(BaseModel):
     days: int
 
 
+# What a per-recipient text may say (content/render.py): the customer's nickname, the product chosen for
+# them, its coupon and when the offer ends (shop-local "MM-DD HH:MM").
+PERSONAL_PLACEHOLDERS = frozenset({"name", "product", "coupon", "ends_at"})
+
+
+class OfferPlan(BaseModel):
+    """A countdown-bounded coupon offer per sent delivery (R-RP-5): the recipient's coupon is the one of
+    `coupon_ids` for the product the audience chose for them (R-RP-10); one unit of its stock is held
+    for the delivery, claimable for `hours` after the hand-off, then given back if unclaimed."""
+
+    coupon_ids: list[str] = Field(min_length=1)
+    hours: int = Field(ge=2, le=24)
+
+
 class PhasePlan(BaseModel):
     name: str
     start_date: date
@@ -146,6 +160,8 @@ class PhasePlan(BaseModel):
     # Named filters of the audience library applied after the audience (audiences/filters.py), e.g. the
     # overlap with the shop's earlier campaigns of the same kind (R-OC-6) or the activity filter (R-OC-7).
     filters: list[str] = Field(default_factory=list)
+    # The audience's own parameters by name (audiences.Audience.params; the custom audience's "filter").
+    audience_params: dict = Field(default_factory=dict)
     channel: Channel
     template_cap: TemplateCap | None
     text: str
@@ -154,6 +170,9 @@ class PhasePlan(BaseModel):
     min_audience: int = Field(default=0, description="the smallest audience that may be sent (R-OC-4)")
     coupon_id: str | None = None
     pacing_per_hour: int | None = None
+    offer: OfferPlan | None = None
+    # `text` is a template rendered per recipient (content/render.py), with the offer's placeholders.
+    text_is_template: bool = False
 
     def days(self) -> list[date]:
         return [self.start_date + timedelta(days=i) for i in range((self.end_date - self.start_date).days + 1)]

@@ -48,7 +48,8 @@ def test_bad_input_errors_are_typed_and_not_retryable():
 def test_every_policy_bounds_how_long_retrying_lasts():
     now = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
     close = now + timedelta(hours=3)
-    for limits in (policies.BOOKKEEPING, policies.until_window_closes(now, close), policies.send_limits(now, close)):
+    for limits in (policies.BOOKKEEPING, policies.STATE, policies.until_window_closes(now, close),
+                   policies.send_limits(now, close)):
         opts = limits.options()
         assert opts["schedule_to_close_timeout"] > timedelta(0)
         assert opts["start_to_close_timeout"] <= opts["schedule_to_close_timeout"]

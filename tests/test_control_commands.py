@@ -111,11 +111,11 @@ async def test_every_accepted_command_takes_effect_right_after_the_start(clean_d
     if worker_mode == "stopped":
         ids = await asyncio.gather(*(one(s, c) for s, c in jobs))
         async with worker:
-            lost = await _settle(pool, client, _expected(ids, jobs), timeout=120)
+            lost = await _settle(pool, client, _expected(ids, jobs), timeout=180)
     elif worker_mode == "running":
         async with worker:
             ids = await asyncio.gather(*(one(s, c) for s, c in jobs))
-            lost = await _settle(pool, client, _expected(ids, jobs), timeout=120)
+            lost = await _settle(pool, client, _expected(ids, jobs), timeout=180)
     else:
         half = len(jobs) // 2
         async with worker:
@@ -124,7 +124,7 @@ async def test_every_accepted_command_takes_effect_right_after_the_start(clean_d
         rest = await asyncio.gather(*(one(s, c) for s, c in jobs[half:]))
         async with build_worker(client, pool, _settings(), task_queue=queue):
             ids = [*first, *rest]
-            lost = await _settle(pool, client, _expected(ids, jobs), timeout=120)
+            lost = await _settle(pool, client, _expected(ids, jobs), timeout=180)
     seconds = walltime.monotonic() - t0
     assert lost == {}, f"{len(lost)} of {len(jobs)} campaigns lost a command: {dict(list(lost.items())[:5])}"
     commands = sum(len(c) for _, c in jobs)

@@ -17,6 +17,7 @@ from temporalio.worker import Worker
 
 from activities.audience import AudienceActivities
 from activities.channels import ChannelRegistry
+from activities.offers import OfferActivities
 from activities.report import ReportActivities
 from activities.send import SendActivities
 from db.pool import create_pool
@@ -39,6 +40,7 @@ def build_worker(
     audience = AudienceActivities(pool, parts=settings.refresh_parts)
     send = SendActivities(pool, channels, platform_timezone=settings.platform_timezone)
     report = ReportActivities(pool)
+    offers = OfferActivities(pool)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
@@ -50,6 +52,8 @@ def build_worker(
             report.close_day,
             report.day_report,
             report.set_campaign_state,
+            offers.day_offers,
+            offers.expire_offers,
         ],
         max_concurrent_activities=settings.max_concurrent_activities,
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.sticky_timeout_s),

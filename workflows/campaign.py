@@ -21,6 +21,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 
 with workflow.unsafe.imports_passed_through():
     from activities.audience import AudienceActivities
+    from activities.offers import OfferActivities
     from activities.report import ReportActivities
     from activities.send import SendActivities
     from schemas import activities as A
@@ -28,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         CampaignStateInput,
         CloseDayInput,
         DayReportInput,
+        OffersInput,
         ReconcileInput,
         RefreshAudienceInput,
         SendSliceInput,
@@ -173,6 +175,7 @@ class CampaignWorkflow:
                     phase_index=progress.phase_index,
                     audience=phase.audience,
                     filters=phase.filters,
+                    audience_params=phase.audience_params,
                     channel=phase.channel,
                     day=win.day,
                     snapshot_at=win.snapshot_at,
@@ -204,6 +207,8 @@ class CampaignWorkflow:
                     ),
                     summary="reconcile",
                 )
+                if phase.offer is not None:
+                    await self._settle_offers(win.day)
         if progress.cancel_requested:
             await self._close_day(phase, win.day, A.NOT_SENT_CANCELLED)
         elif stop_reason == A.SUPPRESS_BENEFIT:
@@ -221,10 +226,25 @@ class CampaignWorkflow:
             report.counts[f"stopped:{stop_reason}"] = 1
         progress.last_report = report.counts
         totals = progress.totals.setdefault(phase.name, {})
-        for key in ("sent", "suppressed", "failed", "unknown", "not_sent", "reserved"):
+        for key in ("sent", "suppressed", "failed", "unknown", "not_sent", "reserved", "offers_claimed", "offers_expired"):
             totals[key] = totals.get(key, 0) + report.counts.get(key, 0)
         totals["days"] = totals.get("days", 0) + 1
         return stop_reason
+
+    async def _settle_offers(self, day: date) -> None:
+        """R-RP-5: hold until the day's last offer ends (a durable timer), then end what is unclaimed."""
+        progress = self.progress
+        inp = OffersInput(campaign_db_id=self.plan.campaign_db_id, phase_index=progress.phase_index, day=day,
+                          now=workflow.now())  # fmt: skip
+        offers = await self._call(OfferActivities.day_offers, inp, summary=f"offers {day}")
+        if offers.last_expiry is None:
+            return
+        if offers.last_expiry > workflow.now():
+            workflow.set_current_details(f"offers of {day} open until {offers.last_expiry:%Y-%m-%d %H:%M} UTC")
+            await workflow.sleep(offers.last_expiry - workflow.now(), summary=f"offers of {day} end")
+        await self._call(
+            OfferActivities.expire_offers, inp.model_copy(update={"now": workflow.now()}), summary=f"expire offers {day}"
+        )
 
     async def _close_day(self, phase: PhasePlan, day: date, reason: str) -> None:
         plan, progress = self.plan, self.progress
@@ -355,6 +375,9 @@ class CampaignWorkflow:
                 text=phase.text,
                 title=phase.title,
                 coupon_id=phase.coupon_id,
+                offer=phase.offer,
+                text_is_template=phase.text_is_template,
+                timezone=plan.timezone,
                 seq_lo=s.lo,
                 seq_hi=s.hi,
                 budget=s.allot,
@@ -429,12 +452,12 @@ class CampaignWorkflow:
         self._set_attributes(state)
         inp = CampaignStateInput(campaign_db_id=plan.campaign_db_id, state=state)
         if not final:
-            await self._call(ReportActivities.set_campaign_state, inp, summary=f"state {state}")
+            await self._call(ReportActivities.set_campaign_state, inp, summary=f"state {state}", limits=policies.STATE)
             return
         try:
             # The campaign is over whatever happens here: no halt, only the attempt within the limits.
             await workflow.execute_activity_method(
-                ReportActivities.set_campaign_state, inp, summary=f"state {state}", **policies.BOOKKEEPING.options()
+                ReportActivities.set_campaign_state, inp, summary=f"state {state}", **policies.STATE.options()
             )
         except ActivityError as err:
             if is_cancelled_exception(err):

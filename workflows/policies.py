@@ -50,6 +50,9 @@ class Limits:
 
 
 BOOKKEEPING = Limits(start_to_close_timeout=BOOKKEEPING_ATTEMPT, schedule_to_close_timeout=BOOKKEEPING_LIMIT)
+# The campaign's state row (one UPDATE): an attempt lost with its worker is retried after 30 s, not 10 minutes.
+STATE_ATTEMPT = timedelta(seconds=30)
+STATE = Limits(start_to_close_timeout=STATE_ATTEMPT, schedule_to_close_timeout=BOOKKEEPING_LIMIT)
 
 
 def until_window_closes(now: datetime, close_at: datetime, attempt: timedelta = BOOKKEEPING_ATTEMPT) -> Limits:
