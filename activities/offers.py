@@ -54,15 +54,16 @@ _EXPIRE = """
     )
     SELECT coalesce(sum(n), 0)::int FROM per_coupon
 """
-# A claim in time: the held offer becomes the consumer's. Only the offer's own shop may claim it.
+# A claim in time: the held offer becomes the consumer's. Only the offer's own shop may claim it, and,
+# when the caller names the consumer ($4), only for that consumer.
 _CLAIM = """
     UPDATE claims SET state = 'claimed', closed_at = $3
-    WHERE id = $1 AND shop_id = $2 AND state = 'held' AND expires_at > $3
+    WHERE id = $1 AND shop_id = $2 AND ($4::bigint IS NULL OR consumer_id = $4) AND state = 'held' AND expires_at > $3
     RETURNING id, state, coupon_id, product_id, consumer_id, expires_at, closed_at
 """
 _OFFER = """
-    SELECT id, state, coupon_id, product_id, consumer_id, expires_at, closed_at, (expires_at IS NULL) AS pending
-    FROM claims WHERE id = $1 AND shop_id = $2
+    SELECT id, state, coupon_id, product_id, consumer_id, expires_at, closed_at
+    FROM claims WHERE id = $1 AND shop_id = $2 AND ($3::bigint IS NULL OR consumer_id = $3)
 """
 
 
@@ -77,13 +78,16 @@ class ClaimAnswer:
     claimed_at: datetime | None
 
 
-async def claim(pool: asyncpg.Pool, offer_id: int, shop_id: str, now: datetime) -> ClaimAnswer | None:
+async def claim(
+    pool: asyncpg.Pool, offer_id: int, shop_id: str, now: datetime, consumer_id: int | None = None
+) -> ClaimAnswer | None:
     """Claim an offer of the shop: `claimed` (now or before: idempotent), `ended` once its window is over
-    (expired, released, or past expiry and not swept yet); None when the shop has no such offer."""
+    (expired, released, or past expiry and not swept yet); None when the shop has no such offer (for this
+    consumer, when one is named): nothing changes then."""
     async with pool.acquire() as conn:
-        row = await conn.fetchrow(_CLAIM, offer_id, shop_id, now)
+        row = await conn.fetchrow(_CLAIM, offer_id, shop_id, now, consumer_id)
         if row is None:
-            row = await conn.fetchrow(_OFFER, offer_id, shop_id)
+            row = await conn.fetchrow(_OFFER, offer_id, shop_id, consumer_id)
             if row is None:
                 return None
     state = CLAIMED if row["state"] == CLAIMED else ENDED

@@ -222,8 +222,9 @@ def create_app(settings: Settings | None = None, *, pool=None, client: Client | 
     ) -> OfferClaim:
         """R-RP-5: the consumer claims a countdown-bounded offer. Before it ends: `claimed` (again and again:
         idempotent). After: 409 with the state `ended`. The platform calls it with the shop's key."""
-        answer = await offers.claim(request.app.state.pool, offer_id, shop, datetime.now(UTC))
-        if answer is None or (body is not None and body.consumer_id is not None and body.consumer_id != answer.consumer_id):
+        consumer = body.consumer_id if body is not None else None
+        answer = await offers.claim(request.app.state.pool, offer_id, shop, datetime.now(UTC), consumer)
+        if answer is None:
             raise HTTPException(status_code=404, detail=f"offer {offer_id} not found")
         result = OfferClaim(**dataclasses.asdict(answer))
         if answer.state != offers.CLAIMED:

@@ -1,6 +1,6 @@
 """Platform rules as constants and the error type that names them.
 
-Every refusal in sluice names the field and the SPEC.md rule id it broke, so
+Every refusal in sluice names the field and the rule id it broke (docs/rules.md), so
 a merchant (and a test) can tell which rule was hit.
 """
 

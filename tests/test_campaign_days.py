@@ -3,7 +3,7 @@
 Every test runs the real campaign workflow on Temporal's time-skipping test
 server against a real PostgreSQL and asserts with SQL on the ledger
 (deliveries, outbox, fatigue_*, audience_refreshes, campaign_day_reports).
-Rule ids are listed in docs/design.md, "Rule ids".
+Rule ids are listed in docs/rules.md.
 
 "now" is the test server's clock; send days are computed from it in the
 shop's own zone, so the tests do not depend on the wall clock.

@@ -109,6 +109,10 @@ async def test_offers_are_sent_claimed_in_time_refused_after_and_expired_by_the_
         # A claim in time succeeds, and again (idempotent); through the API with the shop's key.
         key = await shop_key(pool, SHOP, tz)
         async with running_app(pool, ts_env, worker=False) as app, client(app, key) as c:
+            # Another consumer's claim is unknown to them and changes nothing.
+            wrong = await c.post(f"/offers/{first['id']}/claim", json={"consumer_id": first["consumer_id"] + 10_000})
+            assert wrong.status_code == 404
+            assert await pool.fetchval("SELECT state FROM claims WHERE id = $1", first["id"]) == "held"
             r1 = await c.post(f"/offers/{first['id']}/claim", json={"consumer_id": first["consumer_id"]})
             r2 = await c.post(f"/offers/{first['id']}/claim")
             assert r1.status_code == r2.status_code == 200, r1.text
