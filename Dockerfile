@@ -20,6 +20,9 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY workflows ./workflows
 COPY activities ./activities
+COPY audiences ./audiences
+COPY kinds ./kinds
+COPY content ./content
 COPY workers ./workers
 COPY schemas ./schemas
 COPY api ./api

@@ -23,6 +23,7 @@ from tests.factories import add_customers
 from workflows.calendar import local_day
 
 VICTIM, ATTACKER = "s1", "s2"
+GHOST_OFFER = 987654321
 # Strings of the victim's campaigns that no answer to the attacker may contain.
 SECRETS = ("K-OLDCUST", "Spring secret", "progress", "paused", "totals", "not running", "cancelled", "completed")
 
@@ -35,12 +36,14 @@ def _spec(now, campaign_id: str, shop_id: str = VICTIM) -> dict:
     }
 
 
-def _path_values(route: APIRoute, victim_id: str) -> list[dict[str, str]]:
-    """Every way to fill the route's path parameters aiming at the victim's campaign."""
+def _path_values(route: APIRoute, victim_id: str, victim_offer: int) -> list[dict[str, str]]:
+    """Every way to fill the route's path parameters aiming at the victim's campaign (or offer)."""
     combos: list[dict[str, str]] = [{}]
     for param in route.dependant.path_params:
         if param.name == "workflow_id":
             values = [victim_id]
+        elif param.name == "offer_id":
+            values = [str(victim_offer)]
         elif typing.get_origin(param.field_info.annotation) is typing.Literal:
             values = list(typing.get_args(param.field_info.annotation))
         else:
@@ -53,8 +56,10 @@ def _path_values(route: APIRoute, victim_id: str) -> list[dict[str, str]]:
 def _body_for(route: APIRoute, method: str, now, shop_id: str) -> dict | None:
     if route.body_field is None:
         return None
-    if route.path == "/campaigns" and method == "POST":
+    if route.path in ("/campaigns", "/campaigns/preview") and method == "POST":
         return _spec(now, "c9", shop_id=shop_id)
+    if route.path == "/offers/{offer_id}/claim":
+        return None  # the body is optional
     pytest.fail(f"{method} {route.path} takes a body this test does not know; teach it")
 
 
@@ -72,6 +77,12 @@ async def test_another_shops_key_gets_nothing_on_every_route(clean_db, ts_env):
         assert (await owner.post("/campaigns", json=_spec(now, "done"))).status_code == 201
         assert (await owner.post("/campaigns/s1.done/cancel")).status_code == 202
         await ts_env.client.get_workflow_handle("s1.done").result()
+        # An offer of the victim's (a sent K-REPURCHASE delivery's claim), still open.
+        await pool.execute("INSERT INTO coupons (coupon_id, shop_id, name, valid_from, valid_to, stock)"
+                           " VALUES ('v-c', $1, 'v', now() - interval '1 day', now() + interval '1 day', 5)", VICTIM)
+        victim_offer = await pool.fetchval(
+            "INSERT INTO claims (campaign_id, phase, consumer_id, day, channel, shop_id, coupon_id, expires_at)"
+            " VALUES (1, 0, 1, current_date, 'chat', $1, 'v-c', now() + interval '1 hour') RETURNING id", VICTIM)
         before = [dict(r) for r in await pool.fetch("SELECT * FROM campaigns ORDER BY id")]
         history_before = await _signals(ts_env, "s1.c1")
 
@@ -85,19 +96,21 @@ async def test_another_shops_key_gets_nothing_on_every_route(clean_db, ts_env):
                 pytest.fail(f"{route.path}: a non-API route outside PUBLIC_PATHS; check it here")
             for method in sorted(route.methods):
                 for victim_id in ("s1.c1", "s1.done"):
-                    for params in _path_values(route, victim_id):
+                    for params in _path_values(route, victim_id, victim_offer):
                         path = route.path_format.format(**params)
                         body = _body_for(route, method, now, VICTIM)
                         res = await attacker.request(method, path, json=body)
                         # The same request for something that does not exist at all.
-                        ghost_params = {k: ("s1.ghost" if k == "workflow_id" else v) for k, v in params.items()}
+                        ghost_params = {k: ("s1.ghost" if k == "workflow_id" else str(GHOST_OFFER) if k == "offer_id" else v)
+                                        for k, v in params.items()}
                         ghost_body = _body_for(route, method, now, "ghost-shop")
                         ghost = await attacker.request(method, route.path_format.format(**ghost_params),
                                                        json=ghost_body)
                         what = f"{method} {path}"
                         assert res.status_code in (403, 404), (what, res.status_code, res.text)
                         assert res.status_code == ghost.status_code, (what, res.text, ghost.text)
-                        assert res.text.replace(victim_id, "ID") == ghost.text.replace("s1.ghost", "ID"), what
+                        assert res.text.replace(victim_id, "ID").replace(str(victim_offer), "ID") == \
+                            ghost.text.replace("s1.ghost", "ID").replace(str(GHOST_OFFER), "ID"), what
                         assert _headers(res) == _headers(ghost), what
                         for secret in SECRETS:
                             assert secret not in res.text, (what, secret, res.text)
@@ -105,6 +118,8 @@ async def test_another_shops_key_gets_nothing_on_every_route(clean_db, ts_env):
         assert any(c.startswith("GET /campaigns/") for c in checked)
         assert {"pause", "resume", "cancel"} <= {c.rsplit("/", 1)[-1] for c in checked}
         assert "POST /campaigns" in checked
+        assert "POST /campaigns/preview" in checked and f"POST /offers/{victim_offer}/claim" in checked
+        assert await pool.fetchval("SELECT state FROM claims WHERE id = $1", victim_offer) == "held"
 
         # No control: nothing written, no signal reached the victim's workflow, still running.
         assert [dict(r) for r in await pool.fetch("SELECT * FROM campaigns ORDER BY id")] == before
