@@ -85,6 +85,10 @@ def refresh_sql(audience_sql: str, yields_item: bool, channel: str, filters: lis
     """
 
 
+# The audience's own parameters are bound from $11 on: $1..$10 are the refresh statement's.
+FIRST_AUDIENCE_PARAM = 11
+
+
 @dataclass(frozen=True)
 class RefreshStatement:
     sql: str
@@ -124,11 +128,9 @@ def custom_audience_sql(params: dict) -> tuple[str, list]:
     return compile_custom(flt, first_param=FIRST_AUDIENCE_PARAM)
 
 
-FIRST_AUDIENCE_PARAM = 11
-
-
-async def refresh_args(conn: asyncpg.Connection, inp: RefreshAudienceInput, parts: int):
-    """The refresh statement's arguments, as a function of the part (the one builder of $1..$10)."""
+async def refresh_args(conn: asyncpg.Connection, inp: RefreshAudienceInput, statement: RefreshStatement, parts: int):
+    """The refresh statement's arguments, as a function of the part (the one builder of $1..$10 and the
+    audience's own from $11)."""
     # The phase's first day has reached no one yet: the planner then drops the per-recipient
     # ledger probe (custom plans, db/pool.py).
     reached_before = await conn.fetchval(
@@ -139,7 +141,6 @@ async def refresh_args(conn: asyncpg.Connection, inp: RefreshAudienceInput, part
     overlapping: list = []  # $10: the shop's earlier campaigns of the same kind (R-OC-6)
     if F.OVERLAP in inp.filters:
         overlapping = await conn.fetchval(F.EARLIER_SAME_KIND, inp.shop_id, inp.campaign_db_id, inp.kind)
-    statement = checked_refresh_sql(inp)
 
     def for_part(part: int) -> list:
         return [
@@ -173,7 +174,7 @@ class AudienceActivities:
     @activity.defn
     async def refresh_audience(self, inp: RefreshAudienceInput) -> RefreshAudienceResult:
         log = bind_activity_context(shop_id=inp.shop_id, campaign_db_id=inp.campaign_db_id)
-        sql = checked_refresh_sql(inp).sql
+        statement = checked_refresh_sql(inp)
         async with self.pool.acquire() as conn:
             # A retried refresh rebuilds the day's snapshot from scratch: the
             # workflow only slices it after this activity has completed.
@@ -183,11 +184,11 @@ class AudienceActivities:
                 inp.phase_index,
                 inp.day,
             )
-            part_args = await refresh_args(conn, inp, self.parts)
+            part_args = await refresh_args(conn, inp, statement, self.parts)
         # The parts run at once on their own connections: one statement uses one core, and
         # writing a million snapshot rows is most of a refresh's time.
         outcomes = await asyncio.gather(
-            *(self._refresh_part(sql, part_args(part)) for part in range(self.parts)),
+            *(self._refresh_part(statement.sql, part_args(part)) for part in range(self.parts)),
             return_exceptions=True,
         )
         failed = [o for o in outcomes if isinstance(o, BaseException)]

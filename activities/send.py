@@ -234,17 +234,18 @@ _HOLD_OFFERS = """
     SELECT $1, $2, u.id, $3, $4, $5, u.coupon, u.item, $9::timestamptz, $9::timestamptz + make_interval(hours => $10::int)
     FROM unnest($6::bigint[], $7::text[], $8::bigint[]) AS u(id, coupon, item)
 """
-# Units of each coupon's stock for the chunk, all or nothing per coupon, coupon rows locked in coupon
-# order after the consumers' rows (the same order everywhere). $1 coupons (ascending), $2 units each.
+# The usable stock of the chunk's coupons (0 outside their validity at $3), coupon rows locked in coupon
+# order after the consumers' rows (the same order everywhere). $1 coupons (ascending), $2 shop.
 _LOCK_COUPONS = """
     SELECT coupon_id, CASE WHEN valid_from <= $3 AND valid_to > $3 THEN stock ELSE 0 END AS usable
     FROM coupons WHERE coupon_id = ANY($1::text[]) AND shop_id = $2 ORDER BY coupon_id FOR UPDATE
 """
+# The units allocate_offers granted: $1 coupons, $2 units each.
 _TAKE_STOCK = """
     UPDATE coupons c SET stock = c.stock - u.n
     FROM unnest($1::text[], $2::int[]) AS u(coupon_id, n) WHERE c.coupon_id = u.coupon_id
 """
-# A delivery that was not sent gives its offer's unit back (R-OC-8).
+# A delivery that was not sent gives its offer's unit back (R-OC-8); a no-op for deliveries without one.
 _RELEASE_OFFERS = """
     WITH r AS (
         UPDATE claims SET state = 'released', closed_at = now()
@@ -268,6 +269,22 @@ class OfferItem:
     coupon_id: str
     coupon_name: str
     title: str
+
+
+def allocate_offers(
+    live: list[int], item_of: dict[int, int | None], catalog: dict[int, OfferItem], usable: dict[str, int]
+) -> tuple[dict[int, OfferItem], dict[str, int]]:
+    """R-RP-10 / R-BEN-1 for a chunk: each live consumer's offer is the coupon of the product chosen for
+    them, while its usable stock lasts, in consumer order. Returns (offer per consumer offered, units
+    taken per coupon); a live consumer not offered gets no message."""
+    offered: dict[int, OfferItem] = {}
+    taken: dict[str, int] = {}
+    for c in live:
+        item = catalog.get(item_of[c])
+        if item is not None and taken.get(item.coupon_id, 0) < usable.get(item.coupon_id, 0):
+            taken[item.coupon_id] = taken.get(item.coupon_id, 0) + 1
+            offered[c] = item
+    return offered, taken
 
 
 @dataclass
@@ -378,7 +395,7 @@ class SendActivities:
         outcomes = await dispatch(channel, chunk.to_send, chunk.to_reconcile)
         await self._record(
             LedgerDay(inp.campaign_db_id, inp.phase_index, inp.day, inp.channel.value, inp.shop_id, fatigue_day,
-                      inp.template_cap, inp.coupon_id, offer=inp.offer is not None),
+                      inp.template_cap, inp.coupon_id),
             outcomes,
         )
         result.next_seq = chunk.next_seq
@@ -611,28 +628,14 @@ class SendActivities:
         """R-RP-5 / R-RP-10: each live consumer's offer is the coupon of the product chosen for them; one unit
         of its stock is taken now, in consumer order while it lasts. Who has no product with a coupon, or
         whose coupon ran out or is not valid now, gets no message (benefit_unavailable, R-BEN-1)."""
-        wanted: dict[str, list[int]] = {}
+        item_of = {c: extras[c][0] for c in live}
+        coupons = sorted({personal.catalog[i].coupon_id for i in item_of.values() if i in personal.catalog})
+        usable = dict(await conn.fetch(_LOCK_COUPONS, coupons, inp.shop_id, inp.decided_at)) if coupons else {}
+        offered, taken = allocate_offers(live, item_of, personal.catalog, usable)
         for c in live:
-            item = personal.catalog.get(extras[c][0])
-            if item is None:
+            if c not in offered:
                 decisions[c] = A.SUPPRESS_BENEFIT
-            else:
-                wanted.setdefault(item.coupon_id, []).append(c)
-        if not wanted:
-            return {}
-        coupons = sorted(wanted)
-        usable = dict(await conn.fetch(_LOCK_COUPONS, coupons, inp.shop_id, inp.decided_at))
-        taken: dict[str, int] = {}
-        offered: dict[int, OfferItem] = {}
-        for coupon_id in coupons:
-            consumers = wanted[coupon_id]
-            n = min(len(consumers), max(0, usable.get(coupon_id, 0)))
-            taken[coupon_id] = n
-            for c in consumers[n:]:
-                decisions[c] = A.SUPPRESS_BENEFIT
-            for c in consumers[:n]:
-                offered[c] = personal.catalog[extras[c][0]]
-        if any(taken.values()):
+        if taken:
             await conn.execute(_TAKE_STOCK, list(taken), list(taken.values()))
         return offered
 
@@ -669,8 +672,7 @@ class SendActivities:
             released = sorted(r["consumer_id"] for r in changed if r["consumer_id"] in failed)
             if released:
                 await release_reservations(conn, released, key.shop_id, key.fatigue_day, key.template_cap)
-                if key.offer:
-                    await conn.execute(_RELEASE_OFFERS, key.campaign_id, key.phase, key.day, key.channel, released)
+                await conn.execute(_RELEASE_OFFERS, key.campaign_id, key.phase, key.day, key.channel, released)
                 if key.coupon_id:
                     await conn.execute(
                         "UPDATE coupons SET stock = stock + $2 WHERE coupon_id = $1", key.coupon_id, len(released)
@@ -689,7 +691,6 @@ class LedgerDay:
     fatigue_day: date
     template_cap: object | None
     coupon_id: str | None = None
-    offer: bool = False  # its deliveries carry offers (claims) to give back when not sent
 
 
 async def dispatch(channel, fresh: list[Outbound], uncertain: list[Outbound]) -> list[Outcome]:

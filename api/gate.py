@@ -73,6 +73,10 @@ class SecurityHeaders:
             raise
 
 
+def _key_refusal(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return error_response(status, "Authorization", "R-API-KEY", message, headers=headers)
+
+
 class _TooLarge(Exception):
     pass
 
@@ -113,8 +117,7 @@ class Gate:
             authorizations = [v.decode("latin-1") for k, v in raw if k.lower() == b"authorization"]
             if len(authorizations) > 1:
                 # Which one counts would depend on who reads them (a proxy may check the first): none does.
-                response = error_response(400, "Authorization", "R-API-KEY", "more than one Authorization header")
-                return await response(scope, receive, send)
+                return await _key_refusal(400, "more than one Authorization header")(scope, receive, send)
             try:
                 shop_id = await self._shop(scope, authorizations[0] if authorizations else None)
             except DATABASE_UNAVAILABLE as exc:
@@ -122,22 +125,12 @@ class Gate:
                 response = unavailable("postgres", "the database is not answering; nothing was done, retry")
                 return await response(scope, receive, send)
             except _Throttled as throttled:
-                response = error_response(
-                    429,
-                    "Authorization",
-                    "R-API-KEY",
-                    f"too many failed authentications; retry in {throttled.retry_after} s",
-                    headers={"Retry-After": str(throttled.retry_after)},
-                )
+                response = _key_refusal(429, f"too many failed authentications; retry in {throttled.retry_after} s",
+                                        {"Retry-After": str(throttled.retry_after)})
                 return await response(scope, receive, send)
             if shop_id is None:
-                response = error_response(
-                    401,
-                    "Authorization",
-                    "R-API-KEY",
-                    "a valid API key is required: Authorization: Bearer <key>",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
+                response = _key_refusal(401, "a valid API key is required: Authorization: Bearer <key>",
+                                        {"WWW-Authenticate": "Bearer"})
                 return await response(scope, receive, send)
             scope[SHOP_SCOPE_KEY] = shop_id
             structlog.contextvars.bind_contextvars(key_shop_id=shop_id)

@@ -14,6 +14,7 @@ a retry with the same spec; a different spec under the same id is refused.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -119,24 +120,21 @@ async def start_campaign(
     plan = compile_plan(spec, campaign_db_id=row["id"], shop=shop, now=now)
     if tuning:
         plan = plan.model_copy(update={"tuning": plan.tuning.model_copy(update=tuning)})
-    try:
-        started = await client.start_workflow(
-            CampaignWorkflow.run,
-            CampaignInput(plan=plan),
-            id=wf_id,
-            task_queue=task_queue,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            search_attributes=SA.initial(plan.shop_id, plan.kind, plan.phases[0].name),
-            static_summary=f"{plan.kind} {plan.shop_id}/{plan.campaign_id}",
-            rpc_timeout=RPC_TIMEOUT,
-        )
-    except WorkflowAlreadyStartedError:
-        raise CampaignExists(wf_id) from None
-    except RPCError as err:
-        raise _unavailable_or(err) from None
-    except RuntimeError as err:  # the client cannot (re)connect: "Failed client connect"
-        raise TemporalUnavailable(str(err)[:300]) from None
+    with _temporal_errors():
+        try:
+            started = await client.start_workflow(
+                CampaignWorkflow.run,
+                CampaignInput(plan=plan),
+                id=wf_id,
+                task_queue=task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                search_attributes=SA.initial(plan.shop_id, plan.kind, plan.phases[0].name),
+                static_summary=f"{plan.kind} {plan.shop_id}/{plan.campaign_id}",
+                rpc_timeout=RPC_TIMEOUT,
+            )
+        except WorkflowAlreadyStartedError:
+            raise CampaignExists(wf_id) from None
     return plan, started
 
 
@@ -150,15 +148,14 @@ async def preview_campaign(pool: asyncpg.Pool, spec: SpecBase, *, platform_tz: s
 
 
 async def _workflow_exists(client: Client, wf_id: str) -> bool:
-    try:
-        await client.get_workflow_handle(wf_id).describe(rpc_timeout=RPC_TIMEOUT)
-        return True
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            return False
-        raise _unavailable_or(err) from None
-    except RuntimeError as err:
-        raise TemporalUnavailable(str(err)[:300]) from None
+    with _temporal_errors():
+        try:
+            await client.get_workflow_handle(wf_id).describe(rpc_timeout=RPC_TIMEOUT)
+            return True
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
 
 
 def handle(client: Client, workflow_id: str) -> WorkflowHandle:
@@ -183,26 +180,31 @@ _UNAVAILABLE = {
 }
 
 
-def _unavailable_or(err: RPCError) -> Exception:
-    return (
-        TemporalUnavailable(f"temporal: {err.status.name if err.status else 'error'}: {err.message}"[:300])
-        if err.status in _UNAVAILABLE
-        else err
-    )
+@contextmanager
+def _temporal_errors():
+    """Temporal not answering (a refused connection, or an RPC status in _UNAVAILABLE) becomes
+    TemporalUnavailable; any other RPC error passes on, for the caller's own mapping before it."""
+    try:
+        yield
+    except RuntimeError as err:  # the client cannot (re)connect: "Failed client connect"
+        raise TemporalUnavailable(str(err)[:300]) from None
+    except RPCError as err:
+        if err.status in _UNAVAILABLE:
+            raise TemporalUnavailable(f"temporal: {err.status.name}: {err.message}"[:300]) from None
+        raise
 
 
 async def status(client: Client, workflow_id: str) -> CampaignStatus:
-    try:
-        return await handle(client, workflow_id).query(CampaignWorkflow.progress_query, rpc_timeout=QUERY_TIMEOUT)
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise CampaignNotFound(workflow_id) from None
-        # FAILED_PRECONDITION: "no poller seen for task queue recently" (every worker is down).
-        if err.status in _UNAVAILABLE or err.status == RPCStatusCode.FAILED_PRECONDITION:
-            raise StatusUnavailable(workflow_id) from None
-        raise
-    except RuntimeError as err:
-        raise TemporalUnavailable(str(err)[:300]) from None
+    with _temporal_errors():
+        try:
+            return await handle(client, workflow_id).query(CampaignWorkflow.progress_query, rpc_timeout=QUERY_TIMEOUT)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise CampaignNotFound(workflow_id) from None
+            # FAILED_PRECONDITION: "no poller seen for task queue recently" (every worker is down).
+            if err.status in _UNAVAILABLE or err.status == RPCStatusCode.FAILED_PRECONDITION:
+                raise StatusUnavailable(workflow_id) from None
+            raise
 
 
 ACTIONS = ("pause", "resume", "cancel")
@@ -217,20 +219,18 @@ async def control(client: Client, workflow_id: str, action: str, reason: str | N
     h = handle(client, workflow_id)
     signal = {"pause": CampaignWorkflow.pause, "resume": CampaignWorkflow.resume, "cancel": CampaignWorkflow.cancel}
     args = (reason,) if action == "cancel" else ()
-    try:
-        await h.signal(signal[action], *args, rpc_timeout=RPC_TIMEOUT)
-    except RuntimeError as err:
-        raise TemporalUnavailable(str(err)[:300]) from None
-    except RPCError as err:
-        if err.status != RPCStatusCode.NOT_FOUND:
-            raise _unavailable_or(err) from None
+    with _temporal_errors():
+        try:
+            await h.signal(signal[action], *args, rpc_timeout=RPC_TIMEOUT)
+            return
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
         # "workflow execution already completed", or no such workflow: say which.
         try:
             desc = await h.describe(rpc_timeout=RPC_TIMEOUT)
-        except RPCError as err2:
-            if err2.status == RPCStatusCode.NOT_FOUND:
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
                 raise CampaignNotFound(workflow_id) from None
-            raise _unavailable_or(err2) from None
-        except RuntimeError as err2:
-            raise TemporalUnavailable(str(err2)[:300]) from None
-        raise CampaignNotRunning(workflow_id, desc.status.name.lower() if desc.status else "closed") from None
+            raise
+    raise CampaignNotRunning(workflow_id, desc.status.name.lower() if desc.status else "closed")

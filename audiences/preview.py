@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import asyncpg
 from pydantic import BaseModel, Field
@@ -27,7 +27,7 @@ from schemas import activities as A
 from schemas.activities import RefreshAudienceInput
 from schemas.campaign import CampaignPlan, PhasePlan
 from schemas.rules import template_key
-from workflows.calendar import day_window, local_day, platform_day
+from workflows.calendar import day_window, first_open_day, platform_day
 
 # Cap readings per statement: about 10 ms per 10,000 consumers (primary-key probes).
 CHUNK = 10_000
@@ -69,32 +69,27 @@ async def preview(pool: asyncpg.Pool, plan: CampaignPlan, *, now: datetime, plat
     return Preview(workflow_id=plan.workflow_id, phases=phases)
 
 
-def _first_open_day(phase: PhasePlan, tz: str, now: datetime):
-    day = max(phase.start_date, local_day(now, tz))
-    while day <= phase.end_date and day_window(day, phase.send_time, tz).close_at <= now:
-        day += timedelta(days=1)
-    return min(day, phase.end_date)
-
-
 async def _phase(conn, plan: CampaignPlan, index: int, campaign_db_id: int, *, now, platform_tz) -> PhasePreview:
     phase = plan.phases[index]
-    win = day_window(_first_open_day(phase, plan.timezone, now), phase.send_time, plan.timezone)
+    # The phase's first day still to come (its last day when none is).
+    day = min(first_open_day(now, plan.timezone, phase.start_date), phase.end_date)
+    win = day_window(day, phase.send_time, plan.timezone)
     inp = RefreshAudienceInput(
         campaign_db_id=campaign_db_id, shop_id=plan.shop_id, kind=plan.kind, phase_index=index,
         audience=phase.audience, filters=phase.filters, audience_params=phase.audience_params, channel=phase.channel,
         day=win.day,
         snapshot_at=win.snapshot_at, campaign_started_at=now,
     )  # fmt: skip
-    sql = checked_refresh_sql(inp).sql
-    args = (await refresh_args(conn, inp, 1))(0)
-    eligible, removed = count_reasons(await conn.fetch(sql, *args))
+    statement = checked_refresh_sql(inp)
+    args = (await refresh_args(conn, inp, statement, 1))(0)
+    eligible, removed = count_reasons(await conn.fetch(statement.sql, *args))
     matched = eligible + sum(removed.values())
     ids = [r[0] for r in await conn.fetch(
         "SELECT consumer_id FROM audience_snapshots WHERE campaign_id = $1 AND phase = $2 AND day = $3 ORDER BY seq",
         campaign_db_id, index, win.day,
     )]  # fmt: skip
     verdicts: Counter[str] = Counter(removed)
-    if eligible + removed.get(A.EXCLUDED_ALREADY_REACHED, 0) < phase.min_audience:
+    if phase.below_minimum(eligible, removed.get(A.EXCLUDED_ALREADY_REACHED, 0)):
         verdicts[A.NOT_SENT_MIN_AUDIENCE] += eligible
         allowed = 0
     else:

@@ -34,7 +34,7 @@ from schemas.campaign import (
 from schemas.rules import RuleViolation, rule_error
 from schemas.text import check_text
 from schemas.urls import url_problem
-from workflows.calendar import day_window, local_day
+from workflows.calendar import day_window, first_open_day
 
 NAME = "K-OLDCUST"
 AUDIENCE = "oldcust_valid"  # R-OC-1
@@ -109,10 +109,7 @@ class OldCustomerSpec(SpecBase):
 
 def first_send_day(spec: OldCustomerSpec, tz: str, now: datetime) -> date:
     """The spec's send day, or the first day whose window (at the spec's send time) is still open."""
-    if spec.send_date is not None:
-        return spec.send_date
-    today = local_day(now, tz)
-    return today if day_window(today, spec.send_time, tz).close_at > now else today + timedelta(days=1)
+    return spec.send_date if spec.send_date is not None else first_open_day(now, tz)
 
 
 def default_title(spec: OldCustomerSpec, send_date: date) -> str:

@@ -41,7 +41,7 @@ from schemas.campaign import (
 )
 from schemas.rules import RuleViolation, rule_error
 from schemas.text import check_text
-from workflows.calendar import day_window, local_day
+from workflows.calendar import day_window, first_open_day
 
 NAME = "K-PHASED"
 MAX_PHASE_DAYS = 61
@@ -128,8 +128,7 @@ def phase_days(spec: PhasedSpec, tz: str, now: datetime) -> list[tuple[date, dat
         elif out:
             start = out[-1][1] + timedelta(days=1)
         else:
-            today = local_day(now, tz)
-            start = today if day_window(today, p.send_time, tz).close_at > now else today + timedelta(days=1)
+            start = first_open_day(now, tz)
         out.append((start, p.end_date or start + timedelta(days=(p.days or 1) - 1)))
     return out
 

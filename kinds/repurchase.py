@@ -24,7 +24,7 @@ placeholders {{ name }}, {{ product }}, {{ coupon }} and {{ ends_at }}.
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
@@ -194,7 +194,8 @@ class Repurchase(Kind):
                 name="offer",
                 start_date=day,
                 end_date=day,
-                send_time=time(max(local.hour, rules.WINDOW_OPEN.hour), local.minute if local.hour >= 8 else 0),
+                # Before 08:00 the day's window opens at 08:00 (day_window clamps the send time).
+                send_time=local.time().replace(second=0, microsecond=0),
                 audience=spec.audience.value,
                 audience_params=params,
                 channel=spec.channel,

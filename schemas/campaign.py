@@ -174,6 +174,11 @@ class PhasePlan(BaseModel):
     # `text` is a template rendered per recipient (content/render.py), with the offer's placeholders.
     text_is_template: bool = False
 
+    def below_minimum(self, eligible: int, already_reached: int) -> bool:
+        """R-OC-4 bounds the task's audience: today's eligible plus whom this phase already reached, so a
+        multi-day task's leftover under the minimum still goes out."""
+        return eligible + already_reached < self.min_audience
+
     def days(self) -> list[date]:
         return [self.start_date + timedelta(days=i) for i in range((self.end_date - self.start_date).days + 1)]
 

@@ -14,9 +14,8 @@ then two campaigns on the dev server with a real worker and Postgres:
 from __future__ import annotations
 
 import asyncio
-import time as walltime
 import uuid
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from temporalio.api.enums.v1 import EventType
@@ -25,14 +24,13 @@ from temporalio.exceptions import ApplicationError
 from activities import errors
 from activities.channels import ChannelRegistry, OutboxChannel
 from api.service import start_campaign
-from kinds.oldcust import OldCustomerSpec
 from schemas.settings import Settings
+from schemas.workflow import CampaignInput
 from tests.ledger_checks import assert_fatigue_matches_ledger, assert_ledger_exact
-from tests.test_signals_cli import seed_shop
+from tests.test_signals_cli import seed_shop, spec_for, wait_for
 from workers.worker import build_worker
 from workflows import policies
 from workflows import search_attributes as SA
-from workflows.calendar import local_day
 from workflows.campaign import CampaignWorkflow
 
 
@@ -60,14 +58,14 @@ def test_every_policy_bounds_how_long_retrying_lasts():
     assert late.schedule_to_close_timeout == policies.WINDOW_GRACE == late.start_to_close_timeout
 
 
-async def _wait_for(predicate, timeout: float, what: str):
-    deadline = walltime.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        assert walltime.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
+async def _halted(handle):
+    """The campaign's status once it shows state "halted" (waiting up to a minute)."""
+
+    async def halted():
+        st = await handle.query(CampaignWorkflow.progress_query)
+        return st if st.progress.state == "halted" else None
+
+    return await wait_for(halted, 60, "the campaign to halt")
 
 
 async def _failed_attempts(handle, activity_type: str) -> int:
@@ -92,17 +90,11 @@ async def test_a_worker_without_the_channel_halts_the_campaign_and_resume_sends_
     tz = await seed_shop(pool, shop, n, now)
     queue = f"halt-{uuid.uuid4().hex[:8]}"
     settings = Settings(SLUICE_PLATFORM_TZ="Asia/Shanghai")
-    spec = OldCustomerSpec(kind="K-OLDCUST", shop_id=shop, campaign_id="halt", scene="Halt", card_text="Hello again",
-                           send_date=local_day(now, tz), send_time=time(8, 0))
+    spec = spec_for(shop, tz, now).model_copy(update={"campaign_id": "halt"})
     no_chat = ChannelRegistry({"sms": OutboxChannel(pool, "sms")})
     async with build_worker(dev_env.client, pool, settings, channels=no_chat, task_queue=queue):
         plan, handle = await start_campaign(pool, dev_env.client, spec, task_queue=queue)
-
-        async def halted():
-            st = await handle.query(CampaignWorkflow.progress_query)
-            return st if st.progress.state == "halted" else None
-
-        status = await _wait_for(halted, 60, "the campaign to halt")
+        status = await _halted(handle)
         assert "ChannelNotConfigured" in status.progress.halt_reason, status.progress.halt_reason
         assert status.progress.paused
         desc = await handle.describe()
@@ -127,9 +119,7 @@ async def test_bad_activity_input_fails_once_halts_and_cancel_ends_the_campaign(
     shop = f"badin-{uuid.uuid4().hex[:6]}"
     tz = await seed_shop(pool, shop, 150, now)
     queue = f"badin-{uuid.uuid4().hex[:8]}"
-    spec = OldCustomerSpec(kind="K-OLDCUST", shop_id=shop, campaign_id="bad", scene="Bad", card_text="Hello again",
-                           send_date=local_day(now, tz), send_time=time(8, 0))
-    from schemas.workflow import CampaignInput
+    spec = spec_for(shop, tz, now).model_copy(update={"campaign_id": "bad"})
 
     # A plan the API would never compile (it checks audience names): an audience no worker knows.
     async with build_worker(dev_env.client, pool, Settings(), task_queue=queue):
@@ -139,12 +129,7 @@ async def test_bad_activity_input_fails_once_halts_and_cancel_ends_the_campaign(
         handle = await dev_env.client.start_workflow(
             CampaignWorkflow.run, CampaignInput(plan=bad), id=f"{plan.workflow_id}-bad", task_queue=queue
         )
-
-        async def halted():
-            st = await handle.query(CampaignWorkflow.progress_query)
-            return st if st.progress.state == "halted" else None
-
-        status = await _wait_for(halted, 60, "the campaign to halt")
+        status = await _halted(handle)
         assert "InvalidActivityInput" in status.progress.halt_reason and "no_such_audience" in status.progress.halt_reason
         assert await _failed_attempts(handle, "refresh_audience") == 1
         await handle.signal(CampaignWorkflow.cancel, "bad plan")

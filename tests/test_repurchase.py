@@ -218,3 +218,13 @@ async def test_send_at_is_now_or_at_least_two_hours_ahead_and_coupons_must_fit(c
         with pytest.raises(RuleViolation) as exc:
             await check_spec(conn, _spec(), now)
         assert exc.value.rule == "R-RP-5"
+
+
+def test_offers_are_allocated_in_consumer_order_while_each_coupon_lasts():
+    from activities.send import OfferItem, allocate_offers
+
+    tea, soap = OfferItem("tea5", "5 off tea", "Oolong tea"), OfferItem("soap2", "2 off soap", "Olive soap")
+    items = {1: TEA, 2: SOAP, 3: TEA, 4: None, 5: TEA, 6: 999}
+    offered, taken = allocate_offers([1, 2, 3, 4, 5, 6], items, {TEA: tea, SOAP: soap}, {"tea5": 2, "soap2": -1})
+    # Tea runs out after two; soap has no usable stock; no product, or one without a coupon: no offer.
+    assert offered == {1: tea, 3: tea} and taken == {"tea5": 2}

@@ -81,7 +81,7 @@ ALLOWED_INTERPOLATIONS = {
 # (file, first argument of a query call): why it is safe.
 ALLOWED_SQL_ARGUMENTS = {
     ("activities/send.py", "_chunk_sql(ch, probe, personal is not None)"): "built only from the allowed interpolations above",
-    ("audiences/preview.py", "sql"): "checked_refresh_sql(): the refresh's own statement, allowed above",
+    ("audiences/preview.py", "statement.sql"): "checked_refresh_sql(): the refresh's own statement, allowed above",
     ("audiences/preview.py", "CAPS_READ"): "a module constant of activities/send.py",
     ("audiences/preview.py", "TEMPLATE_WINDOW"): "a module constant of activities/send.py",
     ("activities/send.py", "_WRITE_HANDED_OFF if handoff else _WRITE_RESERVED"):

@@ -35,6 +35,14 @@ def local_time(instant: datetime, tz: str) -> time:
     return instant.astimezone(zone(tz)).time()
 
 
+def first_open_day(now: datetime, tz: str, earliest: date | None = None) -> date:
+    """The first day, not before `earliest`, whose send window (until 22:00 local) is still open at `now`."""
+    today = local_day(now, tz)
+    if earliest is not None and earliest > today:
+        return earliest
+    return today if local_instant(today, WINDOW_CLOSE, tz) > now else today + timedelta(days=1)
+
+
 @dataclass(frozen=True)
 class DayWindow:
     day: date

@@ -189,10 +189,8 @@ class CampaignWorkflow:
             stop_reason = "window_missed"  # the refresh could not run before 22:00
         else:
             progress.day_eligible = refresh.eligible
-            # R-OC-4 bounds the task's audience: today's eligible plus whom this phase already
-            # reached, so a multi-day task's leftover under 100 still goes out.
-            if refresh.eligible + refresh.excluded.get("already_reached", 0) < phase.min_audience:
-                stop_reason = "audience_below_minimum"  # R-OC-4
+            if phase.below_minimum(refresh.eligible, refresh.excluded.get(A.EXCLUDED_ALREADY_REACHED, 0)):
+                stop_reason = A.NOT_SENT_MIN_AUDIENCE  # R-OC-4
             elif refresh.eligible:
                 stop_reason = await self._send_day(phase, win, refresh.seq_end or refresh.eligible)
                 # Deliveries whose provider answer was lost are settled by reference, never resent.
@@ -340,18 +338,13 @@ class CampaignWorkflow:
         """Account a finished slice; its unsent rest goes back to the front of the queue."""
         try:
             res: SendSliceResult = s.handle.result()
-        except ActivityError as err:
-            pending.appendleft(_Slice(s.lo, s.hi))
-            if _not_retryable(err):
-                self.progress.halt_reason = f"send {s.lo}-{s.hi} failed: {_cause(err)}"
-                return unallotted + s.allot, "failed"
+        except (ActivityError, asyncio.CancelledError) as err:
             # Outcome unknown (cancelled while retrying, out of time): the whole range runs again, and the
             # re-run finds its committed rows in the ledger, so nothing is sent or counted twice.
-            return unallotted + s.allot, None
-        except asyncio.CancelledError:
-            # Outcome unknown (cancelled while retrying): the whole range runs again, and the
-            # re-run finds its committed rows in the ledger, so nothing is sent or counted twice.
             pending.appendleft(_Slice(s.lo, s.hi))
+            if isinstance(err, ActivityError) and _not_retryable(err):
+                self.progress.halt_reason = f"send {s.lo}-{s.hi} failed: {_cause(err)}"
+                return unallotted + s.allot, "failed"
             return unallotted + s.allot, None
         # Positions of the snapshot decided; its few empty positions at the end count too.
         self.progress.day_done = min(self.progress.day_done + res.next_seq - s.lo, self.progress.day_eligible)
@@ -434,17 +427,20 @@ class CampaignWorkflow:
         self._set_attributes(before)
         return True
 
-    def _set_attributes(self, state: str) -> str:
-        plan, progress = self.plan, self.progress
-        phase = plan.phases[min(progress.phase_index, len(plan.phases) - 1)].name
-        progress.state = state
-        workflow.upsert_search_attributes([SA.CAMPAIGN_STATE.value_set(state), SA.CAMPAIGN_PHASE.value_set(phase)])
-        return phase
+    def _phase_name(self) -> str:
+        plan = self.plan
+        return plan.phases[min(self.progress.phase_index, len(plan.phases) - 1)].name
+
+    def _set_attributes(self, state: str) -> None:
+        self.progress.state = state
+        workflow.upsert_search_attributes(
+            [SA.CAMPAIGN_STATE.value_set(state), SA.CAMPAIGN_PHASE.value_set(self._phase_name())]
+        )
 
     async def _publish(self, state: str, *, final: bool = False) -> None:
         """Keep search attributes and the campaigns row current (Temporal UI, GET /campaigns)."""
         plan, progress = self.plan, self.progress
-        phase = plan.phases[min(progress.phase_index, len(plan.phases) - 1)].name
+        phase = self._phase_name()
         first = not getattr(self, "_published", False)
         if not first and state == progress.state and phase == getattr(self, "_published_phase", None):
             return
@@ -492,5 +488,5 @@ def _phase_end_reason(stop: str) -> str:
         "window_closed": A.NOT_SENT_WINDOW,
         "window_missed": "window_missed_phase_ended",
         "daily_cap": "daily_cap_phase_ended",
-        "audience_below_minimum": "audience_below_minimum",
+        A.NOT_SENT_MIN_AUDIENCE: A.NOT_SENT_MIN_AUDIENCE,
     }.get(stop, f"{stop}_phase_ended")
