@@ -18,6 +18,7 @@ WORKDIR /src
 # Only what the package build needs: pyproject.toml and the packages listed in
 # [tool.setuptools] packages (db carries its migrations/*.sql as package data).
 COPY pyproject.toml ./
+COPY sluice ./sluice
 COPY workflows ./workflows
 COPY activities ./activities
 COPY audiences ./audiences

@@ -19,13 +19,12 @@ from collections import Counter
 from dataclasses import dataclass
 
 import asyncpg
+from sluice.activities import errors
+from sluice.activities.context import bind_activity_context
+from sluice.audiences import AUDIENCES, CUSTOM, names, with_item_choice
+from sluice.audiences import filters as F
+from sluice.schemas.activities import RefreshAudienceInput, RefreshAudienceResult
 from temporalio import activity
-
-from activities import errors
-from activities.context import bind_activity_context
-from audiences import AUDIENCES, CUSTOM, names, with_item_choice
-from audiences import filters as F
-from schemas.activities import RefreshAudienceInput, RefreshAudienceResult
 
 # Per channel: the opt-out column and the contact that must exist (R-EXC-1).
 CHANNEL_COLUMNS = {
@@ -119,7 +118,7 @@ def checked_refresh_sql(inp: RefreshAudienceInput) -> RefreshStatement:
 
 def custom_audience_sql(params: dict) -> tuple[str, list]:
     """The merchant's filter (params["filter"]) compiled to SQL whose values are bound from $11 on."""
-    from audiences.custom import compile_custom, parse_filter
+    from sluice.audiences.custom import compile_custom, parse_filter
 
     try:
         flt = parse_filter(params.get("filter"))

@@ -14,8 +14,7 @@ from datetime import date
 from typing import Literal, Protocol
 
 import asyncpg
-
-from activities import errors
+from sluice.activities import errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +156,7 @@ class ChannelRegistry:
         """The outbox for every channel, except those SLUICE_GATEWAY_CHANNELS hands to the gateway."""
         registry = cls.outbox_for_all(pool)
         if settings.gateway_url:
-            from activities.http_channel import HttpGatewayChannel
+            from sluice.activities.http_channel import HttpGatewayChannel
 
             for name in (n.strip() for n in settings.gateway_channels.split(",") if n.strip()):
                 if name not in CHANNELS:

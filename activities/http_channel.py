@@ -17,8 +17,7 @@ already has (reconcile), so nothing is sent blindly twice.
 from __future__ import annotations
 
 import httpx
-
-from activities.channels import Outbound, Outcome
+from sluice.activities.channels import Outbound, Outcome
 
 
 class ChannelUnavailable(Exception):

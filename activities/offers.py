@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+from sluice.activities.context import bind_activity_context
+from sluice.schemas.activities import OffersInput, OffersResult
 from temporalio import activity
-
-from activities.context import bind_activity_context
-from schemas.activities import OffersInput, OffersResult
 
 CLAIMED, EXPIRED, HELD, RELEASED = "claimed", "expired", "held", "released"
 # What a consumer is told of an offer that can no longer be claimed.

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncpg
+from sluice.activities.context import bind_activity_context
+from sluice.schemas.activities import CampaignStateInput, CloseDayInput, DayReport, DayReportInput
 from temporalio import activity
-
-from activities.context import bind_activity_context
-from schemas.activities import CampaignStateInput, CloseDayInput, DayReport, DayReportInput
 
 
 class ReportActivities:

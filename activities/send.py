@@ -32,19 +32,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
+from sluice.activities import errors
+from sluice.activities.audience import CHANNEL_ADDRESS, exclusion_branches
+from sluice.activities.channels import ChannelRegistry, InDatabaseChannel, Outbound, Outcome
+from sluice.activities.context import bind_activity_context
+from sluice.content.render import compile_template, format_ends_at
+from sluice.schemas import activities as A
+from sluice.schemas import rules
+from sluice.schemas.activities import ReconcileInput, ReconcileResult, SendSliceInput, SendSliceResult
+from sluice.schemas.campaign import PERSONAL_PLACEHOLDERS
+from sluice.schemas.rules import template_key
+from sluice.workflows.calendar import platform_day
 from temporalio import activity
-
-from activities import errors
-from activities.audience import CHANNEL_ADDRESS, exclusion_branches
-from activities.channels import ChannelRegistry, InDatabaseChannel, Outbound, Outcome
-from activities.context import bind_activity_context
-from content.render import compile_template, format_ends_at
-from schemas import activities as A
-from schemas import rules
-from schemas.activities import ReconcileInput, ReconcileResult, SendSliceInput, SendSliceResult
-from schemas.campaign import PERSONAL_PLACEHOLDERS
-from schemas.rules import template_key
-from workflows.calendar import platform_day
 
 _LIVE_STATES = ("reserved", "unknown")
 # A delivery that stands behind its consumer (a send made or under way), for the budget (R-PH-7).

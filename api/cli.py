@@ -16,9 +16,8 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.markup import escape
-
-from kinds import CampaignSpec
-from schemas.settings import Settings
+from sluice.kinds import CampaignSpec
+from sluice.schemas.settings import Settings
 
 app = typer.Typer(help="sluice: a durable campaign executor on Temporal and Postgres.", no_args_is_help=True)
 console = Console()
@@ -27,7 +26,7 @@ err = Console(stderr=True)
 
 def _settings() -> Settings:
     """Settings from the environment, falling back to the addresses of a running `sluice dev`."""
-    from workers.dev import load_stack_env
+    from sluice.workers.dev import load_stack_env
 
     for key, value in load_stack_env(Settings()).items():
         os.environ.setdefault(key, value)
@@ -52,7 +51,7 @@ def _fail(message: str, code: int = 1) -> None:
 @app.command()
 def dev() -> None:
     """Run the local stack (PostgreSQL, Temporal dev server + UI, worker, API) until Ctrl-C."""
-    from workers.dev import Stack
+    from sluice.workers.dev import Stack
 
     settings = Settings()
     stack = Stack(settings)
@@ -71,10 +70,9 @@ def dev() -> None:
 def demo(customers: Annotated[int, typer.Option(help="customers in the demo shop")] = 50_000) -> None:
     """Bring up the stack, load a demo shop, start a demo campaign and watch it (Ctrl-C stops)."""
     import httpx
-
-    from db.seed import seed_shop
-    from workers import demo as D
-    from workers.dev import Stack
+    from sluice.db.seed import seed_shop
+    from sluice.workers import demo as D
+    from sluice.workers.dev import Stack
 
     settings = Settings()
     stack = Stack(settings)
@@ -145,7 +143,7 @@ def _hold(stack) -> None:
 @app.command()
 def worker() -> None:
     """Run a Temporal worker (DATABASE_URL, TEMPORAL_ADDRESS)."""
-    from workers.worker import run_worker
+    from sluice.workers.worker import run_worker
 
     asyncio.run(run_worker(_settings()))
 
@@ -153,7 +151,7 @@ def worker() -> None:
 @app.command()
 def api() -> None:
     """Run the HTTP API (SLUICE_API_HOST:SLUICE_API_PORT, loopback by default)."""
-    from api.http import serve
+    from sluice.api.http import serve
 
     serve(_settings())
 
@@ -161,7 +159,7 @@ def api() -> None:
 @app.command()
 def migrate() -> None:
     """Apply pending SQL migrations to DATABASE_URL."""
-    from db.migrate import migrate as run
+    from sluice.db.migrate import migrate as run
 
     settings = _settings()
     if not settings.database_url:
@@ -179,9 +177,9 @@ def seed(
     consumer_offset: Annotated[int, typer.Option(help="first platform consumer id - 1")] = 0,
 ) -> None:
     """Generate a realistic synthetic shop (COPY bulk load)."""
-    from db.seed import seed_shop
-    from schemas.campaign import ID_PATTERN
-    from schemas.rules import is_iana_zone
+    from sluice.db.seed import seed_shop
+    from sluice.schemas.campaign import ID_PATTERN
+    from sluice.schemas.rules import is_iana_zone
 
     if not re.fullmatch(ID_PATTERN, shop):
         _fail(f"invalid --shop {shop!r}: letters, digits, '_' and '-', 1 to 64", 2)
@@ -216,7 +214,7 @@ def _read_bounded(path: Path, limit: int) -> bytes:
 
 def load_spec(path: Path):
     """A campaign spec from YAML or JSON, validated like the API does."""
-    from schemas.rules import MAX_SPEC_BYTES
+    from sluice.schemas.rules import MAX_SPEC_BYTES
 
     raw = sys.stdin.buffer.read(MAX_SPEC_BYTES + 1) if str(path) == "-" else _read_bounded(path, MAX_SPEC_BYTES + 1)
     if len(raw) > MAX_SPEC_BYTES:
@@ -256,7 +254,7 @@ def _spec_or_exit(spec_file: Path):
     try:
         return load_spec(spec_file)
     except ValidationError as exc:
-        from schemas.rules import error_details
+        from sluice.schemas.rules import error_details
 
         for d in error_details(exc.errors()):
             err.print(f"[red]invalid[/red] {escape(d['field'])}: {escape(d['rule'])}: {escape(d['message'])}")
@@ -272,10 +270,9 @@ def preview(
 ) -> None:
     """Whom a spec would reach, phase by phase, and what removes the rest (R-PRE-1); nothing is started."""
     from rich.table import Table
-
-    from api import service
-    from db.pool import create_pool
-    from schemas.rules import RuleViolation
+    from sluice.api import service
+    from sluice.db.pool import create_pool
+    from sluice.schemas.rules import RuleViolation
 
     spec = _spec_or_exit(spec_file)
     settings = _settings()
@@ -309,10 +306,10 @@ def preview(
 @app.command()
 def start(spec_file: Annotated[Path, typer.Argument(help="campaign spec, .yaml/.yml or .json")]) -> None:
     """Start a campaign from a spec file (same rules and answers as POST /campaigns)."""
-    from api import service
-    from db.pool import create_pool
-    from schemas.rules import RuleViolation
-    from workers.worker import connect_client
+    from sluice.api import service
+    from sluice.db.pool import create_pool
+    from sluice.schemas.rules import RuleViolation
+    from sluice.workers.worker import connect_client
 
     spec = _spec_or_exit(spec_file)
     settings = _settings()
@@ -342,8 +339,8 @@ def start(spec_file: Annotated[Path, typer.Argument(help="campaign spec, .yaml/.
 @app.command()
 def status(workflow_id: str) -> None:
     """Print a campaign's progress (the workflow's progress query)."""
-    from api import service
-    from workers.worker import connect_client
+    from sluice.api import service
+    from sluice.workers.worker import connect_client
 
     settings = _settings()
 
@@ -362,8 +359,8 @@ def status(workflow_id: str) -> None:
 
 def _control(action: str):
     def command(workflow_id: str) -> None:
-        from api import service
-        from workers.worker import connect_client
+        from sluice.api import service
+        from sluice.workers.worker import connect_client
 
         settings = _settings()
 
@@ -411,7 +408,7 @@ def _keys_db(fn):
 @keys_app.command("create")
 def keys_create(shop: Annotated[str, typer.Argument(help="shop id")]) -> None:
     """Create an API key for SHOP and print it (it is shown only this once)."""
-    from api import keys
+    from sluice.api import keys
 
     try:
         new = _keys_db(lambda conn: keys.create_key(conn, shop))
@@ -424,7 +421,7 @@ def keys_create(shop: Annotated[str, typer.Argument(help="shop id")]) -> None:
 @keys_app.command("revoke")
 def keys_revoke(prefix: Annotated[str, typer.Argument(help="the key's prefix (12 hex digits)")]) -> None:
     """Revoke an API key; requests with it are refused from now on."""
-    from api import keys
+    from sluice.api import keys
 
     if not _keys_db(lambda conn: keys.revoke_key(conn, prefix)):
         _fail(f"no live key with prefix {prefix!r}")
@@ -434,7 +431,7 @@ def keys_revoke(prefix: Annotated[str, typer.Argument(help="the key's prefix (12
 @keys_app.command("list")
 def keys_list(shop: Annotated[str | None, typer.Argument(help="only this shop's keys")] = None) -> None:
     """List keys (prefix, shop, created, revoked); secrets are never shown."""
-    from api import keys
+    from sluice.api import keys
 
     for r in _keys_db(lambda conn: keys.list_keys(conn, shop)):
         revoked = f"revoked {r['revoked_at']:%Y-%m-%d %H:%M}" if r["revoked_at"] else "live"

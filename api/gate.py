@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import structlog
 from fastapi.responses import JSONResponse
+from sluice.api import keys
+from sluice.api.docs import DOCS_CSP, DOCS_PATH
+from sluice.api.errors import DATABASE_UNAVAILABLE, error_response, unavailable
+from sluice.api.throttle import AuthThrottle, client_key
+from sluice.schemas.rules import MAX_SPEC_BYTES
 from starlette.datastructures import MutableHeaders
-
-from api import keys
-from api.docs import DOCS_CSP, DOCS_PATH
-from api.errors import DATABASE_UNAVAILABLE, error_response, unavailable
-from api.throttle import AuthThrottle, client_key
-from schemas.rules import MAX_SPEC_BYTES
 
 SHOP_SCOPE_KEY = "sluice.shop_id"  # set in the ASGI scope by the gate once the key is checked
 API_CSP = "default-src 'none'; frame-ancestors 'none'"

@@ -28,23 +28,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from sluice.activities import offers
+from sluice.api import docs, health, service
+from sluice.api.errors import DATABASE_UNAVAILABLE, RETRY_AFTER_S, error_response, unavailable
+from sluice.api.gate import SHOP_SCOPE_KEY, Gate, SecurityHeaders
+from sluice.api.throttle import AuthThrottle
+from sluice.audiences.preview import Preview
+from sluice.db.pool import create_pool
+from sluice.kinds import CampaignSpec
+from sluice.schemas.campaign import WORKFLOW_ID_PATTERN
+from sluice.schemas.rules import MAX_SPEC_BYTES, RuleViolation, error_details
+from sluice.schemas.settings import Settings, get_settings
+from sluice.schemas.workflow import CampaignStatus
+from sluice.workers.logs import configure_logging
+from sluice.workers.worker import connect_client
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import Client
-
-from activities import offers
-from api import docs, health, service
-from api.errors import DATABASE_UNAVAILABLE, RETRY_AFTER_S, error_response, unavailable
-from api.gate import SHOP_SCOPE_KEY, Gate, SecurityHeaders
-from api.throttle import AuthThrottle
-from audiences.preview import Preview
-from db.pool import create_pool
-from kinds import CampaignSpec
-from schemas.campaign import WORKFLOW_ID_PATTERN
-from schemas.rules import MAX_SPEC_BYTES, RuleViolation, error_details
-from schemas.settings import Settings, get_settings
-from schemas.workflow import CampaignStatus
-from workers.logs import configure_logging
-from workers.worker import connect_client
 
 MAX_BODY_BYTES = MAX_SPEC_BYTES
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"}) | docs.DOCS_PATHS

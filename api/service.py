@@ -18,19 +18,18 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+from sluice.audiences.preview import Preview, preview
+from sluice.kinds import Shop, SpecBase, compile_plan, kind_of
+from sluice.schemas import rules
+from sluice.schemas.campaign import CampaignPlan, workflow_id_for
+from sluice.schemas.rules import RuleViolation
+from sluice.schemas.workflow import CampaignInput, CampaignStatus
+from sluice.workflows import search_attributes as SA
+from sluice.workflows.campaign import CampaignWorkflow
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
-
-from audiences.preview import Preview, preview
-from kinds import Shop, SpecBase, compile_plan, kind_of
-from schemas import rules
-from schemas.campaign import CampaignPlan, workflow_id_for
-from schemas.rules import RuleViolation
-from schemas.workflow import CampaignInput, CampaignStatus
-from workflows import search_attributes as SA
-from workflows.campaign import CampaignWorkflow
 
 
 class CampaignExists(Exception):

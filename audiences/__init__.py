@@ -77,7 +77,7 @@ AUDIENCES: dict[str, Audience] = {name: Audience(sql) for name, sql in _SQL.item
 def _register_item_audiences() -> None:
     # K-REPURCHASE's own (R-RP-1, R-RP-2): each recipient with the product to push, among the products of
     # the campaign's exclusive coupons ($11, R-RP-10).
-    from audiences import repurchase
+    from sluice.audiences import repurchase
 
     for name, sql in repurchase.AUDIENCES.items():
         AUDIENCES[name] = Audience(sql, yields_item=True, params=("coupon_ids",))

@@ -20,14 +20,13 @@ from datetime import datetime
 
 import asyncpg
 from pydantic import BaseModel, Field
-
-from activities.audience import checked_refresh_sql, count_reasons, refresh_args
-from activities.send import CAPS_READ, TEMPLATE_WINDOW, cap_verdict
-from schemas import activities as A
-from schemas.activities import RefreshAudienceInput
-from schemas.campaign import CampaignPlan, PhasePlan
-from schemas.rules import template_key
-from workflows.calendar import day_window, first_open_day, platform_day
+from sluice.activities.audience import checked_refresh_sql, count_reasons, refresh_args
+from sluice.activities.send import CAPS_READ, TEMPLATE_WINDOW, cap_verdict
+from sluice.schemas import activities as A
+from sluice.schemas.activities import RefreshAudienceInput
+from sluice.schemas.campaign import CampaignPlan, PhasePlan
+from sluice.schemas.rules import template_key
+from sluice.workflows.calendar import day_window, first_open_day, platform_day
 
 # Cap readings per statement: about 10 ms per 10,000 consumers (primary-key probes).
 CHUNK = 10_000

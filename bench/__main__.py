@@ -86,7 +86,7 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="worker processes on the one task queue (scaling)")
     p.add_argument(
         "--worker-module",
-        default="workers.worker",
+        default="sluice.workers.worker",
         help="module the worker process runs (a variant of workers.worker, for comparison)",
     )
     p.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE",

@@ -41,9 +41,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+from sluice.schemas.rules import template_key
 
 from bench.stack import ROOT, CpuMeter, Postgres, machine, say, settle
-from schemas.rules import template_key
 
 SHOPS = ["cap-A", "cap-B", "cap-C", "cap-D", "cap-E"]
 OTHER_SHOPS = ["cap-Z1", "cap-Z2", "cap-Z3", "cap-Z4"]  # today's earlier messages (preloaded)
@@ -150,8 +150,8 @@ async def _setup(dsn: str, cfg: CapsConfig, fday, now: datetime) -> list[int]:
 
 
 def _input(cid: int, i: int, fday, now: datetime, lo: int, hi: int, chunk_size: int):
-    from schemas.activities import SendSliceInput
-    from schemas.campaign import TemplateCap
+    from sluice.schemas.activities import SendSliceInput
+    from sluice.schemas.campaign import TemplateCap
 
     shop, group, count, days = CAMPAIGNS[i]
     return SendSliceInput(
@@ -289,10 +289,10 @@ async def verify(conn: asyncpg.Connection, ids: list[int], per_campaign: int) ->
 
 
 async def run_caps(cfg: CapsConfig) -> dict:
-    from activities.channels import ChannelRegistry
-    from activities.send import SendActivities
-    from db.pool import create_pool
-    from workflows.calendar import platform_day
+    from sluice.activities.channels import ChannelRegistry
+    from sluice.activities.send import SendActivities
+    from sluice.db.pool import create_pool
+    from sluice.workflows.calendar import platform_day
 
     cfg.data_dir = Path(cfg.data_dir).resolve()
     now = datetime.now(UTC)

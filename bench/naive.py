@@ -18,15 +18,14 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
-
-    from schemas import rules
-    from schemas.activities import (
+    from sluice.schemas import rules
+    from sluice.schemas.activities import (
         SUPPRESS_GLOBAL_DAY,
         SUPPRESS_GLOBAL_SHOPS,
         SUPPRESS_SHOP_DAY,
         SUPPRESS_TEMPLATE,
     )
-    from schemas.rules import template_key
+    from sluice.schemas.rules import template_key
 
 
 class NaiveInput(BaseModel):
@@ -72,7 +71,7 @@ class NaiveWorkflow:
 
 
 def _channel_sql(channel: str) -> str:
-    from activities.audience import CHANNEL_ADDRESS, exclusion_branches
+    from sluice.activities.audience import CHANNEL_ADDRESS, exclusion_branches
 
     return f"""
         SELECT s.consumer_id, CASE {exclusion_branches(channel)} END AS excluded,
@@ -92,7 +91,7 @@ class NaiveActivities:
 
     @activity.defn
     async def send_one(self, one: NaiveOne) -> str:
-        from activities.channels import Outbound
+        from sluice.activities.channels import Outbound
 
         j = one.job
         async with self.pool.acquire() as conn, conn.transaction():

@@ -6,7 +6,7 @@ Order inside the run:
    ledger rows and fatigue counters are removed, so the phase day starts clean;
 3. one K-PHASED promote day to every reachable customer of the shop (audience
    `shop_all`) through the real workflow, activities, fatigue reservation, ledger
-   and outbox channel, with the worker in its own process (`python -m workers.worker`);
+   and outbox channel, with the worker in its own process (`python -m sluice.workers.worker`);
    timed from the workflow start to the last delivery committed;
 4. the Postgres bound: INSERT ... SELECT ... ON CONFLICT of as many ledger rows
    into a scratch copy of `deliveries` (and COPY, for reference);
@@ -92,18 +92,18 @@ class BenchConfig:
     drop_db: bool = False  # drop the database at the end (tests)
     db_name: str | None = None  # default bench_<recipients>
     workers: int = 1  # worker processes on the one task queue (scaling)
-    worker_module: str = "workers.worker"  # a variant of the worker, for comparison
+    worker_module: str = "sluice.workers.worker"  # a variant of the worker, for comparison
 
 
 def _tuning(cfg: BenchConfig) -> dict:
-    from schemas.campaign import Tuning
+    from sluice.schemas.campaign import Tuning
 
     chosen = {k: getattr(cfg, k) for k in ("slice_size", "chunk_size", "concurrency") if getattr(cfg, k)}
     return Tuning(**chosen).model_dump() | {"explicit": chosen}
 
 
 async def _seed(pg: Postgres, cfg: BenchConfig, now: datetime, tz: str) -> tuple[str, dict]:
-    from db.seed import seed_shop
+    from sluice.db.seed import seed_shop
 
     name = cfg.db_name or f"bench_{cfg.recipients}{'_all' if cfg.all_reachable else ''}"
     dsn = await pg.database(name, fresh=not cfg.reuse)
@@ -136,7 +136,7 @@ async def _seed(pg: Postgres, cfg: BenchConfig, now: datetime, tz: str) -> tuple
     say(f"  seeded in {r.seconds:.1f}s: {r.orders:,} orders, {r.order_items:,} items, {r.events:,} events")
     # A shop's customers were not bulk-loaded a second ago: set hint bits and the visibility map now,
     # so the phase day does not pay for the seed's first read (and every run starts alike).
-    from db.seed import SEEDED_TABLES
+    from sluice.db.seed import SEEDED_TABLES
 
     t0 = time.perf_counter()
     conn = await asyncpg.connect(dsn)
@@ -152,13 +152,13 @@ async def _seed(pg: Postgres, cfg: BenchConfig, now: datetime, tz: str) -> tuple
 
 
 async def _naive(pool: asyncpg.Pool, env, cfg: BenchConfig, tz: str, now: datetime) -> dict:
+    from sluice.activities.audience import CHANNEL_COLUMNS
+    from sluice.activities.channels import ChannelRegistry
+    from sluice.schemas.settings import Settings
+    from sluice.workflows.calendar import local_day, platform_day
     from temporalio.worker import Worker
 
-    from activities.audience import CHANNEL_COLUMNS
-    from activities.channels import ChannelRegistry
     from bench.naive import NaiveActivities, NaiveInput, NaiveWorkflow
-    from schemas.settings import Settings
-    from workflows.calendar import local_day, platform_day
 
     day = local_day(now, tz)
     campaign = await pool.fetchval(
@@ -298,10 +298,10 @@ async def _history_events(client, workflow_id: str) -> dict:
 
 
 async def _phase_day(dsn: str, pg: Postgres, env, cfg: BenchConfig, tz: str, now: datetime) -> dict:
-    from api.service import start_campaign, status
-    from db.pool import create_pool
-    from kinds.phased import PhasedSpec
-    from workflows.calendar import local_day
+    from sluice.api.service import start_campaign, status
+    from sluice.db.pool import create_pool
+    from sluice.kinds.phased import PhasedSpec
+    from sluice.workflows.calendar import local_day
 
     address = env.client.service_client.config.target_host
     queue = f"bench-{uuid.uuid4().hex[:8]}"
@@ -594,7 +594,7 @@ async def _postgres_bound(dsn: str, campaign_db_id: int, channel: str) -> dict:
 
 
 async def run(cfg: BenchConfig) -> dict:
-    from workers.demo import open_window_zone
+    from sluice.workers.demo import open_window_zone
 
     cfg.data_dir = Path(cfg.data_dir).resolve()
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -626,7 +626,7 @@ async def run(cfg: BenchConfig) -> dict:
             say(f"  waited {waited:.0f}s for autovacuum to finish")
         naive = None
         if not cfg.skip_naive and cfg.naive_sample > 0:
-            from db.pool import create_pool
+            from sluice.db.pool import create_pool
 
             pool = await create_pool(dsn, size=20)
             try:

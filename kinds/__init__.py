@@ -12,12 +12,11 @@ from datetime import datetime
 from typing import Annotated, Union
 
 from pydantic import Field
-
-from kinds.base import Kind, Shop, SpecBase
-from kinds.oldcust import OldCustomer
-from kinds.phased import Phased
-from kinds.repurchase import Repurchase
-from schemas.campaign import CampaignPlan, workflow_id_for
+from sluice.kinds.base import Kind, Shop, SpecBase
+from sluice.kinds.oldcust import OldCustomer
+from sluice.kinds.phased import Phased
+from sluice.kinds.repurchase import Repurchase
+from sluice.schemas.campaign import CampaignPlan, workflow_id_for
 
 # The registry: adding a kind is one module and one line here.
 KINDS: dict[str, Kind] = {k.name: k for k in (OldCustomer(), Phased(), Repurchase())}

@@ -26,8 +26,7 @@ from datetime import datetime
 from typing import ClassVar
 
 import asyncpg
-
-from schemas.campaign import Ident, PhasePlan, Strict
+from sluice.schemas.campaign import Ident, PhasePlan, Strict
 
 
 class SpecBase(Strict):

@@ -16,10 +16,9 @@ from typing import ClassVar, Literal
 
 import asyncpg
 from pydantic import Field, field_validator, model_validator
-
-from kinds.base import Kind, Shop, SpecBase
-from schemas import rules
-from schemas.campaign import (
+from sluice.kinds.base import Kind, Shop, SpecBase
+from sluice.schemas import rules
+from sluice.schemas.campaign import (
     Channel,
     Ident,
     Pacing,
@@ -31,10 +30,10 @@ from schemas.campaign import (
     TemplateCap,
     check_send_time,
 )
-from schemas.rules import RuleViolation, rule_error
-from schemas.text import check_text
-from schemas.urls import url_problem
-from workflows.calendar import day_window, first_open_day
+from sluice.schemas.rules import RuleViolation, rule_error
+from sluice.schemas.text import check_text
+from sluice.schemas.urls import url_problem
+from sluice.workflows.calendar import day_window, first_open_day
 
 NAME = "K-OLDCUST"
 AUDIENCE = "oldcust_valid"  # R-OC-1

@@ -24,11 +24,10 @@ from typing import ClassVar, Literal
 
 import asyncpg
 from pydantic import Field, field_validator, model_validator
-
-from audiences import AUDIENCES
-from kinds.base import Kind, Shop, SpecBase
-from schemas import rules
-from schemas.campaign import (
+from sluice.audiences import AUDIENCES
+from sluice.kinds.base import Kind, Shop, SpecBase
+from sluice.schemas import rules
+from sluice.schemas.campaign import (
     Channel,
     Ident,
     Pacing,
@@ -39,9 +38,9 @@ from schemas.campaign import (
     TemplateCap,
     check_send_time,
 )
-from schemas.rules import RuleViolation, rule_error
-from schemas.text import check_text
-from workflows.calendar import day_window, first_open_day
+from sluice.schemas.rules import RuleViolation, rule_error
+from sluice.schemas.text import check_text
+from sluice.workflows.calendar import day_window, first_open_day
 
 NAME = "K-PHASED"
 MAX_PHASE_DAYS = 61

@@ -30,13 +30,12 @@ from typing import Any, ClassVar, Literal
 
 import asyncpg
 from pydantic import Field, field_validator, model_validator
-
-from audiences import CUSTOM
-from audiences.custom import parse_filter
-from content.render import TemplateError, compile_template
-from kinds.base import Kind, Shop, SpecBase
-from schemas import rules
-from schemas.campaign import (
+from sluice.audiences import CUSTOM
+from sluice.audiences.custom import parse_filter
+from sluice.content.render import TemplateError, compile_template
+from sluice.kinds.base import Kind, Shop, SpecBase
+from sluice.schemas import rules
+from sluice.schemas.campaign import (
     PERSONAL_PLACEHOLDERS,
     Channel,
     Ident,
@@ -45,8 +44,8 @@ from schemas.campaign import (
     SpecInstant,
     TemplateCap,
 )
-from schemas.rules import RuleViolation, rule_error
-from workflows.calendar import local_day, zone
+from sluice.schemas.rules import RuleViolation, rule_error
+from sluice.workflows.calendar import local_day, zone
 
 NAME = "K-REPURCHASE"
 TEMPLATE_GROUP = "repurchase"  # R-RP-8: counted apart from every other template

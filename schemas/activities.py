@@ -8,8 +8,7 @@ from __future__ import annotations
 from datetime import date, datetime
 
 from pydantic import BaseModel, Field
-
-from schemas.campaign import Channel, OfferPlan, TemplateCap
+from sluice.schemas.campaign import Channel, OfferPlan, TemplateCap
 
 # Why a recipient got no message; stored in deliveries.reason and counted in reports.
 SUPPRESS_SHOP_DAY = "fatigue_shop_day"  # R-FAT-2

@@ -25,10 +25,9 @@ from pydantic import (
     ValidationError,
 )
 from pydantic_core import PydanticCustomError
-
-from schemas import rules
-from schemas.rules import rule_error
-from schemas.text import illegal_characters as illegal_characters  # R-OC-10's category rule, imported from here
+from sluice.schemas import rules
+from sluice.schemas.rules import rule_error
+from sluice.schemas.text import illegal_characters as illegal_characters  # R-OC-10's category rule, imported from here
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 Ident = Annotated[str, Field(pattern=ID_PATTERN, description="letters, digits, '_' and '-', 1 to 64")]

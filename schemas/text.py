@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from schemas.rules import rule_error
+from sluice.schemas.rules import rule_error
 
 ILLEGAL_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cs", "Cn"})
 # Emoji need these: the zero-width joiner of 👨‍👩‍👧 and the text / emoji variation selectors.

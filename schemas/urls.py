@@ -18,7 +18,7 @@ import re
 import unicodedata
 from urllib.parse import unquote, urlsplit
 
-from schemas.text import BLANK_LOOKALIKES
+from sluice.schemas.text import BLANK_LOOKALIKES
 
 SCHEMES = ("http", "https")
 # Names only a local network resolves (RFC 6761, RFC 6762, RFC 8375, ICANN's .internal).

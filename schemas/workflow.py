@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 
 from pydantic import BaseModel, Field
-
-from schemas.campaign import CampaignPlan
+from sluice.schemas.campaign import CampaignPlan
 
 
 class CampaignProgress(BaseModel):

@@ -7,12 +7,12 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 import httpx
+from sluice.api.http import create_app
+from sluice.api.keys import create_key
+from sluice.schemas.settings import Settings
+from sluice.workers.worker import build_worker
 
-from api.http import create_app
-from api.keys import create_key
-from schemas.settings import Settings
 from tests.factories import make_shop
-from workers.worker import build_worker
 
 
 async def shop_key(pool: asyncpg.Pool, shop_id: str, tz: str = "Asia/Shanghai") -> str:

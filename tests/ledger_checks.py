@@ -5,7 +5,7 @@ See docs/design.md, "The ledger and the caps".
 
 from __future__ import annotations
 
-from schemas import rules
+from sluice.schemas import rules
 
 
 async def ledger_counts(pool, campaign_db_id: int) -> dict[str, int]:

@@ -18,20 +18,20 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sluice.activities import errors
+from sluice.activities.channels import ChannelRegistry, OutboxChannel
+from sluice.api.service import start_campaign
+from sluice.schemas.settings import Settings
+from sluice.schemas.workflow import CampaignInput
+from sluice.workers.worker import build_worker
+from sluice.workflows import policies
+from sluice.workflows import search_attributes as SA
+from sluice.workflows.campaign import CampaignWorkflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.exceptions import ApplicationError
 
-from activities import errors
-from activities.channels import ChannelRegistry, OutboxChannel
-from api.service import start_campaign
-from schemas.settings import Settings
-from schemas.workflow import CampaignInput
 from tests.ledger_checks import assert_fatigue_matches_ledger, assert_ledger_exact
 from tests.test_signals_cli import seed_shop, spec_for, wait_for
-from workers.worker import build_worker
-from workflows import policies
-from workflows import search_attributes as SA
-from workflows.campaign import CampaignWorkflow
 
 
 def test_bad_input_errors_are_typed_and_not_retryable():

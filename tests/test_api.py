@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sluice.api.keys import revoke_key
+from sluice.workflows.calendar import local_day
+from sluice.workflows.campaign import CampaignWorkflow
 
-from api.keys import revoke_key
 from tests.api_helpers import bearer, client, running_app, shop_key
 from tests.factories import add_customers, make_shop
-from workflows.calendar import local_day
-from workflows.campaign import CampaignWorkflow
 
 
 @pytest.fixture

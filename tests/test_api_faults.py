@@ -16,20 +16,20 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sluice.api.http import create_app
+from sluice.schemas.settings import Settings
+from sluice.workers.binaries import temporal_cli
+from sluice.workers.worker import build_worker
+from sluice.workflows.calendar import local_day
+from sluice.workflows.campaign import CampaignWorkflow
+from sluice.workflows.search_attributes import ALL
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from api.http import create_app
-from schemas.settings import Settings
 from tests.api_helpers import client as http_client
 from tests.api_helpers import shop_key
 from tests.conftest import DEV_SERVER_ARGS
-from workers.binaries import temporal_cli
-from workers.worker import build_worker
-from workflows.calendar import local_day
-from workflows.campaign import CampaignWorkflow
-from workflows.search_attributes import ALL
 
 pytestmark = pytest.mark.devserver
 
@@ -113,7 +113,7 @@ async def test_worker_down_is_503_with_retry_after_on_every_call_and_readyz_name
 
 
 async def test_readyz_names_a_missing_worker_and_a_missing_database(clean_db, dev_env, db_dsn):
-    from db.pool import create_pool
+    from sluice.db.pool import create_pool
 
     pool = clean_db
     queue = f"faults-{uuid.uuid4().hex[:8]}"

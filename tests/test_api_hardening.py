@@ -21,14 +21,14 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from sluice.api import keys
+from sluice.api.gate import API_CSP, SECURITY_HEADERS
+from sluice.api.http import MAX_BODY_BYTES
+from sluice.api.throttle import FAILURE_BURST, FAILURE_REFILL_PER_S, AuthThrottle, TokenBuckets, client_key
+from sluice.workflows.calendar import local_day
 
-from api import keys
-from api.gate import API_CSP, SECURITY_HEADERS
-from api.http import MAX_BODY_BYTES
-from api.throttle import FAILURE_BURST, FAILURE_REFILL_PER_S, AuthThrottle, TokenBuckets, client_key
 from tests.api_helpers import bearer, running_app, shop_key
 from tests.factories import add_customers
-from workflows.calendar import local_day
 
 ATTACKER, OTHER = ("10.0.0.66", 4444), ("10.0.0.7", 5555)
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sluice.api.cli import app as cli_app
+from sluice.workflows.calendar import day_window, local_day
 from temporalio.service import RPCError, RPCStatusCode
 from typer.testing import CliRunner
 
-from api.cli import app as cli_app
 from tests.api_helpers import client, running_app, shop_key
 from tests.factories import make_shop
-from workflows.calendar import day_window, local_day
 
 TZ = "Asia/Shanghai"
 
@@ -673,7 +673,7 @@ async def test_cli_seed_accepts_a_valid_zone(cli_env, clean_db):
 
 async def test_status_without_a_worker_is_503_not_500(api_env, monkeypatch):
     """A progress query no worker answers (workers down) is a clear 503, not an unhandled error."""
-    from api import service
+    from sluice.api import service
 
     monkeypatch.setattr(service, "QUERY_TIMEOUT", timedelta(seconds=1))
     http, today = api_env

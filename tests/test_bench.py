@@ -11,10 +11,10 @@ import uuid
 
 import asyncpg
 import pytest
+from sluice.db.embedded import dsn_with_database
 
 from bench.caps import CapsConfig, run_caps
 from bench.run import BenchConfig, run
-from db.embedded import dsn_with_database
 
 pytestmark = pytest.mark.devserver
 

@@ -18,24 +18,24 @@ from datetime import date, datetime, time, timedelta
 import asyncpg
 import pytest
 from pydantic import ValidationError
-from temporalio.api.enums.v1 import EventType
-
-from api.service import start_campaign
-from kinds.oldcust import OldCustomerSpec
-from kinds.phased import PhasedSpec, PhaseSpec
-from schemas import rules
-from schemas.activities import (
+from sluice.api.service import start_campaign
+from sluice.kinds.oldcust import OldCustomerSpec
+from sluice.kinds.phased import PhasedSpec, PhaseSpec
+from sluice.schemas import rules
+from sluice.schemas.activities import (
     NOT_SENT_WINDOW,
     SUPPRESS_GLOBAL_DAY,
     SUPPRESS_GLOBAL_SHOPS,
     SUPPRESS_SHOP_DAY,
     SUPPRESS_TEMPLATE,
 )
-from schemas.campaign import Pacing
-from schemas.settings import Settings
+from sluice.schemas.campaign import Pacing
+from sluice.schemas.settings import Settings
+from sluice.workers.worker import build_worker
+from sluice.workflows.calendar import local_day, local_instant, platform_day, zone
+from temporalio.api.enums.v1 import EventType
+
 from tests.factories import add_customers, make_shop
-from workers.worker import build_worker
-from workflows.calendar import local_day, local_instant, platform_day, zone
 
 PLATFORM_TZ = "Asia/Shanghai"  # the natural day the caps are counted on (R-FAT-1..3)
 SHANGHAI, NEW_YORK, BERLIN = "Asia/Shanghai", "America/New_York", "Europe/Berlin"

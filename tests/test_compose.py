@@ -17,9 +17,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-
-from schemas.settings import Settings
-from workflows import search_attributes as SA
+from sluice.schemas.settings import Settings
+from sluice.workflows import search_attributes as SA
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -205,12 +204,11 @@ def cli_commands() -> set[str]:
         # below is replaced by the commands the Typer app really registers.
         return {"worker", "api", "migrate"}
     import typer.main
-
-    from api.cli import app
+    from sluice.api.cli import app
 
     command = typer.main.get_command(app)
     commands = getattr(command, "commands", None)
-    assert commands is not None, "api.cli:app is a single command, not a group of subcommands"
+    assert commands is not None, "sluice.api.cli:app is a single command, not a group of subcommands"
     return set(commands)
 
 
@@ -467,7 +465,9 @@ def test_dockerfile_installs_the_project_on_python_311_or_newer():
 
     copied = " ".join(args for ins, args in instructions if ins in ("COPY", "ADD"))
     copied_paths = set(shlex.split(copied))
-    packages = project["tool"]["setuptools"]["packages"]
+    # each package's source folder, by the package-dir mapping (sluice.workflows -> workflows)
+    package_dirs = project["tool"]["setuptools"]["package-dir"]
+    packages = [package_dirs[name] for name in project["tool"]["setuptools"]["packages"]]
     for item in ["pyproject.toml", *packages]:
         assert item in copied_paths or "." in copied_paths, f"Dockerfile does not copy {item}"
 

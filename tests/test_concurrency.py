@@ -13,15 +13,16 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, time, timedelta
 
-from api.service import start_campaign
-from kinds.oldcust import OldCustomerSpec
-from kinds.phased import PhasedSpec, PhaseSpec
-from schemas import rules
-from schemas.settings import Settings
+from sluice.api.service import start_campaign
+from sluice.kinds.oldcust import OldCustomerSpec
+from sluice.kinds.phased import PhasedSpec, PhaseSpec
+from sluice.schemas import rules
+from sluice.schemas.settings import Settings
+from sluice.workers.worker import build_worker
+from sluice.workflows.calendar import local_day
+
 from tests.factories import add_customers, make_shop
 from tests.ledger_checks import assert_fatigue_matches_ledger
-from workers.worker import build_worker
-from workflows.calendar import local_day
 
 SHOPS, CONSUMERS, COUPON_STOCK = 20, 400, 150
 

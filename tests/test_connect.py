@@ -7,9 +7,8 @@ import socket
 import time
 
 import pytest
+from sluice.workers.worker import connect_when_ready
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
-
-from workers.worker import connect_when_ready
 
 
 async def test_connect_when_ready_gives_up_after_its_wait():

@@ -11,8 +11,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, given, settings
 from pydantic import BaseModel, ValidationError, field_validator
-
-from content import (
+from sluice.content import (
     MAX_OUTPUT_CHARS,
     MAX_TEMPLATE_CHARS,
     PLACEHOLDERS,
@@ -24,9 +23,9 @@ from content import (
     compile_template,
     format_ends_at,
 )
-from content.render import CASE_GROWTH
-from schemas.rules import error_details
-from schemas.text import text_problem
+from sluice.content.render import CASE_GROWTH
+from sluice.schemas.rules import error_details
+from sluice.schemas.text import text_problem
 
 RULE = "R-TPL-1"
 PROPS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -15,20 +15,20 @@ import uuid
 from datetime import UTC, datetime, time, timedelta
 
 import pytest
+from sluice.api.service import start_campaign
+from sluice.kinds.phased import PhasedSpec, PhaseSpec
+from sluice.schemas.settings import Settings
+from sluice.workers.binaries import temporal_cli
+from sluice.workers.worker import build_worker
+from sluice.workflows.calendar import local_day
+from sluice.workflows.search_attributes import ALL
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from api.service import start_campaign
-from kinds.phased import PhasedSpec, PhaseSpec
-from schemas.settings import Settings
 from tests.conftest import DEV_SERVER_ARGS
 from tests.factories import add_customers, make_shop
 from tests.ledger_checks import assert_fatigue_matches_ledger, assert_ledger_exact
 from tests.test_crash import pick_zone
-from workers.binaries import temporal_cli
-from workers.worker import build_worker
-from workflows.calendar import local_day
-from workflows.search_attributes import ALL
 
 pytestmark = pytest.mark.devserver
 

@@ -22,16 +22,16 @@ import uuid
 from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
+from sluice.api import service
+from sluice.kinds.oldcust import OldCustomerSpec
+from sluice.kinds.phased import PhasedSpec, PhaseSpec
+from sluice.schemas.settings import Settings
+from sluice.workers.worker import build_worker
+from sluice.workflows.calendar import local_day
+from sluice.workflows.campaign import CampaignWorkflow
 from temporalio.client import WorkflowExecutionStatus
 
-from api import service
-from kinds.oldcust import OldCustomerSpec
-from kinds.phased import PhasedSpec, PhaseSpec
-from schemas.settings import Settings
 from tests.factories import make_shop
-from workers.worker import build_worker
-from workflows.calendar import local_day
-from workflows.campaign import CampaignWorkflow
 
 pytestmark = pytest.mark.devserver
 

@@ -1,6 +1,6 @@
 """Crash the worker process mid-send: the ledger stays exact.
 
-The worker runs as its own process (`python -m workers.worker`) against the
+The worker runs as its own process (`python -m sluice.workers.worker`) against the
 Temporal dev server and a real Postgres. While a K-OLDCUST campaign sends to
 20,000 old customers, the worker is SIGKILLed several times at different
 points of the send and a fresh process is started each time. Afterwards SQL
@@ -28,16 +28,16 @@ from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
+from sluice.api.service import start_campaign
+from sluice.kinds.oldcust import OldCustomerSpec
+from sluice.schemas import rules
+from sluice.schemas.campaign import Channel
+from sluice.schemas.rules import template_key
+from sluice.workflows.calendar import local_day, platform_day, zone
 
-from api.service import start_campaign
-from kinds.oldcust import OldCustomerSpec
-from schemas import rules
-from schemas.campaign import Channel
-from schemas.rules import template_key
 from tests.factories import add_customers, make_shop
 from tests.gateway import Gateway
 from tests.ledger_checks import assert_fatigue_matches_ledger, assert_ledger_exact, ledger_counts
-from workflows.calendar import local_day, platform_day, zone
 
 pytestmark = pytest.mark.devserver
 
@@ -67,13 +67,13 @@ def pick_zone(now: datetime) -> str:
 
 
 class WorkerProcess:
-    """`python -m workers.worker` in its own process, logging JSON lines to a file."""
+    """`python -m sluice.workers.worker` in its own process, logging JSON lines to a file."""
 
     def __init__(self, log_dir: Path, name: str, env: dict[str, str]):
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.worker"],
+            [sys.executable, "-m", "sluice.workers.worker"],
             cwd=ROOT,
             env=env,
             stdout=self._log,

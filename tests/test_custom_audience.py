@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from sluice.audiences.custom import BEHAVIOUR_KINDS, compile_custom, describe_errors, evaluate, parse_filter
 
-from audiences.custom import BEHAVIOUR_KINDS, compile_custom, describe_errors, evaluate, parse_filter
 from tests.factories import make_shop
 
 SH = ZoneInfo("Asia/Shanghai")

@@ -21,14 +21,13 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 from pydantic import TypeAdapter, ValidationError
-
-from api.cli import load_spec
-from kinds import CampaignSpec
-from kinds.phased import PhaseSpec
-from schemas import rules
-from schemas.rules import error_details
-from schemas.text import ALLOWED_FORMAT, BLANK_LOOKALIKES, check_text, is_blank, refused_characters, text_problem
-from schemas.urls import url_problem
+from sluice.api.cli import load_spec
+from sluice.kinds import CampaignSpec
+from sluice.kinds.phased import PhaseSpec
+from sluice.schemas import rules
+from sluice.schemas.rules import error_details
+from sluice.schemas.text import ALLOWED_FORMAT, BLANK_LOOKALIKES, check_text, is_blank, refused_characters, text_problem
+from sluice.schemas.urls import url_problem
 
 PROPS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SPEC = TypeAdapter(CampaignSpec)

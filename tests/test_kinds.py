@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 from pydantic import TypeAdapter
+from sluice.api.cli import app as cli_app
+from sluice.api.http import create_app
+from sluice.kinds import KINDS, CampaignSpec, Shop, compile_plan
+from sluice.kinds.oldcust import OldCustomerSpec, first_send_day
+from sluice.kinds.phased import Phased, PhasedSpec, phase_days
+from sluice.schemas.rules import RuleViolation
+from sluice.schemas.settings import Settings
 from typer.testing import CliRunner
 
-from api.cli import app as cli_app
-from api.http import create_app
-from kinds import KINDS, CampaignSpec, Shop, compile_plan
-from kinds.oldcust import OldCustomerSpec, first_send_day
-from kinds.phased import Phased, PhasedSpec, phase_days
-from schemas.rules import RuleViolation
-from schemas.settings import Settings
 from tests.factories import make_shop
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,14 +8,14 @@ import uuid
 from datetime import time, timedelta
 
 import structlog
+from sluice.api.service import start_campaign
+from sluice.kinds.oldcust import OldCustomerSpec
+from sluice.schemas.settings import Settings
+from sluice.workers.logs import configure_logging, mask
+from sluice.workers.worker import build_worker
+from sluice.workflows.calendar import local_day
 
-from api.service import start_campaign
-from kinds.oldcust import OldCustomerSpec
-from schemas.settings import Settings
 from tests.factories import add_customers, make_shop
-from workers.logs import configure_logging, mask
-from workers.worker import build_worker
-from workflows.calendar import local_day
 
 
 def test_mask_hides_phones_and_emails_but_keeps_a_hint():

@@ -9,8 +9,7 @@ a later change makes them opaque again (a STABLE call inside, SET, STRICT ...).
 from __future__ import annotations
 
 import pytest
-
-from db.migrate import MIGRATIONS_DIR
+from sluice.db.migrate import MIGRATIONS_DIR
 
 INCREMENT_CASES = [
     ({}, "shop-a", {"shop-a": 1}),

@@ -5,12 +5,13 @@ from __future__ import annotations
 import uuid
 from datetime import time, timedelta
 
-from api.service import start_campaign
-from kinds.oldcust import OldCustomerSpec
-from schemas.settings import Settings
+from sluice.api.service import start_campaign
+from sluice.kinds.oldcust import OldCustomerSpec
+from sluice.schemas.settings import Settings
+from sluice.workers.worker import build_worker
+from sluice.workflows.calendar import local_day, zone
+
 from tests.factories import add_customers, make_shop
-from workers.worker import build_worker
-from workflows.calendar import local_day, zone
 
 
 def _settings() -> Settings:

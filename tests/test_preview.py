@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 from datetime import time, timedelta
 
-from api.service import preview_campaign
-from kinds.oldcust import OldCustomerSpec
+from sluice.api.service import preview_campaign
+from sluice.kinds.oldcust import OldCustomerSpec
+from sluice.workflows.calendar import local_day
+
 from tests.api_helpers import client, running_app, shop_key
 from tests.factories import add_customers, make_shop
 from tests.test_oldcust_workflow import TZ, _run
-from workflows.calendar import local_day
 
 SHOP = "s1"
 

@@ -14,12 +14,12 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+from sluice.activities.channels import ChannelRegistry
+from sluice.activities.send import SendActivities
+from sluice.schemas.activities import SendSliceInput
+from sluice.schemas.campaign import TemplateCap
 from temporalio.testing import ActivityEnvironment
 
-from activities.channels import ChannelRegistry
-from activities.send import SendActivities
-from schemas.activities import SendSliceInput
-from schemas.campaign import TemplateCap
 from tests.factories import add_customers, make_campaign, make_shop
 from tests.ledger_checks import assert_fatigue_matches_ledger, assert_ledger_exact
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sluice.activities.audience import AudienceActivities
+from sluice.schemas.activities import RefreshAudienceInput
 from temporalio.testing import ActivityEnvironment
 
-from activities.audience import AudienceActivities
-from schemas.activities import RefreshAudienceInput
 from tests.factories import add_customers, make_campaign, make_shop
 
 # Ids in one residue class mod 3: a split by id instead of by hash would leave two parts empty.

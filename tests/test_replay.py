@@ -13,18 +13,18 @@ from datetime import time, timedelta
 from pathlib import Path
 
 import pytest
+from sluice.api.service import start_campaign
+from sluice.kinds.oldcust import OldCustomerSpec
+from sluice.schemas.campaign import Pacing
+from sluice.schemas.settings import Settings
+from sluice.workers.worker import build_worker
+from sluice.workflows.calendar import local_day
+from sluice.workflows.campaign import CampaignWorkflow
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from api.service import start_campaign
-from kinds.oldcust import OldCustomerSpec
-from schemas.campaign import Pacing
-from schemas.settings import Settings
 from tests.factories import add_customers, make_shop
-from workers.worker import build_worker
-from workflows.calendar import local_day
-from workflows.campaign import CampaignWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 

@@ -19,21 +19,21 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
+from sluice.activities.offers import OfferActivities, claim
+from sluice.api.service import start_campaign
+from sluice.content.render import format_ends_at
+from sluice.kinds import CampaignSpec
+from sluice.kinds.repurchase import RepurchaseSpec
+from sluice.schemas.activities import OffersInput
+from sluice.schemas.rules import RuleViolation, error_details
+from sluice.schemas.settings import Settings
+from sluice.workers.worker import build_worker
+from sluice.workflows.calendar import local_day, local_instant
 from temporalio.testing import ActivityEnvironment
 
-from activities.offers import OfferActivities, claim
-from api.service import start_campaign
-from content.render import format_ends_at
-from kinds import CampaignSpec
-from kinds.repurchase import RepurchaseSpec
-from schemas.activities import OffersInput
-from schemas.rules import RuleViolation, error_details
-from schemas.settings import Settings
 from tests.api_helpers import client, running_app, shop_key
 from tests.factories import make_shop
 from tests.test_crash import pick_zone
-from workers.worker import build_worker
-from workflows.calendar import local_day, local_instant
 
 SHOP = "rp"
 TEA, SOAP = 10, 11
@@ -202,7 +202,7 @@ def test_custom_text_is_at_most_50_characters_and_names_known_placeholders():
 
 
 async def test_send_at_is_now_or_at_least_two_hours_ahead_and_coupons_must_fit(clean_db, ts_env):
-    from api.service import check_spec
+    from sluice.api.service import check_spec
 
     pool = clean_db
     now = datetime.now(UTC)
@@ -221,7 +221,7 @@ async def test_send_at_is_now_or_at_least_two_hours_ahead_and_coupons_must_fit(c
 
 
 def test_offers_are_allocated_in_consumer_order_while_each_coupon_lasts():
-    from activities.send import OfferItem, allocate_offers
+    from sluice.activities.send import OfferItem, allocate_offers
 
     tea, soap = OfferItem("tea5", "5 off tea", "Oolong tea"), OfferItem("soap2", "2 off soap", "Olive soap")
     items = {1: TEA, 2: SOAP, 3: TEA, 4: None, 5: TEA, 6: 999}

@@ -11,7 +11,7 @@ import itertools
 import math
 from datetime import UTC, datetime, timedelta
 
-from audiences import repurchase as R
+from sluice.audiences import repurchase as R
 
 S = datetime(2025, 6, 1, tzinfo=UTC)
 _order_ids = itertools.count(1)

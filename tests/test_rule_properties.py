@@ -18,13 +18,12 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from pydantic import TypeAdapter, ValidationError
-
-from kinds import CampaignSpec
-from kinds.phased import PHASE_ORDER, PhasedSpec, PhaseName, PhaseSpec
-from schemas.campaign import illegal_characters
-from schemas.rules import WINDOW_CLOSE, WINDOW_OPEN, error_details
-from schemas.text import BLANK_LOOKALIKES, is_blank
-from workflows.calendar import day_window
+from sluice.kinds import CampaignSpec
+from sluice.kinds.phased import PHASE_ORDER, PhasedSpec, PhaseName, PhaseSpec
+from sluice.schemas.campaign import illegal_characters
+from sluice.schemas.rules import WINDOW_CLOSE, WINDOW_OPEN, error_details
+from sluice.schemas.text import BLANK_LOOKALIKES, is_blank
+from sluice.workflows.calendar import day_window
 
 PROPS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ILLEGAL = {"Cc", "Cf", "Co", "Cs", "Cn"}

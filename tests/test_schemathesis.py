@@ -28,10 +28,10 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from sluice.workflows.calendar import local_day
 
 from tests.api_helpers import bearer, client, running_app, shop_key
 from tests.factories import add_customers
-from workflows.calendar import local_day
 
 EXAMPLES = int(os.environ.get("SLUICE_FUZZ_EXAMPLES", "400"))
 POSITIVE_CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,

@@ -13,14 +13,14 @@ from datetime import timedelta
 
 import pytest
 from fastapi.routing import APIRoute
+from sluice.api.http import PUBLIC_PATHS
+from sluice.schemas.settings import Settings
+from sluice.workflows.calendar import local_day
 from starlette.routing import Route
 from temporalio.api.enums.v1 import EventType
 
-from api.http import PUBLIC_PATHS
-from schemas.settings import Settings
 from tests.api_helpers import client, running_app, shop_key
 from tests.factories import add_customers
-from workflows.calendar import local_day
 
 VICTIM, ATTACKER = "s1", "s2"
 GHOST_OFFER = 987654321
@@ -175,7 +175,7 @@ def test_the_api_binds_to_loopback_by_default(monkeypatch):
     assert Settings().api_host == "127.0.0.1"
     assert Settings.model_fields["api_host"].default == "127.0.0.1"
     # serve() passes it to uvicorn unchanged.
-    import api.http as http
+    import sluice.api.http as http
 
     seen = {}
     monkeypatch.setattr("uvicorn.run", lambda app, **kw: seen.update(kw))

@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
-from db.seed import SeedResult, seed_shop
+from sluice.db.seed import SeedResult, seed_shop
 
 NOW = datetime(2026, 3, 1, 4, 30, tzinfo=UTC)  # 12:30 in Asia/Shanghai
 N = 3_000

@@ -11,12 +11,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sluice.activities.channels import ChannelRegistry
+from sluice.activities.send import SendActivities
+from sluice.schemas import activities as A
+from sluice.schemas.activities import SendSliceInput
 from temporalio.testing import ActivityEnvironment
 
-from activities.channels import ChannelRegistry
-from activities.send import SendActivities
-from schemas import activities as A
-from schemas.activities import SendSliceInput
 from tests.factories import add_customers, make_campaign, make_shop
 from tests.ledger_checks import assert_fatigue_matches_ledger
 

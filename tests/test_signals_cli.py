@@ -13,19 +13,19 @@ import uuid
 from datetime import UTC, datetime, time, timedelta
 
 import pytest
+from sluice.activities.channels import ChannelRegistry, OutboxChannel
+from sluice.api.service import start_campaign
+from sluice.kinds.oldcust import OldCustomerSpec
+from sluice.schemas import activities as A
+from sluice.schemas.settings import Settings
+from sluice.workers.binaries import temporal_cli
+from sluice.workers.worker import build_worker
+from sluice.workflows.calendar import local_day
+from sluice.workflows.campaign import CampaignWorkflow
 
-from activities.channels import ChannelRegistry, OutboxChannel
-from api.service import start_campaign
-from kinds.oldcust import OldCustomerSpec
-from schemas import activities as A
-from schemas.settings import Settings
 from tests.factories import add_customers, make_shop
 from tests.ledger_checks import assert_fatigue_matches_ledger, assert_ledger_exact, ledger_counts
 from tests.test_crash import pick_zone
-from workers.binaries import temporal_cli
-from workers.worker import build_worker
-from workflows.calendar import local_day
-from workflows.campaign import CampaignWorkflow
 
 pytestmark = pytest.mark.devserver
 

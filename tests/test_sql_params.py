@@ -22,15 +22,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
+from sluice.activities.audience import CHANNEL_ADDRESS, CHANNEL_COLUMNS
+from sluice.audiences import AUDIENCES
+from sluice.db.pool import _init_connection
+from sluice.schemas.campaign import Channel
+from sluice.workflows.calendar import local_day
+from sluice.workflows.campaign import CampaignWorkflow
 
-from activities.audience import CHANNEL_ADDRESS, CHANNEL_COLUMNS
-from audiences import AUDIENCES
-from db.pool import _init_connection
-from schemas.campaign import Channel
 from tests.api_helpers import client, running_app, shop_key
 from tests.factories import add_customers
-from workflows.calendar import local_day
-from workflows.campaign import CampaignWorkflow
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ["api", "activities", "audiences", "db", "kinds", "schemas", "workers", "workflows"]

@@ -11,8 +11,7 @@ import time as walltime
 from datetime import UTC, datetime
 
 import httpx
-
-from workflows.calendar import local_day, zone
+from sluice.workflows.calendar import local_day, zone
 
 ZONES = [
     "Pacific/Auckland", "Australia/Sydney", "Asia/Tokyo", "Asia/Shanghai", "Asia/Bangkok", "Asia/Kolkata",
@@ -69,8 +68,7 @@ def watch(api_base: str, workflow_id: str, *, api_key: str, timeout_s: float = 6
 async def create_demo_key(dsn: str, shop_id: str) -> str:
     """An API key for the demo shop (the API answers no campaign request without one)."""
     import asyncpg
-
-    from api.keys import create_key
+    from sluice.api.keys import create_key
 
     conn = await asyncpg.connect(dsn)
     try:

@@ -18,11 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-from db.embedded import dsn_with_database, ensure_database, start_embedded_postgres
-from db.migrate import migrate
-from schemas.settings import Settings
-from workers.binaries import temporal_cli
-from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
+from sluice.db.embedded import dsn_with_database, ensure_database, start_embedded_postgres
+from sluice.db.migrate import migrate
+from sluice.schemas.settings import Settings
+from sluice.workers.binaries import temporal_cli
+from sluice.workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
 
 STACK_FILE = "stack.json"
 
@@ -117,8 +117,8 @@ class Stack:
         }
         if _port_busy(self.settings.api_port):
             raise SystemExit(f"port {self.settings.api_port} is taken: set SLUICE_API_PORT")
-        self.spawn("worker", "workers.worker")
-        api = self.spawn("api", "api.cli", "api")
+        self.spawn("worker", "sluice.workers.worker")
+        api = self.spawn("api", "sluice.api.cli", "api")
         _wait_port(self.settings.api_host, self.settings.api_port, 60, api)
         (self.data_dir / STACK_FILE).write_text(json.dumps(self.env, indent=1))
         return self.env

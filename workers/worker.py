@@ -11,19 +11,18 @@ from datetime import timedelta
 
 import asyncpg
 import structlog
+from sluice.activities.audience import AudienceActivities
+from sluice.activities.channels import ChannelRegistry
+from sluice.activities.offers import OfferActivities
+from sluice.activities.report import ReportActivities
+from sluice.activities.send import SendActivities
+from sluice.db.pool import create_pool
+from sluice.schemas.settings import Settings, get_settings
+from sluice.workers.logs import configure_logging
+from sluice.workflows.campaign import CampaignWorkflow
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
-
-from activities.audience import AudienceActivities
-from activities.channels import ChannelRegistry
-from activities.offers import OfferActivities
-from activities.report import ReportActivities
-from activities.send import SendActivities
-from db.pool import create_pool
-from schemas.settings import Settings, get_settings
-from workers.logs import configure_logging
-from workflows.campaign import CampaignWorkflow
 
 log = structlog.get_logger("sluice.worker")
 

@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from schemas.rules import WINDOW_CLOSE, WINDOW_OPEN
+from sluice.schemas.rules import WINDOW_CLOSE, WINDOW_OPEN
 
 
 @lru_cache(maxsize=512)

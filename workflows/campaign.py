@@ -20,12 +20,12 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from activities.audience import AudienceActivities
-    from activities.offers import OfferActivities
-    from activities.report import ReportActivities
-    from activities.send import SendActivities
-    from schemas import activities as A
-    from schemas.activities import (
+    from sluice.activities.audience import AudienceActivities
+    from sluice.activities.offers import OfferActivities
+    from sluice.activities.report import ReportActivities
+    from sluice.activities.send import SendActivities
+    from sluice.schemas import activities as A
+    from sluice.schemas.activities import (
         CampaignStateInput,
         CloseDayInput,
         DayReportInput,
@@ -35,11 +35,11 @@ with workflow.unsafe.imports_passed_through():
         SendSliceInput,
         SendSliceResult,
     )
-    from schemas.campaign import CampaignPlan, PhasePlan
-    from schemas.workflow import CampaignInput, CampaignProgress, CampaignStatus
-    from workflows import policies
-    from workflows import search_attributes as SA
-    from workflows.calendar import DayWindow, day_window
+    from sluice.schemas.campaign import CampaignPlan, PhasePlan
+    from sluice.schemas.workflow import CampaignInput, CampaignProgress, CampaignStatus
+    from sluice.workflows import policies
+    from sluice.workflows import search_attributes as SA
+    from sluice.workflows.calendar import DayWindow, day_window
 
 _UNLIMITED = 2**31 - 1
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sluice.activities.errors import NOT_WORTH_RETRYING
 from temporalio.common import RetryPolicy
-
-from activities.errors import NOT_WORTH_RETRYING
 
 RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),

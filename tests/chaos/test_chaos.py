@@ -21,19 +21,19 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
+from sluice.api.service import start_campaign
+from sluice.kinds.oldcust import OldCustomerSpec
+from sluice.workers.binaries import temporal_cli
+from sluice.workers.worker import connect_when_ready
+from sluice.workflows import search_attributes as SA
+from sluice.workflows.calendar import local_day
+from sluice.workflows.campaign import CampaignWorkflow
 from temporalio.client import Client
 
-from api.service import start_campaign
-from kinds.oldcust import OldCustomerSpec
 from tests.conftest import EMBEDDED
 from tests.factories import add_customers, make_shop
 from tests.ledger_checks import assert_fatigue_matches_ledger, assert_ledger_exact, ledger_counts
 from tests.test_crash import WorkerProcess, pick_zone, worker_env
-from workers.binaries import temporal_cli
-from workers.worker import connect_when_ready
-from workflows import search_attributes as SA
-from workflows.calendar import local_day
-from workflows.campaign import CampaignWorkflow
 
 pytestmark = pytest.mark.devserver
 

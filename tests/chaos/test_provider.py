@@ -10,16 +10,17 @@ from __future__ import annotations
 import uuid
 from datetime import time, timedelta
 
-from activities.channels import ChannelRegistry, OutboxChannel
-from activities.http_channel import HttpGatewayChannel
-from api.service import start_campaign
-from kinds.oldcust import OldCustomerSpec
-from schemas.campaign import Channel
-from schemas.settings import Settings
+from sluice.activities.channels import ChannelRegistry, OutboxChannel
+from sluice.activities.http_channel import HttpGatewayChannel
+from sluice.api.service import start_campaign
+from sluice.kinds.oldcust import OldCustomerSpec
+from sluice.schemas.campaign import Channel
+from sluice.schemas.settings import Settings
+from sluice.workers.worker import build_worker
+from sluice.workflows.calendar import local_day
+
 from tests.factories import add_customers, make_shop
 from tests.gateway import Chaos, Gateway
-from workers.worker import build_worker
-from workflows.calendar import local_day
 
 
 async def test_provider_chaos_exactly_once_per_recipient(clean_db, ts_env):
