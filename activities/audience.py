@@ -21,39 +21,110 @@ from dataclasses import dataclass
 import asyncpg
 from sluice.activities import errors
 from sluice.activities.context import bind_activity_context
-from sluice.audiences import AUDIENCES, CUSTOM, names, with_item_choice
+from sluice.audiences import (
+    AUDIENCES,
+    CUSTOM,
+    TAGS,
+    custom_with_industry_value,
+    names,
+    reaches_non_customers,
+    with_item_choice,
+)
 from sluice.audiences import filters as F
+from sluice.audiences.tags import describe as describe_tags
+from sluice.audiences.tags import narrowed_by_tags, parse_tags
 from sluice.schemas.activities import RefreshAudienceInput, RefreshAudienceResult
 from temporalio import activity
 
-# Per channel: the opt-out column and the contact that must exist (R-EXC-1).
-CHANNEL_COLUMNS = {
-    "chat": ("unsub_chat", "c.chat_id IS NOT NULL"),
-    "sms": ("unsub_sms", "c.phone IS NOT NULL AND c.phone_valid"),
-    "email": ("unsub_email", "c.email IS NOT NULL AND c.email_valid"),
-    "inbox": ("unsub_inbox", "true"),
+# Per channel (R-EXC-1): the opt-out column, the address column and the column saying the address is
+# usable. shop_customers and consumers (the platform's row, migration 0006) both have these columns.
+# The in-site inbox addresses the consumer id itself: always reachable.
+CHANNELS: dict[str, tuple[str, str | None, str | None]] = {
+    "chat": ("unsub_chat", "chat_id", None),
+    "sms": ("unsub_sms", "phone", "phone_valid"),
+    "email": ("unsub_email", "email", "email_valid"),
+    "inbox": ("unsub_inbox", None, None),
 }
-# Where a channel's message goes, for the send path. Each channel's contact predicate above
-# requires this column (tests/test_sql_params.py), so a reachable consumer has an address.
-CHANNEL_ADDRESS = {"chat": "c.chat_id", "sms": "c.phone", "email": "c.email", "inbox": "c.consumer_id::text"}
 
 
-def exclusion_branches(channel: str) -> str:
+def channel_columns(channel: str, row: str = "c") -> tuple[str, str]:
+    """(the opt-out column, the predicate that the channel's contact exists) over the row `row`."""
+    unsub, address, valid = CHANNELS[channel]
+    if address is None:
+        return unsub, "true"
+    return unsub, f"{row}.{address} IS NOT NULL" + (f" AND {row}.{valid}" if valid else "")
+
+
+def channel_address(channel: str, row: str = "c") -> str:
+    """Where the channel's message goes, over the row `row`; its contact predicate requires it."""
+    address = CHANNELS[channel][1]
+    return f"{row}.{address or 'consumer_id::text'}"
+
+
+# Over shop_customers `c`: the opt-out column and contact predicate, and the address, per channel. Each
+# contact predicate requires the address column (tests/test_sql_params.py), so a reachable consumer
+# has an address.
+CHANNEL_COLUMNS = {ch: channel_columns(ch) for ch in CHANNELS}
+CHANNEL_ADDRESS = {ch: channel_address(ch) for ch in CHANNELS}
+
+# The recipient's rows: the shop's `c` (an inner join: the audience yields the shop's customers), or for an
+# audience that reaches non-customers (Audience.reaches_non_customers) the shop's row when there is one
+# and else the platform's `p` (consumers). The platform's row is a primary-key probe made only for a
+# recipient without a shop row (LIMIT 1 keeps it a probe: under the refresh's nested-loop ban a join
+# would hash the whole platform's consumers). {shop}: the shop id's parameter, {consumer}: the
+# recipient's consumer_id column.
+_SHOP_ROW = "JOIN shop_customers c ON c.shop_id = {shop} AND c.consumer_id = {consumer}"
+_SHOP_OR_PLATFORM_ROW = """LEFT JOIN shop_customers c ON c.shop_id = {shop} AND c.consumer_id = {consumer}
+        LEFT JOIN LATERAL (SELECT * FROM consumers pc
+                           WHERE pc.consumer_id = {consumer} AND c.consumer_id IS NULL LIMIT 1) p ON true"""
+
+
+def recipient_rows(shop: str, consumer: str, non_customers: bool = False) -> str:
+    """The joins giving a recipient's row(s): `c` (and `p` for an audience reaching non-customers)."""
+    return (_SHOP_OR_PLATFORM_ROW if non_customers else _SHOP_ROW).replace("{shop}", shop).replace("{consumer}", consumer)
+
+
+def recipient_address(channel: str, non_customers: bool = False) -> str:
+    """The recipient's address for the channel: the shop's, else (non-customers) the platform's."""
+    if not non_customers:
+        return CHANNEL_ADDRESS[channel]
+    return f"CASE WHEN c.consumer_id IS NOT NULL THEN {CHANNEL_ADDRESS[channel]} ELSE {channel_address(channel, 'p')} END"
+
+
+def exclusion_branches(channel: str, non_customers: bool = False) -> str:
     """R-EXC-1 as CASE branches over shop_customers `c`, the first reason that applies winning.
 
     The one definition for the refresh (at 00:00) and the send path (again at send time,
     R-OC-5). The reasons are schemas.activities.SUPPRESS_* (tests/test_send_exclusions.py).
+    With `non_customers` (the rows of `recipient_rows(..., True)`): the shop's row decides
+    alone when it exists (its deletion, blacklist, opt-out and contact); a consumer without
+    one is judged by the platform's row `p`: its opt-out and contact for the channel, and no
+    contact at all without a platform row either.
     """
     unsub, has_contact = CHANNEL_COLUMNS[channel]
+    if non_customers:
+        platform_contact = channel_columns(channel, "p")[1]
+        # Without a shop row c.deleted and c.blacklisted are NULL: those branches are not taken.
+        return f"""WHEN c.deleted THEN 'deleted'
+                 WHEN c.blacklisted THEN 'blacklisted'
+                 WHEN coalesce(c.{unsub}, p.{unsub}) THEN 'unsubscribed'
+                 WHEN NOT (CASE WHEN c.consumer_id IS NOT NULL THEN ({has_contact})
+                                WHEN p.consumer_id IS NOT NULL THEN ({platform_contact})
+                                ELSE false END) THEN 'no_contact'"""
     return f"""WHEN c.deleted THEN 'deleted'
                  WHEN c.blacklisted THEN 'blacklisted'
                  WHEN c.{unsub} THEN 'unsubscribed'
                  WHEN NOT ({has_contact}) THEN 'no_contact'"""
 
-def refresh_sql(audience_sql: str, yields_item: bool, channel: str, filters: list[str] | tuple[str, ...] = ()) -> str:
+def refresh_sql(
+    audience_sql: str, yields_item: bool, channel: str, filters: list[str] | tuple[str, ...] = (),
+    non_customers: bool = False,
+) -> str:
     """The refresh statement of one part: the audience, the exclusions (R-EXC-1), whom the phase already
-    reached, then the plan's named filters (audiences/filters.py), in this order of precedence."""
+    reached, then the plan's named filters (audiences/filters.py), in this order of precedence.
+    `non_customers`: the audience may yield consumers without a shop row (Audience.reaches_non_customers)."""
     branches, joins = F.sql(filters)
+    rows = recipient_rows("$1", "m.consumer_id", non_customers)
     item = "a.item" if yields_item else "NULL::bigint"
     # $8 parts, $9 this part: the part's share of the audience (by a hash of the consumer, so
     # any id pattern splits evenly), numbered seq = k * parts + part in consumer order.
@@ -63,16 +134,17 @@ def refresh_sql(audience_sql: str, yields_item: bool, channel: str, filters: lis
         SELECT a.consumer_id, {item} AS item FROM ({audience_sql}) a
         WHERE ($8::int = 1 OR (hashint8(a.consumer_id) & 2147483647) % $8::int = $9::int)
           AND cardinality($10::bigint[]) >= 0
+          AND $3::timestamptz IS NOT NULL  -- typed here: an audience may not use the campaign's start (a custom filter)
     ),
     flagged AS (
         SELECT m.consumer_id, m.item,
-            CASE {exclusion_branches(channel)}
+            CASE {exclusion_branches(channel, non_customers)}
                  WHEN $7::bool AND EXISTS (SELECT 1 FROM deliveries d
                               WHERE d.campaign_id = $4 AND d.phase = $5 AND d.consumer_id = m.consumer_id
                                 AND d.state IN ('reserved', 'sent', 'unknown')) THEN 'already_reached'
                  {branches}
             END AS reason
-        FROM matched m JOIN shop_customers c ON c.shop_id = $1 AND c.consumer_id = m.consumer_id
+        FROM matched m {rows}
         {joins}
     ),
     ins AS (
@@ -99,13 +171,20 @@ def checked_refresh_sql(inp: RefreshAudienceInput) -> RefreshStatement:
     unknown = set(inp.filters) - F.NAMES
     if unknown:
         raise errors.invalid_input("filters", f"unknown audience filters {sorted(unknown)} (one of {sorted(F.NAMES)})")
+    non_customers = reaches_non_customers(inp.audience, inp.audience_params)
+    tags = checked_tags(inp.audience_params)
     if inp.audience == CUSTOM:
         audience_sql, args = custom_audience_sql(inp.audience_params)
+        if non_customers:  # joined with the platform's industry-value audience (R-RP-3)
+            audience_sql = custom_with_industry_value(audience_sql)
+        if tags:  # R-RP-3: tags narrow the audience
+            audience_sql = narrowed_by_tags(audience_sql, FIRST_AUDIENCE_PARAM + len(args))
+            args = [*args, tags]
         coupons = inp.audience_params.get("coupon_ids")
         if coupons:  # the products of these coupons are pushed, one per recipient (R-RP-10)
             audience_sql = with_item_choice(audience_sql, FIRST_AUDIENCE_PARAM + len(args))
             args = [*args, list(coupons)]
-        return RefreshStatement(refresh_sql(audience_sql, bool(coupons), inp.channel.value, inp.filters), args)
+        return RefreshStatement(refresh_sql(audience_sql, bool(coupons), inp.channel.value, inp.filters, non_customers), args)
     aud = AUDIENCES.get(inp.audience)
     if aud is None:
         raise errors.invalid_input("audience", f"unknown audience {inp.audience!r} (one of {', '.join(sorted(names()))})")
@@ -113,7 +192,21 @@ def checked_refresh_sql(inp: RefreshAudienceInput) -> RefreshStatement:
     if missing:
         raise errors.invalid_input("audience_params", f"audience {inp.audience!r} needs {missing}")
     args = [inp.audience_params[p] for p in aud.params]
-    return RefreshStatement(refresh_sql(aud.sql, aud.yields_item, inp.channel.value, inp.filters), args)
+    audience_sql = aud.sql
+    if tags:  # R-RP-3: tags narrow any audience
+        audience_sql = narrowed_by_tags(audience_sql, FIRST_AUDIENCE_PARAM + len(args))
+        args = [*args, tags]
+    return RefreshStatement(refresh_sql(audience_sql, aud.yields_item, inp.channel.value, inp.filters, non_customers), args)
+
+
+def checked_tags(params: dict) -> list[str] | None:
+    """The plan's tags narrowing the audience (R-RP-3), validated again: bad ones are bad input."""
+    if params.get(TAGS) is None:
+        return None
+    try:
+        return parse_tags(params[TAGS])
+    except ValueError as exc:
+        raise errors.invalid_input(f"audience_params.{TAGS}", f"R-RP-3: {describe_tags(exc)}"[:500]) from None
 
 
 def custom_audience_sql(params: dict) -> tuple[str, list]:

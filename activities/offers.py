@@ -1,17 +1,21 @@
-"""Countdown-bounded coupon offers (R-RP-5): the claims a sent delivery carries, their claim and their end.
+"""Claims: the unit of a coupon's stock a sent delivery holds; countdown offers' claim and end (R-RP-5).
 
-A delivery with an offer holds one unit of its coupon's stock, taken from
-`coupons.stock` in the transaction that decides the delivery (activities/send.py:
-never oversold, the stock's CHECK >= 0 holds under any concurrency). The
-offer is a `claims` row keyed like the delivery:
+A delivery that carries a coupon (PhasePlan.offer) holds one unit of its
+coupon's stock, taken from `coupons.stock` in the transaction that decides the
+delivery (activities/send.py: never oversold, the stock's CHECK >= 0 holds
+under any concurrency). The unit is a `claims` row keyed like the delivery:
 
 - `held`: claimable until `expires_at` (the hand-off instant plus the
-  offer's hours);
+  offer's hours). A shared coupon (K-OLDCUST's benefit, R-BEN-1) has no
+  countdown: its claim stays `held` with `expires_at` NULL, the unit is the
+  recipient's for the coupon's own validity; it is never expired (the sweep
+  ends only what has an end, and the workflow does not run it for such a
+  phase) and is not claimed here (a claim answers "no such offer");
 - `claimed`: the consumer claimed it in time (`claim`: idempotent; the held
   unit is theirs);
 - `expired`: the window ended unclaimed; its unit went back to the stock;
-- `released`: the delivery was not sent after all (a provider refused it);
-  its unit went back.
+- `released`: the delivery was not sent after all (a provider refused it,
+  or never had it); its unit went back. Countdown or not.
 
 The workflow waits on a durable timer until the day's last offer ends, then
 runs `expire_offers` (idempotent: a worker killed around it loses and
@@ -39,6 +43,7 @@ _DAY_OFFERS = """
 """
 # End what is held past its expiry and give each coupon its units back, in one statement (coupon rows
 # locked in coupon order, as everywhere). A second run finds nothing held past expiry: no double count.
+# A claim without an end (a shared coupon, expires_at NULL) never satisfies `expires_at <= $4`.
 _EXPIRE = """
     WITH ended AS (
         UPDATE claims SET state = 'expired', closed_at = now()
@@ -60,9 +65,11 @@ _CLAIM = """
     WHERE id = $1 AND shop_id = $2 AND ($4::bigint IS NULL OR consumer_id = $4) AND state = 'held' AND expires_at > $3
     RETURNING id, state, coupon_id, product_id, consumer_id, expires_at, closed_at
 """
+# An offer as it is, for a claim that changed nothing. A shared coupon's claim (no end: expires_at NULL) is no
+# offer to claim: not found. Primary-key lookup.
 _OFFER = """
     SELECT id, state, coupon_id, product_id, consumer_id, expires_at, closed_at
-    FROM claims WHERE id = $1 AND shop_id = $2 AND ($3::bigint IS NULL OR consumer_id = $3)
+    FROM claims WHERE id = $1 AND shop_id = $2 AND ($3::bigint IS NULL OR consumer_id = $3) AND expires_at IS NOT NULL
 """
 
 

@@ -7,6 +7,14 @@ from sluice.activities.context import bind_activity_context
 from sluice.schemas.activities import CampaignStateInput, CloseDayInput, DayReport, DayReportInput
 from temporalio import activity
 
+# The day report's key prefix of the sent deliveries carrying each member benefit kind ("benefit:join_gift").
+BENEFIT_COUNT = "benefit:"
+_SENT_PER_BENEFIT = """
+    SELECT b.kind, count(*)::int FROM deliveries d JOIN member_benefits b ON b.benefit_id = d.benefit_id
+    WHERE d.campaign_id = $1 AND d.phase = $2 AND d.day = $3 AND d.state = 'sent' AND d.benefit_id IS NOT NULL
+    GROUP BY b.kind
+"""
+
 
 class ReportActivities:
     def __init__(self, pool: asyncpg.Pool):
@@ -66,7 +74,12 @@ class ReportActivities:
                 if r["reason"]:
                     key = f"{r['state']}:{r['reason']}"
                     counts[key] = counts.get(key, 0) + r["n"]
-            # Offers (R-RP-5) per state: held, claimed, expired, released.
+            # Sent deliveries per member benefit kind they carried (R-RP-4: deliveries.benefit_id), over the
+            # same range of the ledger's key as above and a benefit row by primary key per such delivery.
+            for kind, n in await conn.fetch(_SENT_PER_BENEFIT, inp.campaign_db_id, inp.phase_index, inp.day):
+                counts[f"{BENEFIT_COUNT}{kind}"] = n
+            # Claims per state: held, claimed, expired, released (countdown offers, R-RP-5; a shared coupon's
+            # stay held: the units its sent messages carry, R-BEN-1).
             for state, n in await conn.fetch(
                 "SELECT state, count(*)::int FROM claims WHERE campaign_id = $1 AND phase = $2 AND day = $3 GROUP BY 1",
                 inp.campaign_db_id,

@@ -33,13 +33,14 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 from sluice.activities import errors
-from sluice.activities.audience import CHANNEL_ADDRESS, exclusion_branches
+from sluice.activities.audience import exclusion_branches, recipient_address, recipient_rows
 from sluice.activities.channels import ChannelRegistry, InDatabaseChannel, Outbound, Outcome
 from sluice.activities.context import bind_activity_context
 from sluice.content.render import compile_template, format_ends_at
 from sluice.schemas import activities as A
 from sluice.schemas import rules
 from sluice.schemas.activities import ReconcileInput, ReconcileResult, SendSliceInput, SendSliceResult
+from sluice.schemas.benefits import SHOP_BENEFITS, BenefitChoice, MemberBenefit
 from sluice.schemas.campaign import PERSONAL_PLACEHOLDERS
 from sluice.schemas.rules import template_key
 from sluice.workflows.calendar import platform_day
@@ -96,13 +97,15 @@ def _body(inp: SendSliceInput) -> str:
     return f"{inp.title}\n{inp.text}" if inp.title else inp.text
 
 
-def _chunk_sql(channel: str, probe: bool, personal: bool = False) -> str:
+def _chunk_sql(channel: str, probe: bool, personal: bool = False, non_customers: bool = False) -> str:
     """The chunk's snapshot rows with what send time needs: exclusions, address, earlier decision.
 
     `probe` reads each row's earlier decision in the ledger. A chunk no attempt has decided
     has none, so the first reading skips it: if another attempt did decide some row, the
     ledger insert fails on its key, the transaction rolls back, and the chunk is read again
     with the probe (SendActivities._run_chunk).
+    `non_customers`: the audience may yield consumers without a shop row, addressed and
+    excluded by the platform's row (activities/audience.py, recipient_rows).
     """
     # A primary-key probe per row, not a join: today's ledger rows are newer than the statistics,
     # and a join then scans the campaign's whole day per recipient (1.1 s per
@@ -115,13 +118,14 @@ def _chunk_sql(channel: str, probe: bool, personal: bool = False) -> str:
     )
     # R-EXC-1, checked again at send time: the snapshot is from 00:00 (R-OC-5). The columns are
     # unpacked in this order by SendActivities._reserve; `personal` adds what per-recipient content
-    # needs: the product the audience chose (R-RP-10) and the customer's nickname.
-    personal_columns = ", s.item, c.nick" if personal else ""
+    # needs: the product the audience chose (R-RP-10), the customer's nickname and, read now, whether they
+    # are a member of the shop (R-RP-4: which member benefit they are told of).
+    personal_columns = ", s.item, c.nick, coalesce(c.is_member, false)" if personal else ""
     return f"""
-        SELECT s.seq, s.consumer_id, {CHANNEL_ADDRESS[channel]} AS address, {prior} AS prior,
-               CASE {exclusion_branches(channel)} END AS excluded{personal_columns}
+        SELECT s.seq, s.consumer_id, {recipient_address(channel, non_customers)} AS address, {prior} AS prior,
+               CASE {exclusion_branches(channel, non_customers)} END AS excluded{personal_columns}
         FROM audience_snapshots s
-        JOIN shop_customers c ON c.shop_id = $4 AND c.consumer_id = s.consumer_id
+        {recipient_rows("$4", "s.consumer_id", non_customers)}
         WHERE s.campaign_id = $1 AND s.phase = $2 AND s.day = $3 AND s.seq >= $5 AND s.seq < $6
         ORDER BY s.seq
     """
@@ -189,8 +193,10 @@ def _write_sql(handoff: bool) -> str:
     $1 campaign, $2 phase, $3 day, $4 channel, $5 shop, $6 template group, $7 fatigue day,
     $8 decided_at, $9 ids, $10 reasons (NULL: live), $11 the live rows' state,
     [$12 live ids, $13 their addresses (both in the order of $9), $14 body, $15 each live row's own
-    body (per-recipient content) or NULL].
+    body (per-recipient content) or NULL], then ($12, or $16 with `handoff`) each row's member benefit
+    (R-RP-4), in the order of $9, or NULL.
     """
+    benefits = 16 if handoff else 12
     ref = "CASE WHEN u.reason IS NULL THEN 'outbox:' || (SELECT id FROM b) END" if handoff else "NULL"
     # The batch takes the live ids and addresses as sent: no aggregate over the chunk's rows.
     outbox = (
@@ -204,11 +210,11 @@ def _write_sql(handoff: bool) -> str:
         else ""
     )
     return f"""
-    WITH {outbox} u AS (SELECT * FROM unnest($9::bigint[], $10::text[]) AS u(id, reason))
+    WITH {outbox} u AS (SELECT * FROM unnest($9::bigint[], $10::text[], ${benefits}::text[]) AS u(id, reason, benefit))
     INSERT INTO deliveries (campaign_id, phase, consumer_id, day, channel, shop_id, template_group,
-                            fatigue_day, state, reason, provider_ref, decided_at)
+                            fatigue_day, state, reason, provider_ref, decided_at, benefit_id)
     SELECT $1, $2, u.id, $3, $4, $5, $6, $7, CASE WHEN u.reason IS NULL THEN $11 ELSE 'suppressed' END,
-           u.reason, {ref}, $8
+           u.reason, {ref}, $8, u.benefit
     FROM u
 """
 
@@ -224,9 +230,10 @@ _RECORD_OUTCOMES = """
 """
 
 
-# The offers of a chunk's live deliveries (R-RP-5), held in the chunk's transaction; their stock
-# units were taken by _TAKE_STOCK just before. $1 campaign, $2 phase, $3 day, $4 channel, $5 shop,
-# $6 ids, $7 their coupons, $8 their products, $9 the hand-off instant, $10 the offer's hours.
+# The claims of a chunk's live deliveries (countdown offers, R-RP-5, and shared coupons, R-BEN-1), held in
+# the chunk's transaction; their stock units were taken by _TAKE_STOCK just before. $1 campaign, $2 phase,
+# $3 day, $4 channel, $5 shop, $6 ids, $7 their coupons, $8 their products (NULL: none pushed), $9 the
+# hand-off instant, $10 the offer's hours (NULL for a shared coupon: expires_at NULL, no end of its own).
 _HOLD_OFFERS = """
     INSERT INTO claims (campaign_id, phase, consumer_id, day, channel, shop_id, coupon_id, product_id,
                         held_at, expires_at)
@@ -234,7 +241,8 @@ _HOLD_OFFERS = """
     FROM unnest($6::bigint[], $7::text[], $8::bigint[]) AS u(id, coupon, item)
 """
 # The usable stock of the chunk's coupons (0 outside their validity at $3), coupon rows locked in coupon
-# order after the consumers' rows (the same order everywhere). $1 coupons (ascending), $2 shop.
+# order after the consumers' rows (the same order everywhere). $1 coupons (ascending), $2 shop, $3 the
+# hand-off instant. Primary-key probes on coupon_id (one to three coupons).
 _LOCK_COUPONS = """
     SELECT coupon_id, CASE WHEN valid_from <= $3 AND valid_to > $3 THEN stock ELSE 0 END AS usable
     FROM coupons WHERE coupon_id = ANY($1::text[]) AND shop_id = $2 ORDER BY coupon_id FOR UPDATE
@@ -288,14 +296,18 @@ def allocate_offers(
 
 @dataclass
 class Personal:
-    """What a slice needs for per-recipient content and offers: the template, and per product the
-    exclusive coupon that goes with it (R-RP-10)."""
+    """What a slice needs for per-recipient content and offers: the template, per product the
+    exclusive coupon that goes with it (R-RP-10), and the shop's member benefits in force (R-RP-4)."""
 
     template: object | None
     catalog: dict[int, OfferItem]
     timezone: str
+    benefits: list[MemberBenefit] = field(default_factory=list)
 
-    def body(self, inp: SendSliceInput, nick: str | None, item: OfferItem | None, expires_at: datetime | None) -> str:
+    def body(
+        self, inp: SendSliceInput, nick: str | None, item: OfferItem | None, expires_at: datetime | None,
+        benefit: MemberBenefit | None = None,
+    ) -> str:
         if self.template is None:
             return _body(inp)
         ctx = {
@@ -303,6 +315,7 @@ class Personal:
             "product": item.title if item else "",
             "coupon": item.coupon_name if item else "",
             "ends_at": format_ends_at(expires_at, self.timezone) if expires_at else "",
+            "benefit": benefit.text() if benefit else "",
         }
         text = self.template.render(ctx)
         return f"{inp.title}\n{text}" if inp.title else text
@@ -346,7 +359,7 @@ class SendActivities:
             if result.reserved >= inp.budget:
                 result.stopped_reason = "daily_cap"
                 break
-            if inp.coupon_id and not await self._benefit_valid(inp):
+            if inp.offer is not None and inp.offer.shared and not await self._benefit_valid(inp):
                 result.stopped_reason = A.SUPPRESS_BENEFIT
                 break
             # A chunk runs to its end even when the workflow cancels the slice
@@ -394,7 +407,7 @@ class SendActivities:
         outcomes = await dispatch(channel, chunk.to_send, chunk.to_reconcile)
         await self._record(
             LedgerDay(inp.campaign_db_id, inp.phase_index, inp.day, inp.channel.value, inp.shop_id, fatigue_day,
-                      inp.template_cap, inp.coupon_id),
+                      inp.template_cap),
             outcomes,
         )
         result.next_seq = chunk.next_seq
@@ -418,8 +431,9 @@ class SendActivities:
         channel = self.channels.get(inp.channel.value)
         res = ReconcileResult()
         rows = await self.pool.fetch(
-            f"""SELECT d.phase, d.day, d.consumer_id, d.fatigue_day, {CHANNEL_ADDRESS[inp.channel.value]} AS address
-                FROM deliveries d JOIN shop_customers c ON c.shop_id = d.shop_id AND c.consumer_id = d.consumer_id
+            # Any audience's deliveries: a non-customer's address is the platform's (recipient_rows).
+            f"""SELECT d.phase, d.day, d.consumer_id, d.fatigue_day, {recipient_address(inp.channel.value, True)} AS address
+                FROM deliveries d {recipient_rows("d.shop_id", "d.consumer_id", True)}
                 WHERE d.campaign_id = $1 AND d.channel = $2 AND d.state IN ('reserved', 'unknown')
                 ORDER BY d.phase, d.day, d.consumer_id""",
             inp.campaign_db_id,
@@ -434,7 +448,7 @@ class SendActivities:
                 for r in group
             ]
             key = LedgerDay(
-                inp.campaign_db_id, phase, day, inp.channel.value, inp.shop_id, fday, inp.template_cap, inp.coupon_id
+                inp.campaign_db_id, phase, day, inp.channel.value, inp.shop_id, fday, inp.template_cap
             )
             try:
                 known = await channel.reconcile(messages)
@@ -466,12 +480,12 @@ class SendActivities:
         return res
 
     async def _benefit_valid(self, inp: SendSliceInput) -> bool:
-        # R-OC-9 / R-BEN-1: valid at the moment of sending, and not used up.
+        # R-OC-9 / R-BEN-1: the shared coupon is valid at the moment of sending, and not used up.
         return bool(
             await self.pool.fetchval(
                 "SELECT valid_from <= $3 AND valid_to > $3 AND stock > 0 FROM coupons"
                 " WHERE coupon_id = $1 AND shop_id = $2",
-                inp.coupon_id,
+                inp.offer.coupon_ids[0],
                 inp.shop_id,
                 max(self.clock(), inp.decided_at),
             )
@@ -479,14 +493,21 @@ class SendActivities:
 
     async def _personal(self, inp: SendSliceInput) -> Personal | None:
         """Per-recipient content and offers of the slice, or None (one body for the whole chunk)."""
-        if inp.offer is None and not inp.text_is_template:
+        countdown = inp.offer is not None and not inp.offer.shared
+        if not countdown and inp.benefit is None and not inp.text_is_template:
             return None
         template = compile_template(inp.text, allowed=PERSONAL_PLACEHOLDERS, rule="R-RP-6") if inp.text_is_template else None
         catalog = {}
-        if inp.offer is not None:
-            rows = await self.pool.fetch(_OFFER_CATALOG, inp.offer.coupon_ids, inp.shop_id)
+        # With member benefits the products' coupons only name the product (R-RP-10); their stock is not sent.
+        products = inp.offer.coupon_ids if countdown else inp.benefit.coupon_ids if inp.benefit is not None else []
+        if products:
+            rows = await self.pool.fetch(_OFFER_CATALOG, products, inp.shop_id)
             catalog = {r["product_id"]: OfferItem(r["coupon_id"], r["name"], r["title"] or "") for r in rows}
-        return Personal(template=template, catalog=catalog, timezone=inp.timezone or "UTC")
+        benefits = []
+        if inp.benefit is not None:
+            rows = await self.pool.fetch(SHOP_BENEFITS, inp.shop_id, inp.benefit.kinds(), max(self.clock(), inp.decided_at))
+            benefits = [MemberBenefit.of(r) for r in rows]
+        return Personal(template=template, catalog=catalog, timezone=inp.timezone or "UTC", benefits=benefits)
 
     async def _reserve(
         self, inp: SendSliceInput, lo: int, hi: int, budget: int, fday: date, handoff: bool = False,
@@ -503,12 +524,12 @@ class SendActivities:
         cap = inp.template_cap
         args = [inp.campaign_db_id, inp.phase_index, inp.day, inp.shop_id, lo, hi] + ([ch] if probe else [])
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(_chunk_sql(ch, probe, personal is not None), *args)
+            rows = await conn.fetch(_chunk_sql(ch, probe, personal is not None, inp.reaches_non_customers), *args)
             out = ChunkOutcome(next_seq=hi)
             decisions: dict[int, str | None] = {}
             addresses: dict[int, str] = {}
-            # Per-recipient content: each consumer's (item, nickname).
-            extras = {r[1]: (r[5], r[6]) for r in rows} if personal is not None else {}
+            # Per-recipient content: each consumer's (item, nickname, is a member).
+            extras = {r[1]: (r[5], r[6], r[7]) for r in rows} if personal is not None else {}
             # Budget (R-PH-7) counts every delivery this slice stands behind: new
             # candidates, reservations to finish and sends already made.
             committed = 0
@@ -555,22 +576,25 @@ class SendActivities:
                 if capped:
                     for r in await conn.fetch(CAPS_READ, capped, inp.shop_id, fday, tkey):
                         decisions[r["id"]] = _cap_reason(r, earlier.get(r["id"], 0), cap)
+            # The hand-off instant of the chunk (its transaction commits the delivery and, for the outbox,
+            # hands it off): the coupon must be valid at it (R-OC-9), and an offer's countdown starts here.
+            # Never before the slice was scheduled (the time-skipping test server runs ahead of the wall clock).
+            handed_at = max(self.clock(), inp.decided_at)
             offered: dict[int, OfferItem] = {}
+            benefits: dict[int, MemberBenefit] = {}
             if inp.offer is not None:
                 offered = await self._take_offer_stock(conn, inp, personal, [c for c in ids if decisions[c] is None],
-                                                       extras, decisions)
-            elif inp.coupon_id:
-                await self._grant_coupons(conn, inp, [c for c in ids if decisions[c] is None], decisions)
+                                                       extras, decisions, handed_at)
+            elif inp.benefit is not None:
+                benefits = await self._take_benefit_stock(conn, inp, personal, [c for c in ids if decisions[c] is None],
+                                                          extras, decisions, handed_at)
 
             reasons = [decisions[c] for c in ids]
             live_now = [c for c, why in zip(ids, reasons, strict=True) if why is None]
-            # The hand-off instant of the chunk (its transaction commits the delivery and, for the outbox,
-            # hands it off): an offer's countdown starts here.
-            # Never before the slice was scheduled (the time-skipping test server runs ahead of the wall clock).
-            handed_at = max(self.clock(), inp.decided_at)
-            expires_at = handed_at + timedelta(hours=inp.offer.hours) if inp.offer is not None else None
+            expires_at = handed_at + timedelta(hours=inp.offer.hours) if inp.offer and inp.offer.hours else None
             bodies = (
-                {c: personal.body(inp, extras[c][1], offered.get(c), expires_at) for c in live_now}
+                {c: personal.body(inp, extras[c][1], offered.get(c) or personal.catalog.get(extras[c][0]), expires_at,
+                                  benefits.get(c)) for c in live_now}
                 if personal is not None
                 else None
             )
@@ -581,22 +605,27 @@ class SendActivities:
             if handoff:
                 args += [live_now, [addresses[c] for c in live_now], _body(inp),
                          [bodies[c] for c in live_now] if bodies is not None else None]  # fmt: skip
+            args.append([benefits[c].benefit_id if c in benefits else None for c in ids] if benefits else None)
             await conn.execute(_WRITE_HANDED_OFF if handoff else _WRITE_RESERVED, *args)
             if offered and live_now:
                 await conn.execute(
                     _HOLD_OFFERS, inp.campaign_db_id, inp.phase_index, inp.day, ch, inp.shop_id, live_now,
-                    [offered[c].coupon_id for c in live_now], [extras[c][0] for c in live_now], handed_at,
+                    [offered[c].coupon_id for c in live_now],
+                    [None] * len(live_now) if inp.offer.shared else [extras[c][0] for c in live_now], handed_at,
                     inp.offer.hours,
+                )  # fmt: skip
+            held = [c for c in live_now if c in benefits and benefits[c].coupon_id is not None]
+            if held:
+                # A limited member benefit (R-RP-4): its coupon's unit is held like an exclusive offer's.
+                await conn.execute(
+                    _HOLD_OFFERS, inp.campaign_db_id, inp.phase_index, inp.day, ch, inp.shop_id, held,
+                    [benefits[c].coupon_id for c in held], [extras[c][0] for c in held], handed_at, inp.benefit.hours,
                 )  # fmt: skip
             out.suppressed.update(reason for reason in decisions.values() if reason is not None)
             # A reservation without a live delivery gives its count back (the coupon ran out for it).
             unused = sorted(reserved.difference(live_now))
             if unused:
                 await release_reservations(conn, unused, inp.shop_id, fday, cap)
-            if live_now and inp.coupon_id:
-                await conn.execute(
-                    "UPDATE coupons SET stock = stock - $2 WHERE coupon_id = $1", inp.coupon_id, len(live_now)
-                )
             if handoff:
                 out.handed_off = len(live_now)
             else:
@@ -606,37 +635,61 @@ class SendActivities:
         return out
 
     @staticmethod
-    async def _grant_coupons(conn, inp: SendSliceInput, allowed: list[int], decisions: dict) -> None:
-        """R-BEN-1 / R-SC-2: every message carries one unit of the coupon, reserved with it.
-
-        The coupon row is locked after the consumers' rows (the same order everywhere);
-        who finds the stock used up is suppressed, and the slice stops at its next chunk.
-        """
-        if not allowed:
-            return
-        stock = await conn.fetchval(
-            "SELECT stock FROM coupons WHERE coupon_id = $1 AND shop_id = $2 FOR UPDATE", inp.coupon_id, inp.shop_id
-        )
-        for c in allowed[max(0, stock or 0):]:
-            decisions[c] = A.SUPPRESS_BENEFIT
-
-    @staticmethod
     async def _take_offer_stock(
-        conn, inp: SendSliceInput, personal: Personal, live: list[int], extras: dict, decisions: dict
+        conn, inp: SendSliceInput, personal: Personal | None, live: list[int], extras: dict, decisions: dict,
+        at: datetime,
     ) -> dict[int, OfferItem]:
-        """R-RP-5 / R-RP-10: each live consumer's offer is the coupon of the product chosen for them; one unit
-        of its stock is taken now, in consumer order while it lasts. Who has no product with a coupon, or
-        whose coupon ran out or is not valid now, gets no message (benefit_unavailable, R-BEN-1)."""
-        item_of = {c: extras[c][0] for c in live}
-        coupons = sorted({personal.catalog[i].coupon_id for i in item_of.values() if i in personal.catalog})
-        usable = dict(await conn.fetch(_LOCK_COUPONS, coupons, inp.shop_id, inp.decided_at)) if coupons else {}
-        offered, taken = allocate_offers(live, item_of, personal.catalog, usable)
+        """R-BEN-1 / R-SC-2: every live consumer's message carries one unit of its coupon, taken now under
+        the coupon rows' locks (after the consumers' rows: the same order everywhere), in consumer order
+        while it lasts. A countdown offer's coupon is the one of the product chosen for the consumer
+        (R-RP-5 / R-RP-10); a shared coupon is the same for everyone (K-OLDCUST). Who has no product with a
+        coupon, or whose coupon ran out or is not valid at `at` (R-OC-9), gets no message
+        (benefit_unavailable)."""
+        if inp.offer.shared:
+            # No product: every consumer's item is None, and None's coupon is the shared one.
+            item_of: dict[int, int | None] = dict.fromkeys(live)
+            catalog = {None: OfferItem(inp.offer.coupon_ids[0], "", "")}
+        else:
+            item_of = {c: extras[c][0] for c in live}
+            catalog = personal.catalog
+        coupons = sorted({catalog[i].coupon_id for i in item_of.values() if i in catalog})
+        usable = dict(await conn.fetch(_LOCK_COUPONS, coupons, inp.shop_id, at)) if coupons else {}
+        offered, taken = allocate_offers(live, item_of, catalog, usable)
         for c in live:
             if c not in offered:
                 decisions[c] = A.SUPPRESS_BENEFIT
         if taken:
             await conn.execute(_TAKE_STOCK, list(taken), list(taken.values()))
         return offered
+
+    @staticmethod
+    async def _take_benefit_stock(
+        conn, inp: SendSliceInput, personal: Personal, live: list[int], extras: dict, decisions: dict, at: datetime,
+    ) -> dict[int, MemberBenefit]:
+        """R-RP-4: each live consumer's member benefit, by their membership read in the chunk's statement: the
+        shop's benefit in force at `at` for members or for the others (BenefitChoice). A limited one (naming a
+        coupon) takes one unit of that coupon now, like an exclusive offer (allocate_offers: in consumer order
+        while it lasts, the coupon rows locked after the consumers'). Who has no benefit in force, or whose
+        coupon ran out or is not valid at `at`, gets no message (benefit_unavailable, R-BEN-1)."""
+        choice = BenefitChoice.of(inp.benefit, personal.benefits, at)
+        chosen = choice.per_recipient({c: extras[c][2] for c in live})
+        limited = {c: b for c, b in chosen.items() if b is not None and b.coupon_id is not None}
+        # A limited benefit is a catalog entry of its own: the consumer's "item" is the benefit id.
+        catalog = {b.benefit_id: OfferItem(b.coupon_id, b.title, "") for b in limited.values()}
+        coupons = sorted({item.coupon_id for item in catalog.values()})
+        usable = dict(await conn.fetch(_LOCK_COUPONS, coupons, inp.shop_id, at)) if coupons else {}
+        order = [c for c in live if c in limited]
+        granted, taken = allocate_offers(order, {c: limited[c].benefit_id for c in order}, catalog, usable)
+        benefits: dict[int, MemberBenefit] = {}
+        for c in live:
+            b = chosen[c]
+            if b is None or (b.coupon_id is not None and c not in granted):
+                decisions[c] = A.SUPPRESS_BENEFIT
+            else:
+                benefits[c] = b
+        if taken:
+            await conn.execute(_TAKE_STOCK, list(taken), list(taken.values()))
+        return benefits
 
     @staticmethod
     def _outbound(inp: SendSliceInput, consumer_id: int, address: str, body: str) -> Outbound:
@@ -672,10 +725,6 @@ class SendActivities:
             if released:
                 await release_reservations(conn, released, key.shop_id, key.fatigue_day, key.template_cap)
                 await conn.execute(_RELEASE_OFFERS, key.campaign_id, key.phase, key.day, key.channel, released)
-                if key.coupon_id:
-                    await conn.execute(
-                        "UPDATE coupons SET stock = stock + $2 WHERE coupon_id = $1", key.coupon_id, len(released)
-                    )
 
 
 @dataclass(frozen=True)
@@ -689,7 +738,6 @@ class LedgerDay:
     shop_id: str
     fatigue_day: date
     template_cap: object | None
-    coupon_id: str | None = None
 
 
 async def dispatch(channel, fresh: list[Outbound], uncertain: list[Outbound]) -> list[Outcome]:

@@ -175,6 +175,9 @@ def seed(
     tz: Annotated[str, typer.Option(help="shop IANA time zone")] = "Asia/Shanghai",
     industry: Annotated[str, typer.Option()] = "beauty",
     consumer_offset: Annotated[int, typer.Option(help="first platform consumer id - 1")] = 0,
+    repurchase: Annotated[
+        bool, typer.Option(help="add the repurchase catalogue and its exclusive coupons (examples/repurchase.yaml)")
+    ] = False,
 ) -> None:
     """Generate a realistic synthetic shop (COPY bulk load)."""
     from sluice.db.seed import seed_shop
@@ -197,6 +200,7 @@ def seed(
                 timezone=tz,
                 industry=industry,
                 consumer_id_offset=consumer_offset,
+                repurchase=repurchase,
             )
         )
     except ValueError as exc:

@@ -22,21 +22,20 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import structlog
-from fastapi import Body, Depends, FastAPI, HTTPException, Path, Request, Security
+from fastapi import Body, FastAPI, HTTPException, Path, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from sluice.activities import offers
 from sluice.api import docs, health, service
+from sluice.api.deps import ErrorBody, KeyShop, WorkflowId
 from sluice.api.errors import DATABASE_UNAVAILABLE, RETRY_AFTER_S, error_response, unavailable
-from sluice.api.gate import SHOP_SCOPE_KEY, Gate, SecurityHeaders
+from sluice.api.gate import Gate, SecurityHeaders
 from sluice.api.throttle import AuthThrottle
 from sluice.audiences.preview import Preview
 from sluice.db.pool import create_pool
 from sluice.kinds import CampaignSpec
-from sluice.schemas.campaign import WORKFLOW_ID_PATTERN
 from sluice.schemas.rules import MAX_SPEC_BYTES, RuleViolation, error_details
 from sluice.schemas.settings import Settings, get_settings
 from sluice.schemas.workflow import CampaignStatus
@@ -48,7 +47,6 @@ from temporalio.client import Client
 MAX_BODY_BYTES = MAX_SPEC_BYTES
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"}) | docs.DOCS_PATHS
 log = structlog.get_logger("sluice.api")
-_bearer = HTTPBearer(auto_error=False, description="an API key from `sluice keys create SHOP`")
 
 
 class Started(BaseModel):
@@ -78,26 +76,6 @@ class OfferClaim(BaseModel):
     claimed_at: datetime | None
 
 
-class RuleError(BaseModel):
-    field: str
-    rule: str
-    message: str
-
-
-class ErrorBody(BaseModel):
-    detail: list[RuleError] | str
-
-
-def key_shop(request: Request, _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None) -> str:
-    """The shop of the request's API key (the Gate has checked it; the Security part documents it)."""
-    shop_id = request.scope.get(SHOP_SCOPE_KEY)
-    if shop_id is None:  # only if a route were mounted outside the Gate
-        raise HTTPException(status_code=401, detail="a valid API key is required")
-    return shop_id
-
-
-KeyShop = Annotated[str, Depends(key_shop)]
-WorkflowId = Annotated[str, Path(pattern=WORKFLOW_ID_PATTERN, max_length=129, description="{shop_id}.{campaign_id}")]
 
 
 def create_app(settings: Settings | None = None, *, pool=None, client: Client | None = None) -> FastAPI:

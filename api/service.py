@@ -91,17 +91,20 @@ async def start_campaign(
     async with pool.acquire() as conn:
         async with conn.transaction():
             shop = await check_spec(conn, spec, now)
+            precedence = kind_of(spec).precedence(spec)  # R-RP-9
             # No conflict target: the row is unique on (shop_id, campaign_ref) and on workflow_id, and a
             # racing identical start may hit either first; both mean "exists", never an error.
             row = await conn.fetchrow(
-                """INSERT INTO campaigns (shop_id, campaign_ref, workflow_id, kind, spec)
-                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING
+                """INSERT INTO campaigns (shop_id, campaign_ref, workflow_id, kind, spec, precedence_group, takes_precedence)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING
                    RETURNING id""",
                 spec.shop_id,
                 spec.campaign_id,
                 wf_id,
                 spec.kind,
                 spec_json,
+                precedence.group if precedence else None,
+                bool(precedence and precedence.takes),
             )
         if row is None:
             existing = await conn.fetchrow(

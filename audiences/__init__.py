@@ -11,6 +11,14 @@ parameters (`Audience.params`, taken by name from the plan's
 snapshot. A new audience is a new entry here. The merchant's custom audience
 (`custom`) is a filter compiled to SQL at refresh (audiences/custom.py).
 
+An audience yields the shop's customers unless it says otherwise
+(`reaches_non_customers`): the platform's industry-value audience
+(audiences/industry.py) yields consumers without a shop_customers row too,
+and the refresh and the send path then read their contact and opt-outs from
+the platform's row (activities/audience.py). A plan's `audience_params["tags"]`
+narrows any audience to the shop's customers holding one of the tags
+(audiences/tags.py, R-RP-3).
+
 A filter (audiences/filters.py) drops recipients of an audience for a named
 reason (`overlap`, `low_activity`); a plan lists the filters its phase
 applies.
@@ -27,9 +35,19 @@ class Audience:
     yields_item: bool = False  # the query yields `item` too: the product pushed to the recipient
     params: tuple[str, ...] = ()  # names of the plan's audience_params bound as $11, $12, ...
     description: str = ""
+    # It yields consumers who are not customers of the shop (no shop_customers row): the refresh and the
+    # send path then LEFT JOIN the shop's row and fall back on the platform's (consumers) for contact
+    # and opt-outs. Off, they keep the inner join of the shop's customers.
+    reaches_non_customers: bool = False
 
 
 CUSTOM = "custom"  # the merchant's filter (audiences/custom.py), compiled at refresh
+INDUSTRY_VALUE = "industry_value"  # the platform's (audiences/industry.py), R-RP-3
+# audience_params: the custom audience joined with the industry-value audience (R-RP-3), and the tags
+# narrowing any audience (audiences/tags.py).
+WITH_INDUSTRY_VALUE = "industry_value"
+TAGS = "tags"
+
 
 # $1 shop_id, $2 snapshot instant, $3 campaign start instant. Each yields consumer_id.
 _SQL: dict[str, str] = {
@@ -84,6 +102,37 @@ def _register_item_audiences() -> None:
 
 
 _register_item_audiences()
+
+
+def _register_platform_audiences() -> None:
+    from sluice.audiences import industry
+
+    AUDIENCES[INDUSTRY_VALUE] = Audience(industry.INDUSTRY_VALUE, reaches_non_customers=True,
+                                         description="consumers of high value in the shop's industry (R-RP-3)")
+
+
+_register_platform_audiences()
+
+
+def reaches_non_customers(audience: str, params: dict) -> bool:
+    """Whether the audience (with these audience_params) may yield consumers who are not customers of
+    the shop: the one answer the refresh and the send path both follow."""
+    if audience == CUSTOM:
+        return params.get(WITH_INDUSTRY_VALUE) is True
+    aud = AUDIENCES.get(audience)
+    return aud is not None and aud.reaches_non_customers
+
+
+# R-RP-3: the merchant's filter and the platform's industry-value audience, as one audience: whoever
+# either selects (the industry-value audience is one more audience the merchant may add to theirs).
+_UNION = """
+    SELECT u.consumer_id FROM (({custom}) UNION ({industry})) u
+"""
+
+
+def custom_with_industry_value(custom_sql: str) -> str:
+    """The custom audience's query joined with the industry-value audience (same $1..$3)."""
+    return _UNION.replace("{industry}", AUDIENCES[INDUSTRY_VALUE].sql).replace("{custom}", custom_sql)
 
 # R-RP-10 for an audience that chooses no product (a custom one): each recipient's product is the one of
 # the campaign's coupons' products ($n) they engaged with most in the last 30 days (views, visits, carts,

@@ -16,8 +16,10 @@ placeholders: every user value is a bound parameter.
 
 Cost model (indexes of db/migrations/0001_core.sql): the outer query reads the shop's
 customers (primary key shop_customers (shop_id, consumer_id)); a field leaf is a test on that
-row, no extra read. A `behaviour` leaf is a correlated EXISTS or LIMIT-capped count, one range
-probe of behaviour_shop_consumer (shop_id, consumer_id, kind, occurred_at) reading at most
+row, no extra read, and so is a `tags` leaf (the shop's tags of the customer, R-RP-3: has any /
+all / none of a bound `text[]`; the tags are never NULL, so `none` is the exact complement of
+`any`). A `behaviour` leaf is a correlated EXISTS or LIMIT-capped count, one range probe of
+behaviour_shop_consumer (shop_id, consumer_id, kind, occurred_at) reading at most
 max(at_least, at_most + 1) index entries (index-only when the visibility map allows). An
 `orders` leaf is the same over orders_shop_consumer (shop_id, consumer_id, created_at), plus a
 heap fetch per order in the window to test status and amount. Postgres runs the top-level
@@ -46,6 +48,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from sluice.audiences.tags import TagList
 
 MAX_DEPTH = 8  # nesting of and / or / not; a leaf at the top is depth 1
 MAX_NODES = 64  # and / or / not nodes and leaves together
@@ -89,7 +92,11 @@ _CMP_PY = {
 TEXT_OPS = ("eq", "ne", "in")
 BOOL_OPS = ("eq", "ne")
 TIME_OPS = ("lt", "lte", "gt", "gte", "between", "within_days")
-OPS = ("and", "or", "not", "behaviour", "orders", *dict.fromkeys((*TEXT_OPS, *BOOL_OPS, *TIME_OPS)))
+OPS = ("and", "or", "not", "behaviour", "orders", "tags", *dict.fromkeys((*TEXT_OPS, *BOOL_OPS, *TIME_OPS)))
+# The `tags` condition on the shop's tags of the customer (shop_customers.tags, R-RP-3): holds any of
+# the listed tags, all of them, or none of them.
+TAG_MATCHES = ("any", "all", "none")
+_TAG_SQL = {"any": "(c.tags && {p})", "all": "(c.tags @> {p})", "none": "NOT (c.tags && {p})"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,6 +186,14 @@ class TimeWithin(_Node):
     value: Days
 
 
+class Tags(_Node):
+    """The customer's tags in this shop hold any / all / none of `value` (audiences/tags.py bounds it)."""
+
+    op: Literal["tags"]
+    match: Literal[TAG_MATCHES]  # type: ignore[valid-type]
+    value: TagList
+
+
 # ---------------------------------------------------------------------------------------------
 # Leaves on the customer's behaviour in this shop, in [snapshot - within_days, snapshot).
 
@@ -260,7 +275,7 @@ def _tag(v: Any) -> str | None:
     if not isinstance(v, Mapping):
         return None  # pydantic: "Unable to extract tag"
     op, field = v.get("op"), v.get("field")
-    if op in ("and", "or", "not", "behaviour", "orders"):
+    if op in ("and", "or", "not", "behaviour", "orders", "tags"):
         return op
     if op not in OPS:
         return "unknown_op"
@@ -282,6 +297,7 @@ Filter = Annotated[
         Annotated[Not, Tag("not")],
         Annotated[Behaviour, Tag("behaviour")],
         Annotated[Orders, Tag("orders")],
+        Annotated[Tags, Tag("tags")],
         Annotated[TextCompare, Tag("text")],
         Annotated[TextIn, Tag("text_in")],
         Annotated[BoolCompare, Tag("bool")],
@@ -296,14 +312,15 @@ Filter = Annotated[
     ],
     Discriminator(_tag, custom_error_type="filter_type", custom_error_message="a filter is an object with an 'op'"),
 ]
-_MODEL_TAGS = {And: "and", Or: "or", Not: "not", Behaviour: "behaviour", Orders: "orders", TextCompare: "text",
+_MODEL_TAGS = {And: "and", Or: "or", Not: "not", Behaviour: "behaviour", Orders: "orders", Tags: "tags", TextCompare: "text",
                TextIn: "text_in", BoolCompare: "bool", TimeCompare: "time", TimeBetween: "time_between",
                TimeWithin: "time_within"}  # fmt: skip
 _TAGS = {*_MODEL_TAGS.values(), "unknown_op", "unknown_field", "text_op", "bool_op", "time_op"}
 for _m in (And, Or, Not):
     _m.model_rebuild()
 
-Node = And | Or | Not | Behaviour | Orders | TextCompare | TextIn | BoolCompare | TimeCompare | TimeBetween | TimeWithin
+Node = (And | Or | Not | Behaviour | Orders | Tags | TextCompare | TextIn | BoolCompare | TimeCompare | TimeBetween
+        | TimeWithin)
 
 
 def _shape(raw: Any) -> tuple[int, int]:
@@ -410,6 +427,8 @@ def _predicate(node: Node, p: _Params) -> str:
             return f"({TIME_FIELDS[field]} BETWEEN {p(low, 'timestamptz')} AND {p(high, 'timestamptz')})"
         case TimeWithin(field=field, value=days):
             return "(" + _WINDOW.format(col=TIME_FIELDS[field], days=p(days, "int")) + ")"
+        case Tags(match=match, value=value):
+            return _TAG_SQL[match].format(p=p(list(value), "text[]"))
         case Behaviour():
             source = ("SELECT 1 FROM behaviour_events e WHERE e.shop_id = $1 AND e.consumer_id = c.consumer_id"
                       f" AND e.kind = {p(node.kind, 'text')} AND "
@@ -487,6 +506,9 @@ def evaluate(
         if isinstance(n, Behaviour):
             k = sum(1 for e in events if e["kind"] == n.kind and _in_window(e["occurred_at"], snapshot_at, n.within_days))
             return _count_ok(n, k)
+        if isinstance(n, Tags):
+            held = set(customer.get("tags") or ())
+            return {"any": bool(held & set(n.value)), "all": set(n.value) <= held, "none": not held & set(n.value)}[n.match]
         if isinstance(n, Orders):
             k = sum(1 for o in orders
                     if o["status"] != "pending" and _in_window(o["created_at"], snapshot_at, n.within_days)

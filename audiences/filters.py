@@ -5,6 +5,25 @@ The refresh evaluates them as CASE branches after the exclusions (R-EXC-1) and
 names the reason counted in the refresh's exclusions. Parameters as in the
 refresh statement: $1 shop_id, $2 snapshot instant, $6 day, $10 the earlier
 overlapping campaigns' ids (read with EARLIER_SAME_KIND).
+
+R-OC-7, the activity filter, keeps the recipients most likely to read the
+shop's message, from what is known of them before the snapshot instant
+(R-OC-5). It drops (reason `low_activity`):
+- the inactive: no login, visit, live view or favourite at the shop within
+  ACTIVE_DAYS (a month of habits), and no message of the shop read within
+  READ_RATE_DAYS;
+- the non-readers: of the shop's messages received within READ_RATE_DAYS
+  (the shop's count in the consumer's daily fatigue counters, platform days
+  before the send day), fewer than READ_RATE_MIN read (message_read events
+  of the shop in the same window), even if otherwise active: they are
+  around but ignore the shop's messages. The rate is judged only from
+  READ_RATE_MIN_MESSAGES messages on: fewer, or none (a consumer never
+  messaged), say too little, so they drop no one. 90 days gives a consumer
+  messaged weekly about a dozen messages to judge by; one in five read
+  keeps occasional readers and does not drop anyone for one or two unread
+  messages.
+Reads and messages are the shop's own: events and counters are kept per
+shop, and no index reads a consumer's events across shops.
 """
 
 from __future__ import annotations
@@ -12,12 +31,35 @@ from __future__ import annotations
 OVERLAP = "overlap_same_kind"
 LOW_ACTIVITY = "low_activity"
 
-# R-OC-7: likely readers logged in, visited, viewed live, favourited within 30 days or read a message within 90.
-_LOW_ACTIVITY = """NOT EXISTS (
+# R-OC-7 (the reasoning in the module docstring and docs/rules.md).
+ACTIVE_DAYS = 30
+READ_RATE_DAYS = 90
+READ_RATE_MIN_MESSAGES = 5
+READ_RATE_MIN = 0.2
+ACTIVE_KINDS = ("login", "visit", "live_view", "favourite")
+READ_KIND = "message_read"
+_ACTIVE_KINDS_SQL = ", ".join(f"'{k}'" for k in ACTIVE_KINDS)
+
+# One probe of the (shop_id, consumer_id, kind, occurred_at) index per recipient.
+_INACTIVE = f"""NOT EXISTS (
     SELECT 1 FROM behaviour_events a
     WHERE a.shop_id = $1 AND a.consumer_id = m.consumer_id AND a.occurred_at < $2::timestamptz
-      AND ((a.kind IN ('login', 'visit', 'live_view', 'favourite') AND a.occurred_at >= $2::timestamptz - interval '30 days')
-        OR (a.kind = 'message_read' AND a.occurred_at >= $2::timestamptz - interval '90 days')))"""
+      AND ((a.kind IN ({_ACTIVE_KINDS_SQL})
+            AND a.occurred_at >= $2::timestamptz - interval '{ACTIVE_DAYS} days')
+        OR (a.kind = '{READ_KIND}' AND a.occurred_at >= $2::timestamptz - interval '{READ_RATE_DAYS} days')))"""
+# The shop's messages to the recipient: a range of the fatigue_day primary key (consumer_id, day), rows only
+# on days the consumer got a message. The reads (a range of the behaviour index) are counted only when
+# there are enough messages to judge: AND evaluates left to right and stops at false. Measured on a seeded
+# 200,000-customer shop (84,000 matched, a third of them with 1-6 of the shop's messages in 90 days), one
+# part: the refresh with the activity filter took 2.1 s without this branch, 2.6 s with it.
+_LOW_READ_RATE = f"""(SELECT r.n >= {READ_RATE_MIN_MESSAGES} AND (
+        SELECT count(*) FROM behaviour_events e
+        WHERE e.shop_id = $1 AND e.consumer_id = m.consumer_id AND e.kind = '{READ_KIND}'
+          AND e.occurred_at >= $2::timestamptz - interval '{READ_RATE_DAYS} days' AND e.occurred_at < $2::timestamptz
+    ) < {READ_RATE_MIN} * r.n
+    FROM (SELECT coalesce(sum((f.per_shop ->> $1)::int), 0) AS n FROM fatigue_day f
+          WHERE f.consumer_id = m.consumer_id AND f.day >= $6::date - {READ_RATE_DAYS} AND f.day < $6::date
+            AND f.per_shop ? $1) r)"""
 
 # R-OC-6: the shop's earlier live campaigns of the same kind; $1 shop_id, $2 this campaign's id, $3 its kind.
 EARLIER_SAME_KIND = """SELECT coalesce(array_agg(id), '{}') FROM campaigns
@@ -32,7 +74,7 @@ _FILTERS: dict[str, tuple[str, str]] = {
         "LEFT JOIN (SELECT DISTINCT consumer_id FROM audience_snapshots"
         " WHERE campaign_id = ANY($10::bigint[]) AND day = $6) o ON o.consumer_id = m.consumer_id",
     ),
-    LOW_ACTIVITY: (f"WHEN {_LOW_ACTIVITY} THEN 'low_activity'", ""),
+    LOW_ACTIVITY: (f"WHEN {_INACTIVE} THEN 'low_activity'\n                 WHEN {_LOW_READ_RATE} THEN 'low_activity'", ""),
 }
 NAMES = frozenset(_FILTERS)
 

@@ -96,9 +96,10 @@ async def _phase(conn, plan: CampaignPlan, index: int, campaign_db_id: int, *, n
         if phase.daily_cap is not None and allowed > phase.daily_cap:
             verdicts[A.NOT_SENT_DAILY_CAP] += allowed - phase.daily_cap
             allowed = phase.daily_cap
-        if phase.coupon_id is not None:
+        if phase.offer is not None and phase.offer.shared:  # one coupon for everyone: its stock bounds the send
             stock = await conn.fetchval(
-                "SELECT greatest(stock, 0) FROM coupons WHERE coupon_id = $1 AND shop_id = $2", phase.coupon_id, plan.shop_id
+                "SELECT greatest(stock, 0) FROM coupons WHERE coupon_id = $1 AND shop_id = $2", phase.offer.coupon_ids[0],
+                plan.shop_id,
             )
             if stock is not None and allowed > stock:
                 verdicts[A.SUPPRESS_BENEFIT] += allowed - stock

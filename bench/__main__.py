@@ -83,6 +83,10 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--settle-s", type=float, default=45.0,
                    help="seconds to let the machine settle after seeding, before anything is measured")  # fmt: skip
     p.add_argument("--label", default="", help="a note stored with the run (tuning experiments)")
+    p.add_argument("--kind", default="K-PHASED", choices=["K-PHASED", "K-REPURCHASE"],
+                   help="K-PHASED: the phase day above (default); K-REPURCHASE: the repurchase-cycle refresh, the "
+                        "whole-shop preview and a whole-shop day with per-recipient text and offers, on a shop "
+                        "seeded with its repurchase catalogue (bench/repurchase.py)")  # fmt: skip
     p.add_argument("--workers", type=int, default=1, help="worker processes on the one task queue (scaling)")
     p.add_argument(
         "--worker-module",
@@ -151,8 +155,13 @@ def main(argv: list[str] | None = None) -> int:
         skip_naive=a.naive_sample <= 0, skip_bound=a.skip_bound, log_level=a.log_level, pg_tune=a.pg_tune,
         pg_shared_buffers=a.pg_shared_buffers, pg_stats=a.pg_stats, label=a.label, worker_module=a.worker_module,
         workers=a.workers, worker_env=dict(kv.split("=", 1) for kv in a.worker_env), drop_db=a.drop_db,
-        settle_s=a.settle_s,
+        settle_s=a.settle_s, kind=a.kind,
     )  # fmt: skip
+    if cfg.kind == "K-REPURCHASE":
+        from bench.repurchase import run_repurchase
+
+        asyncio.run(run_repurchase(cfg))
+        return 0
     asyncio.run(run(cfg))
     if cfg.profile and cfg.profile.exists():
         from bench.profile import summarize

@@ -53,6 +53,9 @@ LEDGER_TABLES = [
     "campaign_day_reports",
     "campaigns",
 ]
+# K-REPURCHASE's figures live under this key of results.json (bench/repurchase.py); a K-PHASED run keeps it.
+REPURCHASE_RESULTS_KEY = "K-REPURCHASE"
+KINDS = ("K-PHASED", REPURCHASE_RESULTS_KEY)
 GOALS = {
     "recipients_per_s": 50_000,
     "ratio_vs_naive": 300,
@@ -93,6 +96,7 @@ class BenchConfig:
     db_name: str | None = None  # default bench_<recipients>
     workers: int = 1  # worker processes on the one task queue (scaling)
     worker_module: str = "sluice.workers.worker"  # a variant of the worker, for comparison
+    kind: str = "K-PHASED"  # K-REPURCHASE: bench/repurchase.py on a shop seeded with its repurchase catalogue
 
 
 def _tuning(cfg: BenchConfig) -> dict:
@@ -105,7 +109,8 @@ def _tuning(cfg: BenchConfig) -> dict:
 async def _seed(pg: Postgres, cfg: BenchConfig, now: datetime, tz: str) -> tuple[str, dict]:
     from sluice.db.seed import seed_shop
 
-    name = cfg.db_name or f"bench_{cfg.recipients}{'_all' if cfg.all_reachable else ''}"
+    repurchase = cfg.kind == REPURCHASE_RESULTS_KEY
+    name = cfg.db_name or f"bench_{cfg.recipients}{'_all' if cfg.all_reachable else ''}{'_rp' if repurchase else ''}"
     dsn = await pg.database(name, fresh=not cfg.reuse)
     conn = await asyncpg.connect(dsn)
     try:
@@ -132,7 +137,8 @@ async def _seed(pg: Postgres, cfg: BenchConfig, now: datetime, tz: str) -> tuple
     finally:
         await conn.close()
     say(f"seeding {cfg.recipients:,} customers into {name} ...")
-    r = await seed_shop(dsn, shop_id=SHOP_ID, customers=cfg.recipients, timezone=tz, now=now, channel_mix=not cfg.all_reachable)
+    r = await seed_shop(dsn, shop_id=SHOP_ID, customers=cfg.recipients, timezone=tz, now=now, channel_mix=not cfg.all_reachable,
+                        repurchase=repurchase)
     say(f"  seeded in {r.seconds:.1f}s: {r.orders:,} orders, {r.order_items:,} items, {r.events:,} events")
     # A shop's customers were not bulk-loaded a second ago: set hint bits and the visibility map now,
     # so the phase day does not pay for the seed's first read (and every run starts alike).
@@ -683,7 +689,10 @@ async def run(cfg: BenchConfig) -> dict:
     for line in summary_lines(results):
         say(line)
     if cfg.results_path:
-        Path(cfg.results_path).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        path = Path(cfg.results_path)
+        kept = json.loads(path.read_text()) if path.exists() else {}
+        kept = {k: kept[k] for k in KINDS if k in kept}  # the other kinds' figures stay
+        path.write_text(json.dumps(results | kept, indent=2, default=str) + "\n")
         say(f"\nwrote {cfg.results_path}")
     with (cfg.data_dir / "runs.jsonl").open("a") as log:
         log.write(json.dumps(results, default=str) + "\n")

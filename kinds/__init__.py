@@ -38,6 +38,7 @@ def compile_plan(spec: SpecBase, *, campaign_db_id: int, shop: Shop, now: dateti
         kind=spec.kind,
         timezone=shop.timezone,
         phases=kind_of(spec).compile(spec, shop, now),
+        precedence=kind_of(spec).precedence(spec),
     )
 
 

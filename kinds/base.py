@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import ClassVar
 
 import asyncpg
-from sluice.schemas.campaign import Ident, PhasePlan, Strict
+from sluice.schemas.campaign import Ident, PhasePlan, Precedence, Strict
 
 
 class SpecBase(Strict):
@@ -59,3 +59,7 @@ class Kind(ABC):
     @abstractmethod
     def compile(self, spec: SpecBase, shop: Shop, now: datetime) -> list[PhasePlan]:
         """The phases the workflow will walk."""
+
+    def precedence(self, spec: SpecBase) -> Precedence | None:
+        """The precedence group the campaign holds or yields to (R-RP-9); none by default."""
+        return None

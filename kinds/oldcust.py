@@ -21,6 +21,7 @@ from sluice.schemas import rules
 from sluice.schemas.campaign import (
     Channel,
     Ident,
+    OfferPlan,
     Pacing,
     PhasePlan,
     SpecDate,
@@ -164,7 +165,8 @@ class OldCustomer(Kind):
                 text=spec.card_text if not spec.body else f"{spec.card_text}\n{spec.body}",
                 title=default_title(spec, first),
                 min_audience=rules.OLDCUST_MIN_AUDIENCE,
-                coupon_id=spec.coupon_id,
+                # R-OC-9 / R-BEN-1: the coupon every message carries, one unit of stock held per sent message.
+                offer=OfferPlan(coupon_ids=[spec.coupon_id], shared=True) if spec.coupon_id else None,
                 pacing_per_hour=spec.pacing.per_hour,
             )
         ]

@@ -13,13 +13,19 @@ template per consumer per 3 natural days, counted apart from other
 templates (R-RP-8).
 
 Benefits (R-RP-4): the repurchase-cycle audience needs one or more exclusive
-coupons; cross-sell uses member benefits, and names the coupons whose
-products it may push (their countdown offers are the members' and joiners'
-benefit); a custom audience picks one of exclusive coupon (then it names the
-coupons), member discount or member coupon (no countdown offer then).
+coupons (a countdown offer each); cross-sell uses the shop's member benefits
+(`member_benefits`, schemas/benefits.py): a member is told the member offer
+(member discount or member coupon), anyone else the join gift, membership
+read at send time; it still names the coupons whose products it may push
+(R-RP-10), only to choose and name the product. A custom audience picks one
+of exclusive coupon (then it names the coupons), member discount or member
+coupon (then every recipient is told that benefit). The benefits a campaign
+uses must be in force for the send (`check`); a member coupon that names a
+coupon row holds one unit per delivery like an exclusive offer.
 Texts (R-RP-6): the algorithmic audiences send the platform's default text;
 a custom audience's text is the merchant's, at most 50 characters, with the
-placeholders {{ name }}, {{ product }}, {{ coupon }} and {{ ends_at }}.
+placeholders {{ name }}, {{ product }}, {{ coupon }} and {{ ends_at }}
+(exclusive coupon) or {{ name }} and {{ benefit }} (member benefits).
 """
 
 from __future__ import annotations
@@ -29,18 +35,22 @@ from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
 import asyncpg
-from pydantic import Field, field_validator, model_validator
-from sluice.audiences import CUSTOM
+from pydantic import Field, StrictBool, ValidationInfo, field_validator, model_validator
+from sluice.audiences import CUSTOM, TAGS, WITH_INDUSTRY_VALUE
 from sluice.audiences.custom import parse_filter
+from sluice.audiences.tags import MAX_TAGS, parse_tags
+from sluice.audiences.tags import describe as describe_tags
 from sluice.content.render import TemplateError, compile_template
 from sluice.kinds.base import Kind, Shop, SpecBase
 from sluice.schemas import rules
+from sluice.schemas.benefits import MEMBER_OFFER, SHOP_BENEFITS, BenefitPlan, MemberBenefit, MemberBenefitKind, pick_benefit
 from sluice.schemas.campaign import (
     PERSONAL_PLACEHOLDERS,
     Channel,
     Ident,
     OfferPlan,
     PhasePlan,
+    Precedence,
     SpecInstant,
     TemplateCap,
 )
@@ -49,6 +59,7 @@ from sluice.workflows.calendar import local_day, zone
 
 NAME = "K-REPURCHASE"
 TEMPLATE_GROUP = "repurchase"  # R-RP-8: counted apart from every other template
+PRECEDENCE_GROUP = "repurchase"  # R-RP-9: the shop's repurchase tasks, custom ones first
 CAP_PER_DAYS = (1, 3)  # R-RP-8: one message of this template per 3 natural days
 CUSTOM_TEXT_MAX = 50  # R-RP-6
 OFFER_HOURS = (2, 24)  # R-RP-5
@@ -56,6 +67,7 @@ SCHEDULE_LEAD = timedelta(hours=2)  # R-RP-7
 MAX_COUPONS = 3
 # R-RP-6: the platform's default text of the algorithmic audiences.
 DEFAULT_TEXT = "{{ product }} is due again: your exclusive coupon {{ coupon }} is yours until {{ ends_at }}"
+CROSS_SELL_TEXT = "{{ product }} goes well with your last order. {{ benefit }}"
 
 
 class RepurchaseAudience(StrEnum):
@@ -66,9 +78,9 @@ class RepurchaseAudience(StrEnum):
 
 class Benefit(StrEnum):
     exclusive_coupon = "exclusive_coupon"
-    member_benefit = "member_benefit"
-    member_discount = "member_discount"
-    member_coupon = "member_coupon"
+    member_benefit = "member_benefit"  # the shop's member offer for members, its join gift for the others
+    member_discount = MemberBenefitKind.member_discount.value
+    member_coupon = MemberBenefitKind.member_coupon.value
 
 
 # R-RP-4: the benefits each audience may use.
@@ -76,6 +88,12 @@ BENEFITS = {
     RepurchaseAudience.repurchase_cycle: {Benefit.exclusive_coupon},
     RepurchaseAudience.cross_sell: {Benefit.member_benefit},
     RepurchaseAudience.custom: {Benefit.exclusive_coupon, Benefit.member_discount, Benefit.member_coupon},
+}
+# R-RP-4: the shop's member benefit kinds each benefit tells of: (for members, for non-members).
+MEMBER_BENEFITS: dict[Benefit, tuple[tuple[MemberBenefitKind, ...], tuple[MemberBenefitKind, ...]]] = {
+    Benefit.member_benefit: (MEMBER_OFFER, (MemberBenefitKind.join_gift,)),
+    Benefit.member_discount: ((MemberBenefitKind.member_discount,), (MemberBenefitKind.member_discount,)),
+    Benefit.member_coupon: ((MemberBenefitKind.member_coupon,), (MemberBenefitKind.member_coupon,)),
 }
 
 
@@ -85,11 +103,15 @@ class RepurchaseSpec(SpecBase):
     kind: Literal["K-REPURCHASE"]
     audience: RepurchaseAudience
     custom_filter: dict[str, Any] | None = Field(default=None, description="the custom audience's filter (R-RP-3)")
+    industry_value: StrictBool = Field(default=False, description="custom audience only: joined with the platform's"
+                                       " industry-value audience, reaching non-customers too (R-RP-3)")
+    tags: list[str] | None = Field(default=None, description="the shop's tags: narrows any audience to its customers"
+                                   f" holding one of them; 1 to {MAX_TAGS} non-empty tags (R-RP-3)")
     benefit: Benefit
     coupon_ids: list[Ident] = Field(default_factory=list, max_length=MAX_COUPONS,
                                     description="exclusive coupons; each for one product (R-RP-4, R-RP-10)")
     offer_hours: int = Field(default=24, strict=True, ge=OFFER_HOURS[0], le=OFFER_HOURS[1],
-                             description="how long a sent offer can be claimed (R-RP-5)")
+                             description="how long a sent offer, or a held member coupon, can be claimed (R-RP-5, R-RP-4)")
     text: str | None = Field(default=None, description="custom audience only, at most 50 characters (R-RP-6)")
     send_at: SpecInstant | None = Field(default=None, description="default now; else at least 2 hours ahead (R-RP-7)")
     channel: Channel = Channel.chat
@@ -102,6 +124,23 @@ class RepurchaseSpec(SpecBase):
                 parse_filter(v)
             except ValueError as exc:
                 raise rule_error("R-RP-3", f"the custom filter is invalid: {str(exc)[:400]}") from None
+        return v
+
+    @field_validator("industry_value")
+    @classmethod
+    def _industry_value(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and info.data.get("audience") != RepurchaseAudience.custom:
+            raise rule_error("R-RP-3", "the industry-value audience is joined with the custom audience only")
+        return v
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tags(cls, v: Any) -> Any:
+        if v is not None:
+            try:
+                return parse_tags(v)
+            except ValueError as exc:
+                raise rule_error("R-RP-3", describe_tags(exc)[:400]) from None
         return v
 
     @model_validator(mode="after")
@@ -136,18 +175,64 @@ class RepurchaseSpec(SpecBase):
 
     @property
     def placeholders(self) -> frozenset[str]:
-        # Without an offer there is no product, coupon or end to name.
-        return PERSONAL_PLACEHOLDERS if self.needs_coupons else frozenset({"name"})
+        # A member benefit has no countdown; without coupon_ids there is no product to name either.
+        if self.benefit == Benefit.exclusive_coupon:
+            return PERSONAL_PLACEHOLDERS - {"benefit"}
+        return frozenset({"name", "benefit"} | ({"product"} if self.needs_coupons else set()))
+
+    def benefit_plan(self) -> BenefitPlan | None:
+        """R-RP-4: the member benefits the campaign tells of, by membership; None for exclusive coupons."""
+        if self.benefit not in MEMBER_BENEFITS:
+            return None
+        members, others = MEMBER_BENEFITS[self.benefit]
+        return BenefitPlan(members=list(members), non_members=list(others), hours=self.offer_hours,
+                           coupon_ids=self.coupon_ids)
 
 
 def send_instant(spec: RepurchaseSpec, now: datetime) -> datetime:
     return spec.send_at or now
 
 
+async def _check_member_benefits(conn: asyncpg.Connection, spec: RepurchaseSpec, plan: BenefitPlan, at: datetime) -> None:
+    """R-RP-4: the benefit the send will tell each group of (the shop's newest in force at the send, the
+    same choice as the send's) exists and stays in force through the offer's hours; a limited one's coupon
+    is this shop's, valid as long, and in stock (R-BEN-1)."""
+    end = at + timedelta(hours=plan.hours)
+    rows = await conn.fetch(SHOP_BENEFITS, spec.shop_id, plan.kinds(), at)
+    found = [MemberBenefit.of(r) for r in rows]
+    coupon = {r["benefit_id"]: r for r in rows}
+    groups = [("every recipient", plan.members)] if plan.members == plan.non_members else [
+        ("members", plan.members), ("non-members", plan.non_members)]
+    for who, kinds in groups:
+        what = " or ".join(k.replace("_", " ") for k in kinds)
+        b = pick_benefit(found, kinds, at, at)
+        if b is None:
+            raise RuleViolation("benefit", "R-RP-4", f"the shop has no {what} in force at the send: {who} get one "
+                                                     f"with {spec.benefit} (add it to the shop's member benefits)")
+        if end > b.valid_to:
+            raise RuleViolation("benefit", "R-RP-4", f"the {what} {b.benefit_id!r} ends before the offer's "
+                                                     f"{plan.hours} hours are over")
+        if b.coupon_id is not None:
+            c = coupon[b.benefit_id]
+            if c["coupon_stock"] is None:
+                raise RuleViolation("benefit", "R-RP-4", f"the {what} {b.benefit_id!r} hands out coupon {b.coupon_id!r},"
+                                                         " which is not this shop's")
+            if not (c["coupon_from"] <= at and end <= c["coupon_to"]):
+                raise RuleViolation("benefit", "R-RP-4", f"coupon {b.coupon_id!r} of the {what} {b.benefit_id!r} is not"
+                                                         " valid for the whole offer window")
+            if c["coupon_stock"] <= 0:
+                raise RuleViolation("benefit", "R-BEN-1", f"coupon {b.coupon_id!r} of the {what} {b.benefit_id!r}"
+                                                          " is out of stock")
+
+
 class Repurchase(Kind):
     name: ClassVar[str] = NAME
     spec: ClassVar[type[SpecBase]] = RepurchaseSpec
     audiences: ClassVar[tuple[str, ...]] = tuple(a.value for a in RepurchaseAudience)
+
+    def precedence(self, spec: RepurchaseSpec) -> Precedence:
+        # R-RP-9: the merchant's custom task holds the shop's repurchase tasks; the algorithmic ones yield.
+        return Precedence(group=PRECEDENCE_GROUP, takes=spec.audience == RepurchaseAudience.custom)
 
     async def check(self, conn: asyncpg.Connection, spec: RepurchaseSpec, shop: Shop, now: datetime) -> None:
         at = send_instant(spec, now)
@@ -175,10 +260,15 @@ class Repurchase(Kind):
                     raise RuleViolation(where, "R-BEN-1", f"coupon {coupon_id!r} not found for this shop")
                 if row["product_id"] is None:
                     raise RuleViolation(where, "R-RP-10", f"coupon {coupon_id!r} is for no product: it cannot be pushed")
+                if spec.benefit != Benefit.exclusive_coupon:
+                    continue  # cross-sell: the coupon only names a product it may push; its stock is not sent
                 if not (row["valid_from"] <= at and at + timedelta(hours=spec.offer_hours) <= row["valid_to"]):
                     raise RuleViolation(where, "R-RP-5", f"coupon {coupon_id!r} is not valid for the whole offer window")
                 if row["stock"] <= 0:
                     raise RuleViolation(where, "R-BEN-1", f"coupon {coupon_id!r} is out of stock")
+        plan = spec.benefit_plan()
+        if plan is not None:
+            await _check_member_benefits(conn, spec, plan, at)
 
     def compile(self, spec: RepurchaseSpec, shop: Shop, now: datetime) -> list[PhasePlan]:
         at = send_instant(spec, now)
@@ -188,6 +278,10 @@ class Repurchase(Kind):
         params: dict[str, Any] = {"coupon_ids": spec.coupon_ids}
         if spec.audience == RepurchaseAudience.custom:
             params = {"filter": spec.custom_filter, **({"coupon_ids": spec.coupon_ids} if spec.coupon_ids else {})}
+        if spec.industry_value:  # R-RP-3
+            params[WITH_INDUSTRY_VALUE] = True
+        if spec.tags:  # R-RP-3: narrows any of the audiences
+            params[TAGS] = spec.tags
         return [
             PhasePlan(
                 name="offer",
@@ -199,8 +293,10 @@ class Repurchase(Kind):
                 audience_params=params,
                 channel=spec.channel,
                 template_cap=TemplateCap(group=TEMPLATE_GROUP, count=count, days=days),
-                text=spec.text or DEFAULT_TEXT,
+                text=spec.text or (CROSS_SELL_TEXT if spec.audience == RepurchaseAudience.cross_sell else DEFAULT_TEXT),
                 text_is_template=True,
-                offer=OfferPlan(coupon_ids=spec.coupon_ids, hours=spec.offer_hours) if spec.needs_coupons else None,
+                offer=(OfferPlan(coupon_ids=spec.coupon_ids, hours=spec.offer_hours)
+                       if spec.benefit == Benefit.exclusive_coupon else None),
+                benefit=spec.benefit_plan(),
             )
         ]

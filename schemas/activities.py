@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from pydantic import BaseModel, Field
-from sluice.schemas.campaign import Channel, OfferPlan, TemplateCap
+from pydantic import BaseModel, Field, model_validator
+from sluice.schemas.benefits import BenefitPlan
+from sluice.schemas.campaign import Channel, OfferPlan, TemplateCap, legacy_coupon_id
 
 # Why a recipient got no message; stored in deliveries.reason and counted in reports.
 SUPPRESS_SHOP_DAY = "fatigue_shop_day"  # R-FAT-2
@@ -22,6 +23,7 @@ SUPPRESS_NO_CONTACT = "no_contact"  # R-EXC-1
 SUPPRESS_BENEFIT = "benefit_unavailable"  # R-OC-9 / R-BEN-1
 NOT_SENT_WINDOW = "window_closed_phase_ended"  # R-PH-2: unsent at 22:00 of the phase's last day
 NOT_SENT_CANCELLED = "campaign_cancelled"
+NOT_SENT_YIELDED = "yielded_to_custom_task"  # R-RP-9: a custom task of the shop ran until the window closed
 # Reasons the audience refresh gives (filters and the ledger), and the preview's own.
 EXCLUDED_ALREADY_REACHED = "already_reached"
 EXCLUDED_OVERLAP = "overlap"  # R-OC-6
@@ -44,6 +46,7 @@ REASON_RULES = {
     EXCLUDED_LOW_ACTIVITY: "R-OC-7",
     NOT_SENT_MIN_AUDIENCE: "R-OC-4",
     NOT_SENT_DAILY_CAP: "R-PH-7",
+    NOT_SENT_YIELDED: "R-RP-9",
 }
 
 
@@ -80,16 +83,24 @@ class SendSliceInput(BaseModel):
     template_cap: TemplateCap | None
     text: str
     title: str | None = None
-    coupon_id: str | None = None
     seq_lo: int
     seq_hi: int
     budget: int = Field(description="most recipients this slice may reserve (R-PH-7 daily cap)")
     decided_at: datetime = Field(description="workflow time when the slice was scheduled")
     window_end: datetime = Field(description="22:00 shop-local; nothing is handed to a channel after it")
     chunk_size: int = 5000
-    offer: OfferPlan | None = None
+    offer: OfferPlan | None = Field(default=None, description="the coupon each sent delivery carries (a claim)")
+    benefit: BenefitPlan | None = Field(default=None, description="the member benefit by membership (R-RP-4)")
     text_is_template: bool = False
     timezone: str | None = Field(default=None, description="the shop's zone, for times shown in the text")
+    reaches_non_customers: bool = Field(
+        default=False, description="the audience may yield consumers without a shop row (audiences.reaches_non_customers)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_coupon(cls, data: object) -> object:
+        return legacy_coupon_id(data)
 
 
 class SendSliceResult(BaseModel):
@@ -145,12 +156,24 @@ class CampaignStateInput(BaseModel):
     state: str
 
 
+class PrecedenceInput(BaseModel):
+    """Who holds the shop's precedence group now (R-RP-9), other than this campaign."""
+
+    campaign_db_id: int
+    shop_id: str
+    group: str
+
+
+class PrecedenceResult(BaseModel):
+    holder: str | None  # the holder's workflow id, or None when no campaign of the shop holds the group
+
+
 class ReconcileInput(BaseModel):
     campaign_db_id: int
     shop_id: str
     channel: Channel
+    # A delivery not sent gives its claim's unit back by the claim itself (no coupon named here).
     template_cap: TemplateCap | None = None
-    coupon_id: str | None = None
 
 
 class ReconcileResult(BaseModel):

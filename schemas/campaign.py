@@ -23,9 +23,11 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 from sluice.schemas import rules
+from sluice.schemas.benefits import BenefitPlan
 from sluice.schemas.rules import rule_error
 from sluice.schemas.text import illegal_characters as illegal_characters  # R-OC-10's category rule, imported from here
 
@@ -137,17 +139,45 @@ class TemplateCap(BaseModel):
 
 
 # What a per-recipient text may say (content/render.py): the customer's nickname, the product chosen for
-# them, its coupon and when the offer ends (shop-local "MM-DD HH:MM").
-PERSONAL_PLACEHOLDERS = frozenset({"name", "product", "coupon", "ends_at"})
+# them, its coupon, when the offer ends (shop-local "MM-DD HH:MM") and their member benefit (R-RP-4).
+PERSONAL_PLACEHOLDERS = frozenset({"name", "product", "coupon", "ends_at", "benefit"})
 
 
 class OfferPlan(BaseModel):
-    """A countdown-bounded coupon offer per sent delivery (R-RP-5): the recipient's coupon is the one of
-    `coupon_ids` for the product the audience chose for them (R-RP-10); one unit of its stock is held
-    for the delivery, claimable for `hours` after the hand-off, then given back if unclaimed."""
+    """A coupon every sent delivery carries: one unit of its stock held for the delivery as a `claims` row,
+    taken in the transaction that decides it and given back when it is not sent (activities/offers.py).
+
+    - a countdown offer (R-RP-5): the recipient's coupon is the one of `coupon_ids` for the product the
+      audience chose for them (R-RP-10), claimable for `hours` after the hand-off, then given back if
+      unclaimed;
+    - `shared` (K-OLDCUST's benefit, R-OC-9 / R-BEN-1): the one coupon of `coupon_ids` for every
+      recipient, no product pushed, no countdown: the claim has no end of its own (`expires_at` NULL, the
+      coupon's validity bounds it), the expiry never ends it, and a coupon used up or no longer valid
+      stops the phase.
+    """
 
     coupon_ids: list[str] = Field(min_length=1)
-    hours: int = Field(ge=2, le=24)
+    hours: int | None = Field(default=None, ge=2, le=24, description="the countdown; None for a shared coupon")
+    shared: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> OfferPlan:
+        if self.shared and (len(self.coupon_ids) != 1 or self.hours is not None):
+            raise ValueError("a shared coupon is one coupon without a countdown")
+        if not self.shared and self.hours is None:
+            raise ValueError("a countdown offer needs its hours")
+        return self
+
+
+def legacy_coupon_id(data: object) -> object:
+    """Inputs written before the coupon became an offer (histories, activities in flight) named a shared
+    coupon `coupon_id`: read it as the shared offer it is."""
+    if isinstance(data, dict) and "coupon_id" in data:
+        data = dict(data)
+        coupon = data.pop("coupon_id")
+        if coupon and data.get("offer") is None:
+            data["offer"] = OfferPlan(coupon_ids=[coupon], shared=True)
+    return data
 
 
 class PhasePlan(BaseModel):
@@ -167,11 +197,18 @@ class PhasePlan(BaseModel):
     title: str | None = None
     daily_cap: int | None = None
     min_audience: int = Field(default=0, description="the smallest audience that may be sent (R-OC-4)")
-    coupon_id: str | None = None
     pacing_per_hour: int | None = None
+    # The coupon each sent delivery carries, countdown offer or shared coupon (OfferPlan).
     offer: OfferPlan | None = None
+    # R-RP-4: the member benefit each sent delivery carries, by the recipient's membership.
+    benefit: BenefitPlan | None = None
     # `text` is a template rendered per recipient (content/render.py), with the offer's placeholders.
     text_is_template: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_coupon(cls, data: object) -> object:
+        return legacy_coupon_id(data)
 
     def below_minimum(self, eligible: int, already_reached: int) -> bool:
         """R-OC-4 bounds the task's audience: today's eligible plus whom this phase already reached, so a
@@ -192,6 +229,15 @@ class Tuning(BaseModel):
     heartbeat_timeout_s: float = Field(default=15.0, gt=0)
 
 
+class Precedence(BaseModel):
+    """R-RP-9 as data: campaigns of one shop in the same `group` where some take precedence over the
+    others. A campaign that `takes` it holds it while it runs (workflows/precedence.py says when); the
+    others yield: they send nothing while a holder of the shop runs, and resume when none does."""
+
+    group: str
+    takes: bool
+
+
 class CampaignPlan(BaseModel):
     campaign_db_id: int
     workflow_id: str
@@ -201,6 +247,7 @@ class CampaignPlan(BaseModel):
     timezone: str
     phases: list[PhasePlan]
     tuning: Tuning = Tuning()
+    precedence: Precedence | None = None
 
 
 def workflow_id_for(shop_id: str, campaign_id: str) -> str:

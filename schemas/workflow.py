@@ -12,7 +12,7 @@ class CampaignProgress(BaseModel):
     """Everything the workflow must remember across continue-as-new: small and count-only."""
 
     started_at: datetime
-    state: str = "scheduled"  # scheduled | waiting | sending | paused | halted | completed | cancelled
+    state: str = "scheduled"  # scheduled | waiting | sending | yielding | paused | halted | completed | cancelled
     phase_index: int = 0
     next_day: date | None = None
     paused: bool = False
@@ -21,6 +21,9 @@ class CampaignProgress(BaseModel):
     # Why the campaign halted itself (an activity failed in a way no retry fixes, or past its limits);
     # None when running or paused by an operator. `resume` clears it and tries again.
     halt_reason: str | None = None
+    # Why the campaign sends nothing right now though it could: another campaign of the shop takes
+    # precedence (R-RP-9). None otherwise.
+    yield_reason: str | None = None
     totals: dict[str, dict[str, int]] = Field(default_factory=dict, description="per phase name, per count key")
     last_report: dict[str, int] = Field(default_factory=dict)
     current_day: date | None = None

@@ -131,3 +131,40 @@ async def test_bench_caps_small_run_is_exact(admin_dsn, tmp_path, capsys):
     for reason in ("fatigue_shop_day", "fatigue_template", "fatigue_global_day", "fatigue_global_shops"):
         assert result["by_outcome"].get(reason, 0) > 0, reason
     assert json.loads((tmp_path / "caps.json").read_text())["exact"] is True
+
+
+async def test_bench_repurchase_small_run_measures_the_three_figures(admin_dsn, tmp_path, capsys):
+    from bench.repurchase import run_repurchase
+    from bench.run import REPURCHASE_RESULTS_KEY
+
+    results_path = tmp_path / "results.json"
+    results_path.write_text(json.dumps({"recipients_per_s": 1.0}))  # the K-PHASED figures stay
+    cfg = BenchConfig(
+        recipients=3_000,
+        kind="K-REPURCHASE",
+        data_dir=tmp_path,
+        admin_dsn=admin_dsn,
+        results_path=results_path,
+        docs_path=tmp_path / "benchmarks.md",
+        db_name=f"bench_rp_smoke_{uuid.uuid4().hex[:8]}",
+        drop_db=True,
+        settle_s=0.5,
+    )
+    r = await run_repurchase(cfg)
+    out = capsys.readouterr().out
+    written = json.loads(results_path.read_text())
+    assert written["recipients_per_s"] == 1.0
+    assert written[REPURCHASE_RESULTS_KEY]["recipients"] == r["recipients"]
+    for line in ("(a) repurchase-cycle refresh", "(b) preview of the whole shop", "(c) whole-shop day"):
+        assert line in out, line
+    assert "| (c) whole-shop day end to end" in (tmp_path / "benchmarks.md").read_text()
+
+    cycle, day, preview = r["repurchase_cycle_day"], r["whole_shop_day"], r["preview"]
+    # The seed makes the repurchase-cycle audience real: some are due, each sent one offer of a coupon's product.
+    assert 0 < cycle["recipients"] < r["customers"] * 0.2
+    assert cycle["refresh_s"] > 0 and cycle["sent"] == cycle["offers_held"] == cycle["recipients"]
+    # The whole shop: everyone reachable gets their own text and an offer; the preview said as much.
+    assert 0.8 * r["customers"] < day["recipients"] == preview["would_send"] == day["sent"] == day["offers_held"]
+    assert day["outbox_messages"] == day["recipients"] and day["outbox_batches_without_bodies"] == 0
+    assert day["ledger_check"]["exact"]
+    assert r["preview_s"] > 0 and r["recipients_per_s"] > 0

@@ -87,14 +87,17 @@ async def test_fifty_campaigns_twenty_shops_caps_and_coupons_exact(clean_db, ts_
     # Every decision has a reason when it is not a send.
     assert await pool.fetchval(
         "SELECT count(*) FROM deliveries WHERE state = 'suppressed' AND reason IS NULL") == 0
-    # Coupons never oversold: sends carrying a coupon <= its initial stock, and stock + sends == initial.
+    # Coupons never oversold: sends carrying a coupon <= its initial stock, and stock + sends == initial;
+    # each send holds its unit as one claim.
     rows = await pool.fetch(
         """SELECT c.coupon_id, c.stock, (SELECT count(*) FROM deliveries d JOIN campaigns k ON k.id = d.campaign_id
-                                          WHERE k.spec->>'coupon_id' = c.coupon_id AND d.state = 'sent') AS sent
+                                          WHERE k.spec->>'coupon_id' = c.coupon_id AND d.state = 'sent') AS sent,
+                  (SELECT count(*) FROM claims h WHERE h.coupon_id = c.coupon_id AND h.state = 'held') AS held
            FROM coupons c""")
     assert rows
     for r in rows:
         assert r["stock"] >= 0 and r["sent"] <= COUPON_STOCK and r["stock"] + r["sent"] == COUPON_STOCK, dict(r)
+        assert r["held"] == r["sent"], dict(r)
     assert await pool.fetchval("SELECT count(*) FROM deliveries WHERE state IN ('reserved', 'unknown')") == 0
     total = await pool.fetchval("SELECT count(*) FROM deliveries WHERE state = 'sent'")
     print(f"\nconcurrency: 50 campaigns, 20 shops, {CONSUMERS} shared consumers, {total:,} sent, caps exact"

@@ -270,7 +270,8 @@ def test_text_without_braces_renders_to_itself(text):
 
 
 @PROPS
-@given(st.dictionaries(st.sampled_from(sorted(PLACEHOLDERS)), st.text(max_size=300), min_size=5, max_size=5))
+@given(st.dictionaries(st.sampled_from(sorted(PLACEHOLDERS)), st.text(max_size=300),
+                       min_size=len(PLACEHOLDERS), max_size=len(PLACEHOLDERS)))
 def test_max_length_bounds_the_render(ctx):
     tpl = compile_("{{ name | default: 'friend' | upcase }}: {{ product | truncate: 20 }} {{ coupon }} "
                    "{{ ends_at }} {{ shop | capitalize }}")
@@ -305,6 +306,46 @@ def test_check_template_in_a_pydantic_validator_names_field_and_rule():
     [detail] = error_details(info.value.errors())
     assert detail["field"] == "card_text" and detail["rule"] == RULE
     assert "unknown placeholder 'product'" in detail["message"]
+
+
+# ------------------------------------------------------------------------------- the fast path
+
+# Literal text without braces or '%' (so it never opens an output or a tag), with CJK, emoji, spaces
+# and line breaks (whitespace control strips them next to an output).
+_LITERAL = st.text(alphabet=st.sampled_from(list("ab Z,.!:-_\n\t 0123456789") + ["好", "券", "😀", "é"]), max_size=12)
+_OUTPUT = st.tuples(st.sampled_from(sorted(PLACEHOLDERS)), st.sampled_from(["{{ %s }}", "{{%s}}", "{{- %s }}",
+                                                                             "{{ %s -}}", "{{-%s-}}"]))
+_VALUE = st.one_of(st.text(max_size=40), st.integers(-10**6, 10**6),
+                   st.sampled_from(["", "  a  b  ", "x\u202ey", "{{ coupon }}"]))
+
+
+@PROPS
+@given(parts=st.lists(st.one_of(_LITERAL, _OUTPUT), max_size=8), values=st.fixed_dictionaries(
+    {name: _VALUE for name in sorted(PLACEHOLDERS)}))
+def test_fast_path_renders_what_liquid_renders(parts, values):
+    source = "".join(p if isinstance(p, str) else p[1] % p[0] for p in parts)
+    try:
+        tpl = compile_(source)
+    except TemplateError:  # blank, or a text the text rule refuses: never rendered
+        return
+    assert tpl._plain is not None, source  # only text and plain outputs: the fast path is taken
+    cleaned = {name: clean_value(values[name]) for name in tpl.placeholders}
+    try:
+        general = tpl.render_liquid(cleaned)
+    except RenderError:
+        general = RenderError
+    try:
+        fast = tpl.render(values)
+    except RenderError:
+        fast = RenderError
+    assert fast == general, (source, values)
+
+
+def test_fast_path_only_without_filters():
+    assert compile_("Hi {{ name }}, {{ coupon }}")._plain is not None
+    tpl = compile_("Hi {{ name | upcase }}, {{ coupon }}")
+    assert tpl._plain is None
+    assert tpl.render(CTX) == "Hi ANN, SAVE10"
 
 
 # ---------------------------------------------------------------------------------------- speed

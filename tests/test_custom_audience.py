@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from sluice.audiences.custom import BEHAVIOUR_KINDS, compile_custom, describe_errors, evaluate, parse_filter
+from sluice.audiences.custom import BEHAVIOUR_KINDS, TAG_MATCHES, compile_custom, describe_errors, evaluate, parse_filter
+from sluice.audiences.tags import MAX_TAG_CHARS, MAX_TAGS
 
 from tests.factories import make_shop
 
@@ -23,7 +24,7 @@ D = timedelta(days=1)
 US = timedelta(microseconds=1)
 
 CUSTOMER_COLUMNS = ["shop_id", "consumer_id", "locale", "timezone", "is_member", "is_fan", "phone_valid",
-                    "email_valid", "created_at"]  # fmt: skip
+                    "email_valid", "created_at", "tags"]  # fmt: skip
 
 
 async def insert(pool, customers, events=(), orders=()):
@@ -46,7 +47,7 @@ async def insert(pool, customers, events=(), orders=()):
 
 def customer(shop, cid, **kw):
     row = dict(shop_id=shop, consumer_id=cid, locale="zh-CN", timezone=None, is_member=False, is_fan=False,
-               phone_valid=True, email_valid=True, created_at=SNAP - 400 * D)  # fmt: skip
+               phone_valid=True, email_valid=True, created_at=SNAP - 400 * D, tags=[])  # fmt: skip
     row.update(kw)
     return row
 
@@ -67,14 +68,15 @@ def py_members(filt, customers, events, orders, shop, snapshot=SNAP):
 # (1) Hand-written filters on a hand-built shop with known members.
 
 HAND_CUSTOMERS = [
-    customer("s1", 1, locale="zh-CN", timezone="Asia/Shanghai", is_member=True, created_at=SNAP - 30 * D),  # window start
-    customer("s1", 2, locale="en-US", timezone="America/New_York", is_fan=True, created_at=SNAP - 30 * D - US),
+    customer("s1", 1, locale="zh-CN", timezone="Asia/Shanghai", is_member=True, created_at=SNAP - 30 * D,  # window start
+             tags=["vip", "skincare"]),
+    customer("s1", 2, locale="en-US", timezone="America/New_York", is_fan=True, created_at=SNAP - 30 * D - US, tags=["vip"]),
     customer("s1", 3, locale="zh-CN", timezone=None, is_member=True, is_fan=True, created_at=SNAP),  # at the snapshot
-    customer("s1", 4, locale="ja-JP", timezone="Asia/Tokyo", phone_valid=False, created_at=SNAP - US),
+    customer("s1", 4, locale="ja-JP", timezone="Asia/Tokyo", phone_valid=False, created_at=SNAP - US, tags=["skincare"]),
     customer("s1", 5, locale="en-US", timezone=None, email_valid=False),
     customer("s1", 6),
     customer("s2", 1, locale="en-US", is_member=False),  # consumer 1 in another shop
-    customer("s2", 7, locale="zh-CN"),
+    customer("s2", 7, locale="zh-CN", tags=["vip"]),  # this shop's tags are not s1's
 ]
 HAND_EVENTS = [
     # consumer 1: two visits in the 7-day window, one at the snapshot (does not count: T+1)
@@ -114,6 +116,7 @@ NOT = lambda f: {"op": "not", "child": f}  # noqa: E731
 AND = lambda *c: {"op": "and", "children": list(c)}  # noqa: E731
 OR = lambda *c: {"op": "or", "children": list(c)}  # noqa: E731
 VISITS_7D_2 = {"op": "behaviour", "kind": "visit", "within_days": 7, "at_least": 2}
+TAGS = lambda match, *tags: {"op": "tags", "match": match, "value": list(tags)}  # noqa: E731
 
 HAND_CASES = [
     (EQ("locale", "en-US"), {2, 5}),
@@ -156,6 +159,17 @@ HAND_CASES = [
     (OR(EQ("locale", "ja-JP"), VISITS_7D_2, EQ("email_valid", False)), {1, 4, 5}),
     (AND(NOT(OR(EQ("locale", "en-US"), EQ("is_member", True))), NOT(EQ("phone_valid", False))), {6}),
     (NOT(NOT(EQ("locale", "en-US"))), {2, 5}),
+    # the shop's tags (R-RP-3): any / all / none of the listed ones, this shop's only
+    (TAGS("any", "vip"), {1, 2}),
+    (TAGS("any", "vip", "skincare"), {1, 2, 4}),
+    (TAGS("all", "vip", "skincare"), {1}),
+    (TAGS("all", "vip"), {1, 2}),
+    (TAGS("none", "vip"), {3, 4, 5, 6}),
+    (TAGS("none", "vip", "skincare"), {3, 5, 6}),
+    (NOT(TAGS("any", "vip")), {3, 4, 5, 6}),  # `none` is the exact complement of `any`
+    (TAGS("any", "VIP"), set()),  # tags are compared exactly
+    (AND(TAGS("any", "vip"), EQ("is_fan", True)), {2}),
+    (OR(TAGS("all", "skincare"), EQ("email_valid", False)), {1, 4, 5}),
 ]
 
 
@@ -204,12 +218,14 @@ BOUNDARY_DAYS = (1, 7, 30, 90, 365)
 LOCALES = ("zh-CN", "en-US", "ja-JP")
 ZONES = (None, "Asia/Shanghai", "America/New_York")
 COMMON_KINDS = ("visit", "login", "cart", "favourite", "message_read")
+TAG_NAMES = ("vip", "skincare", "new", "lapsed")
 
 
 @lru_cache(maxsize=1)
 def random_shop(seed: int = 20250601):
     """~50 customers of r1 (10 of them also in r2), ~400 events, ~200 orders; many rows sit on window edges."""
     r = random.Random(seed)
+    tag_draws = random.Random(seed + 1)  # a stream of its own: the other columns stay what they were
 
     def instant():
         x = r.random()
@@ -225,7 +241,8 @@ def random_shop(seed: int = 20250601):
             customers.append(customer(shop, cid, locale=r.choice(LOCALES), timezone=r.choice(ZONES),
                                       is_member=r.random() < 0.3, is_fan=r.random() < 0.4,
                                       phone_valid=r.random() < 0.8, email_valid=r.random() < 0.8,
-                                      created_at=instant()))  # fmt: skip
+                                      created_at=instant(),
+                                      tags=[t for t in TAG_NAMES if tag_draws.random() < 0.35]))  # fmt: skip
     events = []
     for _ in range(400):
         events.append({"shop_id": "r1" if r.random() < 0.85 else "r2",
@@ -282,6 +299,8 @@ leaves = st.one_of(
               st.sampled_from(COMMON_KINDS) | st.sampled_from(BEHAVIOUR_KINDS), days, bounds()),
     st.builds(lambda n, b, m: {"op": "orders", "within_days": n, **b, **({} if m is None else {"min_amount": m})},
               days, bounds(), st.none() | st.sampled_from((0, 50, 100, 9.99, 100.01))),
+    st.builds(lambda m, v: {"op": "tags", "match": m, "value": v}, st.sampled_from(TAG_MATCHES),
+              st.lists(st.sampled_from((*TAG_NAMES, "held-by-nobody", "'; DROP TABLE shops;--")), min_size=1, max_size=3)),
 )  # fmt: skip
 filters = st.recursive(
     leaves,
@@ -320,7 +339,7 @@ async def test_the_random_shop_is_not_trivial(clean_db):
     for filt in ({"op": "behaviour", "kind": "visit", "within_days": 90, "at_least": 2},
                  {"op": "orders", "within_days": 365, "at_least": 2, "min_amount": 50},
                  {"op": "within_days", "field": "created_at", "value": 90},
-                 EQ("timezone", "America/New_York")):  # fmt: skip
+                 EQ("timezone", "America/New_York"), TAGS("any", "vip"), TAGS("all", "vip", "new")):  # fmt: skip
         got = await sql_members(clean_db, filt, "r1")
         assert got == py_members(filt, customers, events, orders, "r1")
         assert 0 < len(got) < len(r1), filt
@@ -425,6 +444,17 @@ REFUSED = [
     ([EQ("is_fan", True)], "(filter)", "a filter is an object with an 'op'"),
     (None, "(filter)", "a filter is an object with an 'op'"),
     (AND("is_fan"), "children.0", "a filter is an object with an 'op'"),
+    # the tags condition (R-RP-3)
+    (TAGS("some", "vip"), "match", "'any', 'all' or 'none'"),
+    ({"op": "tags", "value": ["vip"]}, "match", "Field required"),
+    (TAGS("any", ""), "value.0", "a tag is a non-empty string"),
+    (NOT(TAGS("all", "vip", "  ")), "child.value.1", "a tag is a non-empty string"),
+    (TAGS("any", "vip\x00"), "value.0", "NUL"),
+    (TAGS("any", *[f"t{i}" for i in range(MAX_TAGS + 1)]), "value", f"at most {MAX_TAGS} items"),
+    (TAGS("any", "x" * (MAX_TAG_CHARS + 1)), "value.0", f"at most {MAX_TAG_CHARS} characters"),
+    (TAGS("any"), "value", "at least 1 item"),
+    ({"op": "tags", "match": "any", "value": "vip"}, "value", "valid list"),
+    ({"op": "tags", "match": "any", "value": [7]}, "value.0", "valid string"),
 ]
 
 

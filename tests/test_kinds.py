@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import re
 import tokenize
@@ -19,16 +18,12 @@ from pathlib import Path
 
 import pytest
 from pydantic import TypeAdapter
-from sluice.api.cli import app as cli_app
 from sluice.api.http import create_app
 from sluice.kinds import KINDS, CampaignSpec, Shop, compile_plan
 from sluice.kinds.oldcust import OldCustomerSpec, first_send_day
 from sluice.kinds.phased import Phased, PhasedSpec, phase_days
 from sluice.schemas.rules import RuleViolation
 from sluice.schemas.settings import Settings
-from typer.testing import CliRunner
-
-from tests.factories import make_shop
 
 ROOT = Path(__file__).resolve().parents[1]
 SCANNED = ["activities", "api", "audiences", "schemas", "workflows", "workers", "db"]
@@ -123,15 +118,3 @@ def test_an_oldcust_spec_without_a_send_day_takes_the_first_open_day():
     spec = OldCustomerSpec(kind="K-OLDCUST", shop_id="s1", campaign_id="c", scene="S", card_text="Hi", send_time=time(10))
     assert first_send_day(spec, TZ, datetime(2026, 12, 1, 13, 59, tzinfo=UTC)) == date(2026, 12, 1)  # 21:59 local
     assert first_send_day(spec, TZ, datetime(2026, 12, 1, 14, 0, tzinfo=UTC)) == date(2026, 12, 2)  # 22:00 local
-
-
-@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
-async def test_the_examples_start_as_shipped(example, clean_db, ts_env, db_dsn, tmp_path):
-    await make_shop(clean_db, "shop-1", TZ)
-    env = {"DATABASE_URL": db_dsn, "TEMPORAL_ADDRESS": ts_env.client.service_client.config.target_host,
-           "SLUICE_DATA_DIR": str(tmp_path), "SLUICE_TASK_QUEUE": "examples", "COLUMNS": "300"}
-    result = await asyncio.to_thread(CliRunner().invoke, cli_app, ["start", str(ROOT / "examples" / example)], env=env)
-    assert result.exit_code == 0, result.output
-    wf = await clean_db.fetchval("SELECT workflow_id FROM campaigns")
-    assert f"started {wf}" in result.output
-    await ts_env.client.get_workflow_handle(wf).describe()

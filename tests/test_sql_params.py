@@ -47,6 +47,7 @@ ALLOWED_INTERPOLATIONS = {
         " audiences/custom.py from allow-listed fragments with every value bound from $11 on",
     ("activities/audience.py", "item"): "a constant column expression chosen by the audience's yields_item",
     ("activities/send.py", "personal_columns"): "constant columns (item, nick) chosen by a bool",
+    ("activities/send.py", "benefits"): "the $n of the benefits array, an int constant chosen by a bool (12 or 16)",
     # audiences/custom.py: the merchant's filter compiled from allow-listed fragments; every value is `p(...)`,
     # which appends it to the bound parameters and returns its "$n".
     ("audiences/custom.py", "source"): "a constant table expression of the counted leaf (events or orders)",
@@ -61,16 +62,22 @@ ALLOWED_INTERPOLATIONS = {
      '"SELECT 1 FROM orders o WHERE o.shop_id = $1 AND o.consumer_id = c.consumer_id AND o.status <> \'pending\' AND " '
      "+ _WINDOW.format(col='o.created_at', days=p(node.within_days, 'int'))"):
         "a constant window fragment with a constant column and a $n placeholder",
-    ("activities/audience.py", "exclusion_branches(channel)"):
-        "CASE branches built only from CHANNEL_COLUMNS[channel]: an opt-out column and a constant contact"
-        " predicate per Channel enum value",
+    ("activities/audience.py", "exclusion_branches(channel, non_customers)"):
+        "CASE branches built only from CHANNELS[channel]: an opt-out column and a constant contact"
+        " predicate per Channel enum value, over the constant row aliases c and p",
+    ("activities/audience.py", "rows"):
+        "recipient_rows(): a constant join of the recipient's rows with the constant '$1' and 'm.consumer_id'",
     ("activities/audience.py", "branches"):
         "CASE branches of audiences/filters.py, chosen by filter names checked against filters.NAMES before",
     ("activities/audience.py", "joins"): "constant joins of audiences/filters.py, chosen as above",
-    ("activities/send.py", "exclusion_branches(channel)"): "CASE branches from CHANNEL_COLUMNS, as above",
-    ("activities/send.py", "CHANNEL_ADDRESS[channel]"): "a constant address column per Channel",
+    ("activities/send.py", "exclusion_branches(channel, non_customers)"): "CASE branches from CHANNELS, as above",
+    ("activities/send.py", "recipient_address(channel, non_customers)"): "a constant address expression per Channel",
+    ("activities/send.py", "recipient_rows('$4', 's.consumer_id', non_customers)"):
+        "a constant join of the recipient's rows, with constant parameter and column names",
     ("activities/send.py", "prior"): "a constant ledger probe or NULL, chosen by the probe bool",
-    ("activities/send.py", "CHANNEL_ADDRESS[inp.channel.value]"): "a constant address column per Channel",
+    ("activities/send.py", "recipient_address(inp.channel.value, True)"): "a constant address expression per Channel",
+    ("activities/send.py", "recipient_rows('d.shop_id', 'd.consumer_id', True)"):
+        "a constant join of the recipient's rows, with constant column names",
     # _write_sql(handoff): two statements built once at import from a bool, never from input.
     ("activities/send.py", "ref"): "a constant provider_ref expression or NULL, chosen by the handoff bool",
     ("activities/send.py", "outbox"): "a constant outbox batch CTE, chosen by the handoff bool",
@@ -80,15 +87,20 @@ ALLOWED_INTERPOLATIONS = {
 }
 # (file, first argument of a query call): why it is safe.
 ALLOWED_SQL_ARGUMENTS = {
-    ("activities/send.py", "_chunk_sql(ch, probe, personal is not None)"): "built only from the allowed interpolations above",
+    ("activities/send.py", "_chunk_sql(ch, probe, personal is not None, inp.reaches_non_customers)"):
+        "built only from the allowed interpolations above",
     ("audiences/preview.py", "statement.sql"): "checked_refresh_sql(): the refresh's own statement, allowed above",
     ("audiences/preview.py", "CAPS_READ"): "a module constant of activities/send.py",
+    ("activities/send.py", "SHOP_BENEFITS"): "a module constant of schemas/benefits.py",
+    ("kinds/repurchase.py", "SHOP_BENEFITS"): "a module constant of schemas/benefits.py",
     ("audiences/preview.py", "TEMPLATE_WINDOW"): "a module constant of activities/send.py",
     ("activities/send.py", "_WRITE_HANDED_OFF if handoff else _WRITE_RESERVED"):
         "_write_sql(True/False) at import: built only from the allowed interpolations above",
     ("activities/audience.py", "sql"): "refresh_sql(): built only from the allowed interpolations above",
     ("activities/audience.py", "F.EARLIER_SAME_KIND"): "a constant statement of audiences/filters.py",
     ("db/migrate.py", "path.read_text()"): "the migration files shipped in db/migrations",
+    ("db/seed.py", "_named(sql, used)"):
+        "a module constant _RP_* of the repurchase seed with its $name placeholders numbered; every value is bound",
 }
 
 

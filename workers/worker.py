@@ -14,6 +14,7 @@ import structlog
 from sluice.activities.audience import AudienceActivities
 from sluice.activities.channels import ChannelRegistry
 from sluice.activities.offers import OfferActivities
+from sluice.activities.precedence import PrecedenceActivities
 from sluice.activities.report import ReportActivities
 from sluice.activities.send import SendActivities
 from sluice.db.pool import create_pool
@@ -40,6 +41,7 @@ def build_worker(
     send = SendActivities(pool, channels, platform_timezone=settings.platform_timezone)
     report = ReportActivities(pool)
     offers = OfferActivities(pool)
+    precedence = PrecedenceActivities(pool)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
@@ -53,6 +55,7 @@ def build_worker(
             report.set_campaign_state,
             offers.day_offers,
             offers.expire_offers,
+            precedence.precedence_holder,
         ],
         max_concurrent_activities=settings.max_concurrent_activities,
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.sticky_timeout_s),

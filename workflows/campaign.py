@@ -22,14 +22,17 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 with workflow.unsafe.imports_passed_through():
     from sluice.activities.audience import AudienceActivities
     from sluice.activities.offers import OfferActivities
+    from sluice.activities.precedence import PrecedenceActivities
     from sluice.activities.report import ReportActivities
     from sluice.activities.send import SendActivities
+    from sluice.audiences import reaches_non_customers
     from sluice.schemas import activities as A
     from sluice.schemas.activities import (
         CampaignStateInput,
         CloseDayInput,
         DayReportInput,
         OffersInput,
+        PrecedenceInput,
         ReconcileInput,
         RefreshAudienceInput,
         SendSliceInput,
@@ -38,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
     from sluice.schemas.campaign import CampaignPlan, PhasePlan
     from sluice.schemas.workflow import CampaignInput, CampaignProgress, CampaignStatus
     from sluice.workflows import policies
+    from sluice.workflows import precedence as P
     from sluice.workflows import search_attributes as SA
     from sluice.workflows.calendar import DayWindow, day_window
 
@@ -64,6 +68,7 @@ class CampaignWorkflow:
         # first workflow task, finds it and takes effect instead of being dropped.
         self.plan: CampaignPlan = inp.plan
         self.progress: CampaignProgress = inp.progress or CampaignProgress(started_at=workflow.now())
+        self._precedence_checked: datetime | None = None
 
     # ------------------------------------------------------------------ control
 
@@ -192,7 +197,10 @@ class CampaignWorkflow:
             if phase.below_minimum(refresh.eligible, refresh.excluded.get(A.EXCLUDED_ALREADY_REACHED, 0)):
                 stop_reason = A.NOT_SENT_MIN_AUDIENCE  # R-OC-4
             elif refresh.eligible:
-                stop_reason = await self._send_day(phase, win, refresh.seq_end or refresh.eligible)
+                if P.yields(plan.precedence) and not await self._yield_while_held(win):
+                    stop_reason = P.YIELDING  # R-RP-9: a custom task of the shop ran until the window closed
+                else:
+                    stop_reason = await self._send_day(phase, win, refresh.seq_end or refresh.eligible)
                 # Deliveries whose provider answer was lost are settled by reference, never resent.
                 await self._call(
                     SendActivities.reconcile_pending,
@@ -201,11 +209,12 @@ class CampaignWorkflow:
                         shop_id=plan.shop_id,
                         channel=phase.channel,
                         template_cap=phase.template_cap,
-                        coupon_id=phase.coupon_id,
                     ),
                     summary="reconcile",
                 )
-                if phase.offer is not None:
+                # A shared coupon's claims have no end of their own: nothing to wait for or expire. A member
+                # benefit's limited coupon is held with a countdown like an exclusive offer (R-RP-4).
+                if (phase.offer is not None and not phase.offer.shared) or phase.benefit is not None:
                     await self._settle_offers(win.day)
         if progress.cancel_requested:
             await self._close_day(phase, win.day, A.NOT_SENT_CANCELLED)
@@ -289,6 +298,9 @@ class CampaignWorkflow:
 
         while pending or running:
             stop = control_stop() or stop
+            if stop is None and pending and P.yields(plan.precedence) and P.check_due(self._precedence_checked, workflow.now()):
+                if await self._precedence_holder() is not None:
+                    stop = P.YIELDING  # R-RP-9: launch nothing more; the running slices finish
             if stop is None:
                 while pending and len(running) < tuning.concurrency and unallotted > 0:
                     if workflow.now() < next_launch:
@@ -310,6 +322,12 @@ class CampaignWorkflow:
                         stop = None
                         continue
                     stop = control_stop() or "window_closed"
+                if stop == P.YIELDING:
+                    if await self._yield_while_held(win):
+                        await self._publish("sending")
+                        stop = None
+                        continue
+                    stop = control_stop() or P.YIELDING
                 if stop or not pending or unallotted <= 0:
                     break
             wake_at = min(win.close_at, next_launch) if pending and next_launch > workflow.now() else win.close_at
@@ -367,10 +385,11 @@ class CampaignWorkflow:
                 template_cap=phase.template_cap,
                 text=phase.text,
                 title=phase.title,
-                coupon_id=phase.coupon_id,
                 offer=phase.offer,
+                benefit=phase.benefit,
                 text_is_template=phase.text_is_template,
                 timezone=plan.timezone,
+                reaches_non_customers=reaches_non_customers(phase.audience, phase.audience_params),
                 seq_lo=s.lo,
                 seq_hi=s.hi,
                 budget=s.allot,
@@ -383,6 +402,33 @@ class CampaignWorkflow:
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             summary=f"send {win.day} [{s.lo}, {s.hi})",
         )
+
+    async def _precedence_holder(self) -> str | None:
+        """The campaign of the shop holding this plan's precedence group now, if any (R-RP-9)."""
+        plan = self.plan
+        self._precedence_checked = workflow.now()
+        res = await self._call(
+            PrecedenceActivities.precedence_holder,
+            PrecedenceInput(campaign_db_id=plan.campaign_db_id, shop_id=plan.shop_id, group=plan.precedence.group),
+            summary=f"precedence {plan.precedence.group}",
+            limits=policies.STATE,
+        )
+        return res.holder
+
+    async def _yield_while_held(self, win: DayWindow) -> bool:
+        """R-RP-9: send nothing while a campaign of the shop that takes precedence runs, looking again every
+        few minutes; True when none holds the group before the window closes (and not cancelled)."""
+        progress = self.progress
+        while not progress.cancel_requested and workflow.now() < win.close_at:
+            holder = await self._precedence_holder()
+            if holder is None:
+                progress.yield_reason = None
+                return True
+            progress.yield_reason = P.yield_reason(holder)
+            await self._publish(P.YIELDING)
+            workflow.set_current_details(progress.yield_reason)
+            await _wait(lambda: progress.cancel_requested, min(P.CHECK_EVERY, win.close_at - workflow.now()))
+        return False
 
     async def _wait_while_paused(self, win: DayWindow) -> bool:
         """Hold while paused; True when resumed inside today's window."""
@@ -489,4 +535,5 @@ def _phase_end_reason(stop: str) -> str:
         "window_missed": "window_missed_phase_ended",
         "daily_cap": "daily_cap_phase_ended",
         A.NOT_SENT_MIN_AUDIENCE: A.NOT_SENT_MIN_AUDIENCE,
+        P.YIELDING: A.NOT_SENT_YIELDED,
     }.get(stop, f"{stop}_phase_ended")
