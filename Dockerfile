@@ -24,6 +24,11 @@ COPY activities ./activities
 COPY audiences ./audiences
 COPY kinds ./kinds
 COPY content ./content
+COPY channels ./channels
+COPY reports ./reports
+COPY outcomes ./outcomes
+COPY ingest ./ingest
+COPY web ./web
 COPY workers ./workers
 COPY schemas ./schemas
 COPY api ./api

@@ -141,7 +141,7 @@ def refresh_sql(
             CASE {exclusion_branches(channel, non_customers)}
                  WHEN $7::bool AND EXISTS (SELECT 1 FROM deliveries d
                               WHERE d.campaign_id = $4 AND d.phase = $5 AND d.consumer_id = m.consumer_id
-                                AND d.state IN ('reserved', 'sent', 'unknown')) THEN 'already_reached'
+                                AND d.state IN ('reserved', 'sent', 'unknown', 'held_out')) THEN 'already_reached'
                  {branches}
             END AS reason
         FROM matched m {rows}

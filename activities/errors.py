@@ -21,9 +21,10 @@ from temporalio.exceptions import ApplicationError
 INVALID_INPUT = "InvalidActivityInput"
 NOT_CONFIGURED = "ChannelNotConfigured"
 CAP_READING_RACED = "CapReadingRaced"
+PROVIDER_REFUSED = "ProviderRefused"
 
 # The `type`s no retry policy retries.
-NOT_WORTH_RETRYING = (INVALID_INPUT, NOT_CONFIGURED)
+NOT_WORTH_RETRYING = (INVALID_INPUT, NOT_CONFIGURED, PROVIDER_REFUSED)
 
 
 def invalid_input(field: str, message: str) -> ApplicationError:
@@ -45,3 +46,10 @@ def cap_reading_raced(message: str) -> ApplicationError:
     """The cap reading after the reservation disagrees with it (a concurrent commit between the two
     statements): the chunk's transaction rolls back and a retry decides it afresh."""
     return ApplicationError(message, type=CAP_READING_RACED, non_retryable=False)
+
+
+
+def provider_refused(channel: str, message: str) -> ApplicationError:
+    """The provider refuses the request itself (a 4xx other than 429: bad credentials, a malformed
+    batch): every retry would meet the same answer, so the campaign halts with it (fix, then resume)."""
+    return ApplicationError(f"{channel}: {message}", {"channel": channel}, type=PROVIDER_REFUSED, non_retryable=True)

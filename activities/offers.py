@@ -30,6 +30,7 @@ from datetime import datetime
 import asyncpg
 from sluice.activities.context import bind_activity_context
 from sluice.schemas.activities import OffersInput, OffersResult
+from sluice.workers import metrics
 from temporalio import activity
 
 CLAIMED, EXPIRED, HELD, RELEASED = "claimed", "expired", "held", "released"
@@ -92,7 +93,9 @@ async def claim(
     consumer, when one is named): nothing changes then."""
     async with pool.acquire() as conn:
         row = await conn.fetchrow(_CLAIM, offer_id, shop_id, now, consumer_id)
-        if row is None:
+        if row is not None:
+            metrics.count_claims(CLAIMED)  # held -> claimed now (a repeated claim changes and counts nothing)
+        else:
             row = await conn.fetchrow(_OFFER, offer_id, shop_id, consumer_id)
             if row is None:
                 return None
@@ -122,6 +125,7 @@ class OfferActivities:
         async with self.pool.acquire() as conn, conn.transaction():
             ended = await conn.fetchval(_EXPIRE, inp.campaign_db_id, inp.phase_index, inp.day, inp.now)
             rows = await conn.fetch(_DAY_OFFERS, inp.campaign_db_id, inp.phase_index, inp.day)
+        metrics.count_claims(EXPIRED, ended)
         counts = {r["state"]: r["n"] for r in rows}
         log.info("offers expired", expired_now=ended, counts=counts)
         last = max((r["last_expiry"] for r in rows if r["last_expiry"] is not None), default=None)

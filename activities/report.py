@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncpg
 from sluice.activities.context import bind_activity_context
-from sluice.schemas.activities import CampaignStateInput, CloseDayInput, DayReport, DayReportInput
+from sluice.reports.refresh import refresh
+from sluice.schemas.activities import CampaignStateInput, CloseDayInput, DayReport, DayReportInput, ReportRefreshInput
+from sluice.workers import metrics
 from temporalio import activity
 
 # The day report's key prefix of the sent deliveries carrying each member benefit kind ("benefit:join_gift").
@@ -47,6 +49,7 @@ class ReportActivities:
             inp.reason,
             inp.decided_at,
         )
+        metrics.count_deliveries(inp.channel.value, metrics.NOT_SENT, n)
         log.info("day closed", day=str(inp.day), not_sent=n, reason=inp.reason)
         return n
 
@@ -101,6 +104,14 @@ class ReportActivities:
                 counts,
             )
         return DayReport(day=inp.day, phase=inp.phase_name, counts=counts)
+
+    @activity.defn
+    async def refresh_report(self, inp: ReportRefreshInput) -> bool:
+        """R-REP-1: attribute the campaign's orders and materialise its report tables (sluice.reports.refresh);
+        the same step as POST /campaigns/{id}/report/refresh. True when the attribution step ran."""
+        async with self.pool.acquire() as conn:
+            done = await refresh(conn, inp.campaign_db_id)
+        return done.attributed
 
     @activity.defn
     async def set_campaign_state(self, inp: CampaignStateInput) -> None:

@@ -34,16 +34,22 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 from sluice.activities import errors
 from sluice.activities.audience import exclusion_branches, recipient_address, recipient_rows
-from sluice.activities.channels import ChannelRegistry, InDatabaseChannel, Outbound, Outcome
 from sluice.activities.context import bind_activity_context
+from sluice.activities.offers import HELD, RELEASED
+from sluice.activities.quota import hold_quota, take_quota
+from sluice.channels import sms
+from sluice.channels.base import Outbound, Outcome, send_and_settle
+from sluice.channels.outbox import InDatabaseChannel
+from sluice.channels.registry import ChannelRegistry
 from sluice.content.render import compile_template, format_ends_at
+from sluice.outcomes.holdout import held_out
 from sluice.schemas import activities as A
-from sluice.schemas import rules
 from sluice.schemas.activities import ReconcileInput, ReconcileResult, SendSliceInput, SendSliceResult
-from sluice.schemas.benefits import SHOP_BENEFITS, BenefitChoice, MemberBenefit
+from sluice.schemas.benefits import SHOP_BENEFITS, BenefitChoice, MemberBenefit, required_benefit_problem
 from sluice.schemas.campaign import PERSONAL_PLACEHOLDERS
+from sluice.schemas.fatigue import FatiguePolicy, policy_for
 from sluice.schemas.rules import template_key
-from sluice.workflows.calendar import platform_day
+from sluice.workers import metrics
 from temporalio import activity
 
 _LIVE_STATES = ("reserved", "unknown")
@@ -55,25 +61,27 @@ _COMMITTED_STATES = ("reserved", "unknown", "sent")
 _NO_TEMPLATE_CAP = 2**31 - 1
 
 
-def cap_verdict(today, earlier: int, cap) -> str | None:
+def cap_verdict(today, earlier: int, cap, policy: FatiguePolicy) -> str | None:
     """The first cap that stops one more message to the consumer (R-FAT-3, 2, 1), or None.
 
-    `today` is a `CAPS_READ` row (the consumer's counts on the fatigue day), `earlier` the
-    template group's count on the window's earlier days. The same test as `_RESERVE`'s WHERE."""
-    if today["day_sent"] >= rules.GLOBAL_DAY_MAX:
+    `today` is a `CAPS_READ` row (the consumer's counts on the channel's row of their own natural
+    day, R-FAT-DAY), `earlier` the template group's count on the window's earlier days, `policy`
+    the channel's daily caps (schemas/fatigue.py; None: no such cap). The same test as
+    `_RESERVE`'s WHERE."""
+    if policy.global_day is not None and today["day_sent"] >= policy.global_day:
         return A.SUPPRESS_GLOBAL_DAY
-    if today["shop_sent"] >= rules.SHOP_DAY_MAX:
+    if policy.shop_day is not None and today["shop_sent"] >= policy.shop_day:
         return A.SUPPRESS_SHOP_DAY
-    if today["shop_sent"] == 0 and today["day_shops"] >= rules.GLOBAL_SHOPS_MAX:
+    if policy.global_shops is not None and today["shop_sent"] == 0 and today["day_shops"] >= policy.global_shops:
         return A.SUPPRESS_GLOBAL_SHOPS
     if cap and today["template_today"] + earlier >= cap.count:
         return A.SUPPRESS_TEMPLATE
     return None
 
 
-def _cap_reason(today, earlier: int, cap) -> str:
+def _cap_reason(today, earlier: int, cap, policy: FatiguePolicy) -> str:
     """Which cap stopped a consumer `_RESERVE` did not reserve."""
-    reason = cap_verdict(today, earlier, cap)
+    reason = cap_verdict(today, earlier, cap, policy)
     if reason is not None:
         return reason
     # The statement and this reading disagree: fail the chunk (its transaction rolls back) rather
@@ -91,14 +99,26 @@ class ChunkOutcome:
     # Committed `sent` with their outbox rows in the reservation's own transaction.
     handed_off: int = 0
     suppressed: Counter = field(default_factory=Counter)
+    # Why the chunk stopped before its end and the slice should too (R-ED-4: the shop's quota), or None.
+    stopped: str | None = None
 
 
 def _body(inp: SendSliceInput) -> str:
     return f"{inp.title}\n{inp.text}" if inp.title else inp.text
 
 
+def fatigue_day_sql(instant: str, platform_tz: str, consumer: str) -> str:
+    """R-FAT-DAY: the recipient's natural day at `instant`, per row: the local date in their zone at the
+    shop (`c.timezone`, the row of `recipient_rows`), else the platform's record of them
+    (`consumers.timezone`, a primary-key probe only when the shop's is unknown), else the platform's.
+    The one definition for the send path and the preview."""
+    zone = f"coalesce(c.timezone, (SELECT z.timezone FROM consumers z WHERE z.consumer_id = {consumer}), {platform_tz}::text)"
+    return f"({instant}::timestamptz AT TIME ZONE {zone})::date"
+
+
 def _chunk_sql(channel: str, probe: bool, personal: bool = False, non_customers: bool = False) -> str:
-    """The chunk's snapshot rows with what send time needs: exclusions, address, earlier decision.
+    """The chunk's snapshot rows with what send time needs: exclusions, address, earlier decision,
+    and each recipient's own fatigue day (`fday`) at the hand-off instant $7 (platform zone $8).
 
     `probe` reads each row's earlier decision in the ledger. A chunk no attempt has decided
     has none, so the first reading skips it: if another attempt did decide some row, the
@@ -112,7 +132,7 @@ def _chunk_sql(channel: str, probe: bool, personal: bool = False, non_customers:
     # 200-recipient chunk at 20,000 rows, growing with the day).
     prior = (
         """(SELECT d.state FROM deliveries d WHERE d.campaign_id = $1 AND d.phase = $2
-                   AND d.consumer_id = s.consumer_id AND d.day = $3 AND d.channel = $7)"""
+                   AND d.consumer_id = s.consumer_id AND d.day = $3 AND d.channel = $9)"""
         if probe
         else "NULL::text"
     )
@@ -123,7 +143,8 @@ def _chunk_sql(channel: str, probe: bool, personal: bool = False, non_customers:
     personal_columns = ", s.item, c.nick, coalesce(c.is_member, false)" if personal else ""
     return f"""
         SELECT s.seq, s.consumer_id, {recipient_address(channel, non_customers)} AS address, {prior} AS prior,
-               CASE {exclusion_branches(channel, non_customers)} END AS excluded{personal_columns}
+               CASE {exclusion_branches(channel, non_customers)} END AS excluded{personal_columns},
+               {fatigue_day_sql("$7", "$8", "s.consumer_id")} AS fday
         FROM audience_snapshots s
         {recipient_rows("$4", "s.consumer_id", non_customers)}
         WHERE s.campaign_id = $1 AND s.phase = $2 AND s.day = $3 AND s.seq >= $5 AND s.seq < $6
@@ -138,14 +159,18 @@ def _chunk_sql(channel: str, probe: bool, personal: bool = False, non_customers:
 # ON CONFLICT re-reads the latest committed version under the lock, so the check and the bump are
 # one atomic step per consumer. RETURNING names the consumers reserved now; an existing row whose
 # caps said no stays locked and unchanged.
-# $1 ids (ascending), $2 fatigue day, $3 shop, $4 template key, $5 the template cap's count,
-# $6 earlier days' template counts {consumer_id: n}, $7 day max, $8 shop-day max, $9 shops max.
+# Each consumer counts on the channel's row of their own natural day (R-FAT-DAY, one day per consumer
+# in a chunk); the caps are the channel's policy (schemas/fatigue.py), passed as parameters: one
+# statement for every channel. A send updates only non-key columns: the row's later versions stay HOT.
+# $1 ids (ascending), $2 each one's fatigue day (in the order of $1), $3 shop, $4 template key, $5 the
+# template cap's count, $6 earlier days' template counts {consumer_id: n}, $7 day max, $8 shop-day max,
+# $9 shops max (FatiguePolicy.limits), $10 channel.
 _RESERVE = """
-    INSERT INTO fatigue_day AS f (consumer_id, day, sent, shops, per_shop, per_template)
-    SELECT id, $2, 1, 1, fatigue_increment('{}', $3), fatigue_increment('{}', $4)
-    FROM unnest($1::bigint[]) AS u(id)
+    INSERT INTO fatigue_day AS f (consumer_id, day, channel, sent, shops, per_shop, per_template)
+    SELECT id, day, $10, 1, 1, fatigue_increment('{}', $3), fatigue_increment('{}', $4)
+    FROM unnest($1::bigint[], $2::date[]) AS u(id, day)
     WHERE coalesce(($6::jsonb ->> id::text)::int, 0) < $5
-    ON CONFLICT (consumer_id, day) DO UPDATE
+    ON CONFLICT (consumer_id, day, channel) DO UPDATE
        SET sent = f.sent + 1,
            shops = f.shops + (coalesce((f.per_shop ->> $3)::int, 0) = 0)::int,
            per_shop = fatigue_increment(f.per_shop, $3),
@@ -160,21 +185,25 @@ _RESERVE = """
 # primary-key probe per consumer as a scalar subquery: as a join, a day newer than the statistics
 # planned a hash join over the whole table for every chunk (0.29 s per chunk of
 # 2,000 and 71% of the day's database time on a fresh install).
+# $1 ids, $2 shop, $3 each one's fatigue day (in the order of $1), $4 template key, $5 channel.
 CAPS_READ = """
     SELECT id, coalesce((f).sent, 0) AS day_sent, coalesce((f).shops, 0) AS day_shops,
            coalesce(((f).per_shop ->> $2)::int, 0) AS shop_sent,
            coalesce(((f).per_template ->> $4)::int, 0) AS template_today
-    FROM (SELECT u.id, (SELECT d FROM fatigue_day d WHERE d.consumer_id = u.id AND d.day = $3) AS f
-          FROM unnest($1::bigint[]) AS u(id) OFFSET 0) x
+    FROM (SELECT u.id, (SELECT d FROM fatigue_day d WHERE d.consumer_id = u.id AND d.day = u.day AND d.channel = $5) AS f
+          FROM unnest($1::bigint[], $3::date[]) AS u(id, day) OFFSET 0) x
 """
-# The template window's earlier days (R-FAT-1), for the whole chunk in one index scan over
-# (consumer_id, day); only consumers with a message of the group in the window come back.
+# The template window's earlier days (R-FAT-1) before each consumer's own fatigue day, on the channel's
+# rows: a primary-key range probe per consumer (a lateral subquery, so a day newer than the statistics
+# cannot turn it into a scan); only consumers with a message of the group in the window come back.
+# $1 ids, $2 each one's fatigue day (in the order of $1), $3 the window's days, $4 template key, $5 channel.
 TEMPLATE_WINDOW = """
-    SELECT consumer_id, sum((per_template ->> $4)::int)::int AS n
-    FROM fatigue_day
-    WHERE consumer_id = ANY($1::bigint[]) AND day > $2::date - $3::int AND day < $2::date
-      AND per_template ? $4
-    GROUP BY consumer_id
+    SELECT u.id, w.n
+    FROM unnest($1::bigint[], $2::date[]) AS u(id, day)
+    CROSS JOIN LATERAL (SELECT sum((f.per_template ->> $4)::int)::int AS n FROM fatigue_day f
+                        WHERE f.consumer_id = u.id AND f.day > u.day - $3::int AND f.day < u.day
+                          AND f.channel = $5 AND f.per_template ? $4) w
+    WHERE w.n IS NOT NULL
 """
 
 
@@ -190,11 +219,13 @@ def _write_sql(handoff: bool) -> str:
     statement: the delivery and its hand-off commit together, and a dispatcher only ever sees
     committed batches.
 
-    $1 campaign, $2 phase, $3 day, $4 channel, $5 shop, $6 template group, $7 fatigue day,
+    $1 campaign, $2 phase, $3 day, $4 channel, $5 shop, $6 template group, $7 each row's fatigue day (R-FAT-DAY,
+    in the order of $9),
     $8 decided_at, $9 ids, $10 reasons (NULL: live), $11 the live rows' state,
     [$12 live ids, $13 their addresses (both in the order of $9), $14 body, $15 each live row's own
     body (per-recipient content) or NULL], then ($12, or $16 with `handoff`) each row's member benefit
-    (R-RP-4), in the order of $9, or NULL.
+    (R-RP-4), in the order of $9, or NULL, and next each row's cost (deliveries.cost: an SMS's price,
+    R-AQ-5), in the order of $9, or NULL.
     """
     benefits = 16 if handoff else 12
     ref = "CASE WHEN u.reason IS NULL THEN 'outbox:' || (SELECT id FROM b) END" if handoff else "NULL"
@@ -210,11 +241,13 @@ def _write_sql(handoff: bool) -> str:
         else ""
     )
     return f"""
-    WITH {outbox} u AS (SELECT * FROM unnest($9::bigint[], $10::text[], ${benefits}::text[]) AS u(id, reason, benefit))
+    WITH {outbox} u AS (SELECT * FROM unnest($9::bigint[], $10::text[], ${benefits}::text[], ${benefits + 1}::numeric[],
+                                             $7::date[]) AS u(id, reason, benefit, cost, fday))
     INSERT INTO deliveries (campaign_id, phase, consumer_id, day, channel, shop_id, template_group,
-                            fatigue_day, state, reason, provider_ref, decided_at, benefit_id)
-    SELECT $1, $2, u.id, $3, $4, $5, $6, $7, CASE WHEN u.reason IS NULL THEN $11 ELSE 'suppressed' END,
-           u.reason, {ref}, $8, u.benefit
+                            fatigue_day, state, reason, provider_ref, decided_at, benefit_id, cost)
+    SELECT $1, $2, u.id, $3, $4, $5, $6, u.fday,
+           CASE WHEN u.reason IS NULL THEN $11 WHEN u.reason = '{A.HELD_OUT}' THEN u.reason ELSE 'suppressed' END,
+           nullif(u.reason, '{A.HELD_OUT}'), {ref}, $8, u.benefit, u.cost
     FROM u
 """
 
@@ -226,7 +259,7 @@ _RECORD_OUTCOMES = """
     FROM unnest($6::bigint[], $7::text[], $8::text[], $9::text[]) AS u(id, state, ref, reason)
     WHERE d.campaign_id = $1 AND d.phase = $2 AND d.day = $3 AND d.channel = $4
       AND d.consumer_id = u.id AND d.state = ANY($5::text[])
-    RETURNING d.consumer_id
+    RETURNING d.consumer_id, d.fatigue_day
 """
 
 
@@ -253,16 +286,19 @@ _TAKE_STOCK = """
     FROM unnest($1::text[], $2::int[]) AS u(coupon_id, n) WHERE c.coupon_id = u.coupon_id
 """
 # A delivery that was not sent gives its offer's unit back (R-OC-8); a no-op for deliveries without one.
+# Answers how many claims it released (a data-modifying CTE runs whether or not the query reads it).
 _RELEASE_OFFERS = """
     WITH r AS (
         UPDATE claims SET state = 'released', closed_at = now()
         WHERE campaign_id = $1 AND phase = $2 AND day = $3 AND channel = $4 AND consumer_id = ANY($5::bigint[])
           AND state = 'held'
         RETURNING coupon_id
+    ), back AS (
+        UPDATE coupons c SET stock = c.stock + p.n
+        FROM (SELECT coupon_id, count(*)::int AS n FROM r GROUP BY coupon_id ORDER BY coupon_id) p
+        WHERE c.coupon_id = p.coupon_id
     )
-    UPDATE coupons c SET stock = c.stock + p.n
-    FROM (SELECT coupon_id, count(*)::int AS n FROM r GROUP BY coupon_id ORDER BY coupon_id) p
-    WHERE c.coupon_id = p.coupon_id
+    SELECT count(*)::int FROM r
 """
 _OFFER_CATALOG = """
     SELECT c.coupon_id, c.name, c.product_id, p.title
@@ -345,13 +381,14 @@ class SendActivities:
         )
         if details:
             log.info("resuming slice from heartbeat", next_seq=result.next_seq)
-        fatigue_day = platform_day(inp.decided_at, self.platform_timezone)
         channel = self.channels.get(inp.channel.value)
         # An earlier attempt may have committed the chunk after its last heartbeat: read the
         # ledger for that one. Later chunks were not reached by it (chunks run in order).
         probe = bool(details) or activity.info().attempt > 1
         personal = await self._personal(inp)
         while result.next_seq < inp.seq_hi:
+            if result.stopped_reason is not None:  # a chunk found the shop's quota spent (R-ED-4)
+                break
             # A worker that comes back after the window closed sends nothing stale (docs/design.md, "No stale sends").
             if self.clock() >= inp.window_end:
                 result.stopped_reason = "window_closed"
@@ -362,9 +399,12 @@ class SendActivities:
             if inp.offer is not None and inp.offer.shared and not await self._benefit_valid(inp):
                 result.stopped_reason = A.SUPPRESS_BENEFIT
                 break
+            if inp.benefit is not None and inp.benefit.required and not await self._required_benefit_valid(inp):
+                result.stopped_reason = A.SUPPRESS_BENEFIT  # R-BEN-1 / R-AQ-2: the message exists for the benefit
+                break
             # A chunk runs to its end even when the workflow cancels the slice
             # (pause, 22:00): a reservation is never left without its send.
-            chunk = asyncio.ensure_future(self._run_chunk(inp, result, channel, fatigue_day, probe, personal))
+            chunk = asyncio.ensure_future(self._run_chunk(inp, result, channel, probe, personal))
             probe = False
             try:
                 await asyncio.shield(chunk)
@@ -385,14 +425,13 @@ class SendActivities:
         return result
 
     async def _run_chunk(
-        self, inp: SendSliceInput, result: SendSliceResult, channel, fatigue_day: date, probe: bool,
-        personal: Personal | None = None,
+        self, inp: SendSliceInput, result: SendSliceResult, channel, probe: bool, personal: Personal | None = None,
     ) -> None:
         hi = min(result.next_seq + inp.chunk_size, inp.seq_hi)
         handoff = isinstance(channel, InDatabaseChannel)
         budget = inp.budget - result.reserved
         try:
-            chunk = await self._reserve(inp, result.next_seq, hi, budget, fatigue_day, handoff, probe=probe,
+            chunk = await self._reserve(inp, result.next_seq, hi, budget, handoff, probe=probe,
                                         personal=personal)
         except asyncpg.UniqueViolationError:
             # Some row of the chunk was decided before: by an earlier attempt of this slice (a
@@ -402,15 +441,15 @@ class SendActivities:
             bind_activity_context(shop_id=inp.shop_id, campaign_db_id=inp.campaign_db_id).info(
                 "chunk decided before; reading it again with the ledger", seq=result.next_seq
             )
-            chunk = await self._reserve(inp, result.next_seq, hi, budget, fatigue_day, handoff, probe=True,
+            chunk = await self._reserve(inp, result.next_seq, hi, budget, handoff, probe=True,
                                         personal=personal)
         outcomes = await dispatch(channel, chunk.to_send, chunk.to_reconcile)
         await self._record(
-            LedgerDay(inp.campaign_db_id, inp.phase_index, inp.day, inp.channel.value, inp.shop_id, fatigue_day,
-                      inp.template_cap),
+            LedgerDay(inp.campaign_db_id, inp.phase_index, inp.day, inp.channel.value, inp.shop_id, inp.template_cap),
             outcomes,
         )
         result.next_seq = chunk.next_seq
+        result.stopped_reason = chunk.stopped or result.stopped_reason
         result.reserved += len(chunk.to_send) + len(chunk.to_reconcile) + chunk.already_sent + chunk.handed_off
         for o in outcomes:
             setattr(result, o.state, getattr(result, o.state) + 1)
@@ -432,7 +471,7 @@ class SendActivities:
         res = ReconcileResult()
         rows = await self.pool.fetch(
             # Any audience's deliveries: a non-customer's address is the platform's (recipient_rows).
-            f"""SELECT d.phase, d.day, d.consumer_id, d.fatigue_day, {recipient_address(inp.channel.value, True)} AS address
+            f"""SELECT d.phase, d.day, d.consumer_id, {recipient_address(inp.channel.value, True)} AS address
                 FROM deliveries d {recipient_rows("d.shop_id", "d.consumer_id", True)}
                 WHERE d.campaign_id = $1 AND d.channel = $2 AND d.state IN ('reserved', 'unknown')
                 ORDER BY d.phase, d.day, d.consumer_id""",
@@ -441,15 +480,13 @@ class SendActivities:
         )
         groups: dict[tuple, list] = {}
         for r in rows:
-            groups.setdefault((r["phase"], r["day"], r["fatigue_day"]), []).append(r)
-        for (phase, day, fday), group in groups.items():
+            groups.setdefault((r["phase"], r["day"]), []).append(r)
+        for (phase, day), group in groups.items():
             messages = [
                 Outbound(inp.campaign_db_id, phase, r["consumer_id"], day, inp.channel.value, r["address"] or "", "")
                 for r in group
             ]
-            key = LedgerDay(
-                inp.campaign_db_id, phase, day, inp.channel.value, inp.shop_id, fday, inp.template_cap
-            )
+            key = LedgerDay(inp.campaign_db_id, phase, day, inp.channel.value, inp.shop_id, inp.template_cap)
             try:
                 known = await channel.reconcile(messages)
             except Exception as exc:  # the provider cannot answer now: keep the caps, try later
@@ -475,6 +512,8 @@ class SendActivities:
             res.sent += sum(o.state == "sent" for o in known)
             res.failed += sum(o.state == "failed" for o in known) + len(never_sent)
             res.released += sum(o.state == "failed" for o in known) + len(never_sent)
+            # A provider that cannot be asked (SMTP) answers `unknown`: kept, caps held, never resent.
+            res.still_unknown += sum(o.state == "unknown" for o in known)
         if rows:
             log.info("reconciled", **res.model_dump())
         return res
@@ -490,6 +529,12 @@ class SendActivities:
                 max(self.clock(), inp.decided_at),
             )
         )
+
+    async def _required_benefit_valid(self, inp: SendSliceInput) -> bool:
+        # R-BEN-1 / R-AQ-2: every recipient's member benefit is in force now, and a limited one's coupon usable.
+        at = max(self.clock(), inp.decided_at)
+        rows = await self.pool.fetch(SHOP_BENEFITS, inp.shop_id, inp.benefit.kinds(), at)
+        return required_benefit_problem(inp.benefit, rows, at) is None
 
     async def _personal(self, inp: SendSliceInput) -> Personal | None:
         """Per-recipient content and offers of the slice, or None (one body for the whole chunk)."""
@@ -510,7 +555,7 @@ class SendActivities:
         return Personal(template=template, catalog=catalog, timezone=inp.timezone or "UTC", benefits=benefits)
 
     async def _reserve(
-        self, inp: SendSliceInput, lo: int, hi: int, budget: int, fday: date, handoff: bool = False,
+        self, inp: SendSliceInput, lo: int, hi: int, budget: int, handoff: bool = False,
         *, probe: bool = True, personal: Personal | None = None,
     ) -> ChunkOutcome:
         """Decide the chunk [lo, hi) in one transaction: exclusions, caps, ledger rows, counters.
@@ -522,10 +567,25 @@ class SendActivities:
         """  # fmt: skip
         ch = inp.channel.value
         cap = inp.template_cap
-        args = [inp.campaign_db_id, inp.phase_index, inp.day, inp.shop_id, lo, hi] + ([ch] if probe else [])
+        policy = policy_for(ch)
+        # The hand-off instant of the chunk (its transaction commits the delivery and, for the outbox,
+        # hands it off): each recipient's fatigue day is its date in their zone (R-FAT-DAY), the coupon
+        # must be valid at it (R-OC-9), and an offer's countdown starts here. Never before the slice was
+        # scheduled (the time-skipping test server runs ahead of the wall clock).
+        handed_at = max(self.clock(), inp.decided_at)
+        args = [inp.campaign_db_id, inp.phase_index, inp.day, inp.shop_id, lo, hi, handed_at, self.platform_timezone]
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(_chunk_sql(ch, probe, personal is not None, inp.reaches_non_customers), *args)
+            rows = await conn.fetch(_chunk_sql(ch, probe, personal is not None, inp.reaches_non_customers),
+                                    *args, *([ch] if probe else []))  # fmt: skip
+            # R-FAT-DAY: each recipient's own natural day, computed per row by the chunk's statement.
+            fdays = {r["consumer_id"]: r["fday"] for r in rows}
             out = ChunkOutcome(next_seq=hi)
+            # An SMS is sent and billed with the industry signature and the unsubscribe text (R-AQ-4, R-AQ-6).
+            signature = await sms.signature_of(conn, inp.shop_id) if ch == "sms" else None
+            shared_body = _body(inp) if signature is None else sms.sms_text(_body(inp), signature)
+            # R-ED-4: the shop's quota of the day, locked before the consumers' rows; new sends take what is left.
+            quota = await hold_quota(conn, inp.quota, inp.shop_id, inp.day) if inp.quota is not None else None
+            fresh = 0
             decisions: dict[int, str | None] = {}
             addresses: dict[int, str] = {}
             # Per-recipient content: each consumer's (item, nickname, is a member).
@@ -533,11 +593,18 @@ class SendActivities:
             # Budget (R-PH-7) counts every delivery this slice stands behind: new
             # candidates, reservations to finish and sends already made.
             committed = 0
-            for seq, consumer, address, prior, excluded in rows if personal is None else (r[:5] for r in rows):
+            for seq, consumer, address, prior, excluded in (r[:5] for r in rows):
+                if excluded is None and prior is None and held_out(inp.campaign_db_id, consumer, inp.holdout_percent):
+                    excluded = A.HELD_OUT  # R-HO-1: the control group: decided, never sent, no cap taken
                 live = (excluded is None) if prior is None else prior in _COMMITTED_STATES
                 if live and committed >= budget:
                     out.next_seq = seq
                     break
+                if live and prior is None and quota is not None and fresh >= quota.left:
+                    # Spent (left 0): the slice stops with the reason. Else the next chunk takes what the caps left.
+                    out.next_seq, out.stopped = seq, quota.reason
+                    break
+                fresh += live and prior is None
                 committed += live
                 if prior is None:
                     decisions[consumer] = excluded
@@ -545,7 +612,7 @@ class SendActivities:
                 # Decided by an earlier attempt of this chunk: finish its work, decide nothing anew.
                 elif prior in _LIVE_STATES:
                     # The body is what it was when decided (a provider that has it compares by reference).
-                    out.to_reconcile.append(self._outbound(inp, consumer, address, _body(inp)))
+                    out.to_reconcile.append(self._outbound(inp, consumer, address, shared_body))
                 elif prior == "sent":
                     out.already_sent += 1
                 else:
@@ -561,25 +628,22 @@ class SendActivities:
             if live:
                 # Earlier days of the template window only lose counts (a failed send gives its
                 # count back), so reading them before the locks can only err on the safe side.
+                live_days = [fdays[c] for c in live]
                 earlier = (
-                    dict(await conn.fetch(TEMPLATE_WINDOW, live, fday, cap.days, tkey)) if cap and cap.days > 1 else {}
+                    dict(await conn.fetch(TEMPLATE_WINDOW, live, live_days, cap.days, tkey, ch))
+                    if cap and cap.days > 1 else {}
                 )
                 reserved = {
                     r[0]
                     for r in await conn.fetch(
-                        _RESERVE, live, fday, inp.shop_id, tkey, cap.count if cap else _NO_TEMPLATE_CAP,
-                        {str(c): n for c, n in earlier.items()},
-                        rules.GLOBAL_DAY_MAX, rules.SHOP_DAY_MAX, rules.GLOBAL_SHOPS_MAX,
+                        _RESERVE, live, live_days, inp.shop_id, tkey, cap.count if cap else _NO_TEMPLATE_CAP,
+                        {str(c): n for c, n in earlier.items()}, *policy.limits, ch,
                     )
                 }  # fmt: skip
                 capped = [c for c in live if c not in reserved]
                 if capped:
-                    for r in await conn.fetch(CAPS_READ, capped, inp.shop_id, fday, tkey):
-                        decisions[r["id"]] = _cap_reason(r, earlier.get(r["id"], 0), cap)
-            # The hand-off instant of the chunk (its transaction commits the delivery and, for the outbox,
-            # hands it off): the coupon must be valid at it (R-OC-9), and an offer's countdown starts here.
-            # Never before the slice was scheduled (the time-skipping test server runs ahead of the wall clock).
-            handed_at = max(self.clock(), inp.decided_at)
+                    for r in await conn.fetch(CAPS_READ, capped, inp.shop_id, [fdays[c] for c in capped], tkey, ch):
+                        decisions[r["id"]] = _cap_reason(r, earlier.get(r["id"], 0), cap, policy)
             offered: dict[int, OfferItem] = {}
             benefits: dict[int, MemberBenefit] = {}
             if inp.offer is not None:
@@ -598,15 +662,32 @@ class SendActivities:
                 if personal is not None
                 else None
             )
+            debit = None
+            if signature is not None and live_now:
+                # R-AQ-5: each message paid from the shop's credits in this transaction; who cannot be paid for
+                # gets no message, and gives back what the chunk took for them.
+                if bodies is not None:
+                    bodies = {c: sms.sms_text(b, signature) for c, b in bodies.items()}
+                debit = await sms.charge(conn, inp.shop_id, {c: bodies[c] if bodies is not None else shared_body
+                                                             for c in live_now}, handed_at, inp.campaign_db_id,
+                                         inp.phase_index, inp.day)  # fmt: skip
+                if debit.refused:
+                    await self._unpaid(conn, debit.refused, decisions, offered, benefits)
+                    reasons = [decisions[c] for c in ids]
+                    live_now = [c for c, why in zip(ids, reasons, strict=True) if why is None]
             args = [
-                inp.campaign_db_id, inp.phase_index, inp.day, ch, inp.shop_id, cap.group if cap else "", fday,
-                inp.decided_at, ids, reasons, "sent" if handoff else "reserved",
+                inp.campaign_db_id, inp.phase_index, inp.day, ch, inp.shop_id, cap.group if cap else "",
+                [fdays[c] for c in ids], inp.decided_at, ids, reasons, "sent" if handoff else "reserved",
             ]  # fmt: skip
             if handoff:
-                args += [live_now, [addresses[c] for c in live_now], _body(inp),
+                args += [live_now, [addresses[c] for c in live_now], shared_body,
                          [bodies[c] for c in live_now] if bodies is not None else None]  # fmt: skip
             args.append([benefits[c].benefit_id if c in benefits else None for c in ids] if benefits else None)
+            args.append([debit.cost.get(c) for c in ids] if debit is not None and debit.cost else None)
             await conn.execute(_WRITE_HANDED_OFF if handoff else _WRITE_RESERVED, *args)
+            if quota is not None and live_now:
+                await take_quota(conn, inp.quota, quota, inp.shop_id, (inp.campaign_db_id, inp.phase_index, inp.day, ch),
+                                 live_now)
             if offered and live_now:
                 await conn.execute(
                     _HOLD_OFFERS, inp.campaign_db_id, inp.phase_index, inp.day, ch, inp.shop_id, live_now,
@@ -625,13 +706,20 @@ class SendActivities:
             # A reservation without a live delivery gives its count back (the coupon ran out for it).
             unused = sorted(reserved.difference(live_now))
             if unused:
-                await release_reservations(conn, unused, inp.shop_id, fday, cap)
+                await release_reservations(conn, unused, [fdays[c] for c in unused], inp.shop_id, ch, cap)
             if handoff:
                 out.handed_off = len(live_now)
             else:
                 out.to_send.extend(
-                    self._outbound(inp, c, addresses[c], bodies[c] if bodies is not None else _body(inp)) for c in live_now
+                    self._outbound(inp, c, addresses[c], bodies[c] if bodies is not None else shared_body) for c in live_now
                 )
+        # Committed: what this transaction itself decided (workers/metrics.py).
+        decided = Counter(r for r in reasons if r is not None)
+        metrics.count_deliveries(ch, A.HELD_OUT, decided.pop(A.HELD_OUT, 0))  # the control group's own state (R-HO-1)
+        metrics.count_suppressed(ch, decided)
+        if handoff:
+            metrics.count_deliveries(ch, metrics.SENT, len(live_now))
+        metrics.count_claims(HELD, (len(live_now) if offered else 0) + len(held))
         return out
 
     @staticmethod
@@ -692,6 +780,22 @@ class SendActivities:
         return benefits
 
     @staticmethod
+    async def _unpaid(conn, refused: list[int], decisions: dict, offered: dict, benefits: dict) -> None:
+        """R-AQ-5: consumers the shop's SMS credits cannot pay for get no message; the coupon units the
+        chunk took for them go back (their caps go back with the other unused reservations)."""
+        back: Counter = Counter()
+        for c in refused:
+            decisions[c] = A.SUPPRESS_NO_CREDIT
+            item = offered.pop(c, None)
+            benefit = benefits.pop(c, None)
+            coupon = item.coupon_id if item is not None else benefit.coupon_id if benefit is not None else None
+            if coupon is not None:
+                back[coupon] -= 1
+        if back:
+            coupons = sorted(back)
+            await conn.execute(_TAKE_STOCK, coupons, [back[c] for c in coupons])
+
+    @staticmethod
     def _outbound(inp: SendSliceInput, consumer_id: int, address: str, body: str) -> Outbound:
         return Outbound(
             campaign_id=inp.campaign_db_id,
@@ -721,22 +825,35 @@ class SendActivities:
                 [o.reason for o in outcomes],
             )
             failed = {o.consumer_id for o in outcomes if o.state == "failed"}
-            released = sorted(r["consumer_id"] for r in changed if r["consumer_id"] in failed)
+            # Each delivery's caps go back on the day they were counted on (its own, R-FAT-DAY).
+            day_of = {r["consumer_id"]: r["fatigue_day"] for r in changed if r["consumer_id"] in failed}
+            released = sorted(day_of)
+            released_claims = 0
             if released:
-                await release_reservations(conn, released, key.shop_id, key.fatigue_day, key.template_cap)
-                await conn.execute(_RELEASE_OFFERS, key.campaign_id, key.phase, key.day, key.channel, released)
+                await release_reservations(conn, released, [day_of[c] for c in released], key.shop_id, key.channel,
+                                           key.template_cap)  # fmt: skip
+                released_claims = await conn.fetchval(
+                    _RELEASE_OFFERS, key.campaign_id, key.phase, key.day, key.channel, released
+                )
+                if key.channel == "sms":  # R-AQ-5: only what is sent is billed
+                    await sms.refund(conn, key.shop_id, key.campaign_id, key.phase, key.day, released)
+        # Committed: the rows this transaction settled (workers/metrics.py); `unknown` is not settled.
+        state_of = {o.consumer_id: o.state for o in outcomes}
+        settled = Counter(state_of[r["consumer_id"]] for r in changed)
+        metrics.count_deliveries(key.channel, metrics.SENT, settled["sent"])
+        metrics.count_deliveries(key.channel, metrics.FAILED, settled["failed"])
+        metrics.count_claims(RELEASED, released_claims)
 
 
 @dataclass(frozen=True)
 class LedgerDay:
-    """The rows of one campaign phase day on one channel, and where their caps were counted."""
+    """The rows of one campaign phase day on one channel (each row holds the day its caps were counted on)."""
 
     campaign_id: int
     phase: int
     day: date
     channel: str
     shop_id: str
-    fatigue_day: date
     template_cap: object | None
 
 
@@ -747,17 +864,23 @@ async def dispatch(channel, fresh: list[Outbound], uncertain: list[Outbound]) ->
     known = {o.consumer_id for o in outcomes}
     to_send = fresh + [m for m in uncertain if m.consumer_id not in known]
     if to_send:
-        outcomes += await channel.send(to_send)
+        outcomes += await send_and_settle(channel, to_send)
     return outcomes
 
 
-async def release_reservations(conn, consumer_ids: list[int], shop_id: str, fday: date, cap) -> None:
-    """A delivery that did not go out gives its caps back (R-OC-8; docs/design.md, "The ledger and the caps")."""
+async def release_reservations(
+    conn, consumer_ids: list[int], days: list[date], shop_id: str, channel: str, cap
+) -> None:
+    """A delivery that did not go out gives its caps back (R-OC-8; docs/design.md, "The ledger and the caps"),
+    on the channel's row of the day each was counted on (`days`, in the order of `consumer_ids`)."""
+    # Locked in consumer order first (the order of _RESERVE). A chunk's recipients span one or two
+    # days: a consumer's row of the other day may be locked too, harmless (the same order).
     await conn.execute(
-        "SELECT 1 FROM fatigue_day WHERE consumer_id = ANY($1::bigint[]) AND day = $2"
-        " ORDER BY consumer_id FOR UPDATE",
+        "SELECT 1 FROM fatigue_day WHERE consumer_id = ANY($1::bigint[]) AND day = ANY($2::date[]) AND channel = $3"
+        " ORDER BY consumer_id, day FOR UPDATE",
         consumer_ids,
-        fday,
+        sorted(set(days)),
+        channel,
     )
     # Each count drops by one and leaves its map at zero; a shop that leaves the map no longer
     # counts among the day's shops.
@@ -766,9 +889,11 @@ async def release_reservations(conn, consumer_ids: list[int], shop_id: str, fday
                   shops = f.shops - (coalesce((f.per_shop ->> $2)::int, 0) <= 1)::int,
                   per_shop = fatigue_decrement(f.per_shop, $2),
                   per_template = fatigue_decrement(f.per_template, $4)
-           FROM unnest($1::bigint[]) AS u(id) WHERE f.consumer_id = u.id AND f.day = $3""",
+           FROM unnest($1::bigint[], $3::date[]) AS u(id, day)
+           WHERE f.consumer_id = u.id AND f.day = u.day AND f.channel = $5""",
         consumer_ids,
         shop_id,
-        fday,
+        days,
         template_key(shop_id, cap.group if cap else ""),
+        channel,
     )

@@ -16,7 +16,9 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.markup import escape
+from sluice.api import reports_cli
 from sluice.kinds import CampaignSpec
+from sluice.outcomes.cli import events as outcome_events
 from sluice.schemas.settings import Settings
 
 app = typer.Typer(help="sluice: a durable campaign executor on Temporal and Postgres.", no_args_is_help=True)
@@ -178,6 +180,9 @@ def seed(
     repurchase: Annotated[
         bool, typer.Option(help="add the repurchase catalogue and its exclusive coupons (examples/repurchase.yaml)")
     ] = False,
+    acquire: Annotated[
+        bool, typer.Option(help="add a join gift, a rival shop and platform prospects (examples/acquire.yaml)")
+    ] = False,
 ) -> None:
     """Generate a realistic synthetic shop (COPY bulk load)."""
     from sluice.db.seed import seed_shop
@@ -201,6 +206,7 @@ def seed(
                 industry=industry,
                 consumer_id_offset=consumer_offset,
                 repurchase=repurchase,
+                acquire=acquire,
             )
         )
     except ValueError as exc:
@@ -387,6 +393,12 @@ for _action in ("pause", "resume", "cancel"):
     app.command(name=_action)(_control(_action))
 
 
+app.command(name="events")(outcome_events)  # sluice events FILE --shop SHOP (outcomes/cli.py)
+
+from sluice.ingest.command import load_command  # noqa: E402  (the command and its help text)
+
+app.command(name="load")(load_command)
+
 keys_app = typer.Typer(help="API keys: one shop each, shown once, stored hashed.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
@@ -459,6 +471,9 @@ def bench(ctx: typer.Context) -> None:
     except ImportError:
         _fail("the benchmark needs the source tree: run `sluice bench` from a checkout of sluice")
     raise typer.Exit(main(list(ctx.args)))
+
+
+reports_cli.register(app)  # `sluice report CAMPAIGN`, `sluice campaigns` (api/reports_cli.py)
 
 
 if __name__ == "__main__":

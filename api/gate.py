@@ -6,7 +6,7 @@ Two layers, outermost first (api/http.py adds them):
   wrote it: a route, an exception handler, the Gate's own 400/401/413/429,
   the docs page and its assets, and a 500 from an unhandled exception (which
   Starlette would otherwise send from outside every middleware, bare).
-* Gate: the body size (413), then on every non-public path the API key:
+* Gate: the body size (413; 64 KiB, or a route's own limit: the load batches'), then on every non-public path the API key:
   more than one Authorization header is refused (400) before anything else,
   a client address or key prefix over its failure budget is refused (429,
   Retry-After, api/throttle.py) before the database is asked, and anything
@@ -21,12 +21,14 @@ from sluice.api import keys
 from sluice.api.docs import DOCS_CSP, DOCS_PATH
 from sluice.api.errors import DATABASE_UNAVAILABLE, error_response, unavailable
 from sluice.api.throttle import AuthThrottle, client_key
+from sluice.api.ui import UI_CSP, UI_PAGE
 from sluice.schemas.rules import MAX_SPEC_BYTES
 from starlette.datastructures import MutableHeaders
 
 SHOP_SCOPE_KEY = "sluice.shop_id"  # set in the ASGI scope by the gate once the key is checked
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
-SECURITY_HEADERS = {  # on every answer; Content-Security-Policy is API_CSP but for the docs page (DOCS_CSP)
+SECURITY_HEADERS = {  # on every answer; Content-Security-Policy is API_CSP but for the docs page (DOCS_CSP) and the
+    # report page (UI_CSP)
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
@@ -40,14 +42,16 @@ log = structlog.get_logger("sluice.api")
 class SecurityHeaders:
     """Adds SECURITY_HEADERS, a Content-Security-Policy and a default Cache-Control to every answer."""
 
-    def __init__(self, app, *, docs_path: str = DOCS_PATH):
+    def __init__(self, app, *, docs_path: str = DOCS_PATH, ui_page: str = UI_PAGE):
         self.app = app
         self.docs_path = docs_path
+        self.ui_page = ui_page
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        csp = DOCS_CSP if scope.get("path") == self.docs_path else API_CSP
+        path = scope.get("path")
+        csp = DOCS_CSP if path == self.docs_path else UI_CSP if path == self.ui_page else API_CSP
         started = False
 
         async def send_with_headers(message):
@@ -95,13 +99,21 @@ class Gate:
     """
 
     def __init__(
-        self, app, *, state, public_paths: frozenset[str], throttle: AuthThrottle | None = None, max_body: int = MAX_SPEC_BYTES
+        self, app, *, state, public_paths: frozenset[str], throttle: AuthThrottle | None = None, max_body: int = MAX_SPEC_BYTES,
+        body_limits: tuple[tuple[str, int], ...] = (),
     ):
         self.app = app
         self.state = state  # the FastAPI app's state: the pool is there once the lifespan has run
         self.public_paths = public_paths
         self.throttle = throttle or AuthThrottle()
         self.max_body = max_body
+        self.body_limits = body_limits  # (path prefix, bytes): routes with their own limit (the load batches)
+
+    def _limit(self, path: str) -> int:
+        for prefix, limit in self.body_limits:
+            if path.startswith(prefix):
+                return limit
+        return self.max_body
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -110,8 +122,9 @@ class Gate:
         raw = scope.get("headers", [])
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            return await self._too_large(scope, receive, send)
+        limit = self._limit(scope.get("path") or "")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return await self._too_large(scope, receive, send, limit)
         if scope.get("path") not in self.public_paths:
             authorizations = [v.decode("latin-1") for k, v in raw if k.lower() == b"authorization"]
             if len(authorizations) > 1:
@@ -134,9 +147,9 @@ class Gate:
             scope[SHOP_SCOPE_KEY] = shop_id
             structlog.contextvars.bind_contextvars(key_shop_id=shop_id)
         try:
-            body = await self._read_body(receive)
+            body = await self._read_body(receive, limit)
         except _TooLarge:
-            return await self._too_large(scope, receive, send)
+            return await self._too_large(scope, receive, send, limit)
         sent = False
 
         async def replay():
@@ -148,7 +161,7 @@ class Gate:
 
         return await self.app(scope, replay, send)
 
-    async def _read_body(self, receive) -> bytes:
+    async def _read_body(self, receive, limit: int) -> bytes:
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -156,7 +169,7 @@ class Gate:
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:
+            if size > limit:
                 raise _TooLarge
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -190,6 +203,6 @@ class Gate:
             log.warning("failed authentications throttled", client=client, key_prefix=prefix, over=emptied)
         return shop_id
 
-    async def _too_large(self, scope, receive, send):
-        response = error_response(413, "body", "R-API-SIZE", f"body over {self.max_body // 1024} KiB")
+    async def _too_large(self, scope, receive, send, limit: int):
+        response = error_response(413, "body", "R-API-SIZE", f"body over {limit // 1024} KiB")
         return await response(scope, receive, send)

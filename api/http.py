@@ -3,9 +3,9 @@
 Errors name the field and the rule: a 422 body is
 {"detail": [{"field": "card_text", "rule": "R-OC-3", "message": "..."}]}.
 
-Every route but /healthz, /readyz, /openapi.json and /docs needs
-`Authorization: Bearer <key>` (api/keys.py): the Gate (api/gate.py) refuses
-anything else with 401 before a route runs, so a new route is protected
+Every route but /healthz, /readyz, /openapi.json, /docs, the report page's files under /ui/ (api/ui.py) and
+/metrics (its own optional token, api/metrics.py) needs `Authorization: Bearer <key>` (api/keys.py): the Gate
+(api/gate.py) refuses anything else with 401 before a route runs, so a new route is protected
 without saying so; failed keys are throttled per client and per key prefix
 (429, api/throttle.py). A dependency that does not answer is a 503 with
 Retry-After naming it, never a 500 (api/errors.py). A key acts for its
@@ -28,24 +28,31 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sluice.activities import offers
-from sluice.api import docs, health, service
+from sluice.api import docs, health, load, service, ui
+from sluice.api import metrics as metrics_api
 from sluice.api.deps import ErrorBody, KeyShop, WorkflowId
 from sluice.api.errors import DATABASE_UNAVAILABLE, RETRY_AFTER_S, error_response, unavailable
 from sluice.api.gate import Gate, SecurityHeaders
+from sluice.api.metrics import METRICS_PATH
+from sluice.api.reports_routes import reports_router
 from sluice.api.throttle import AuthThrottle
 from sluice.audiences.preview import Preview
 from sluice.db.pool import create_pool
 from sluice.kinds import CampaignSpec
+from sluice.outcomes import api as events_api
+from sluice.outcomes.events import MAX_EVENTS_BYTES
 from sluice.schemas.rules import MAX_SPEC_BYTES, RuleViolation, error_details
 from sluice.schemas.settings import Settings, get_settings
 from sluice.schemas.workflow import CampaignStatus
 from sluice.workers.logs import configure_logging
+from sluice.workers.metrics import temporal_runtime
+from sluice.workers.tracing import RequestSpans, setup_tracing, temporal_interceptors
 from sluice.workers.worker import connect_client
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import Client
 
 MAX_BODY_BYTES = MAX_SPEC_BYTES
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"}) | docs.DOCS_PATHS
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", METRICS_PATH}) | docs.DOCS_PATHS | ui.UI_PATHS
 log = structlog.get_logger("sluice.api")
 
 
@@ -78,14 +85,18 @@ class OfferClaim(BaseModel):
 
 
 
-def create_app(settings: Settings | None = None, *, pool=None, client: Client | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, pool=None, client: Client | None = None, tracer=None) -> FastAPI:
+    """`tracer` (workers/tracing.py): a span per request, carried into Temporal by the client's
+    interceptor (a `client` given here brings its own interceptors)."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         own_pool = pool is None
         app.state.pool = pool or await create_pool(settings.database_url, size=settings.pool_size)
-        app.state.client = client or await connect_client(settings)
+        app.state.client = client or await connect_client(
+            settings, runtime=temporal_runtime(), interceptors=temporal_interceptors(tracer)
+        )
         yield
         if own_pool:
             await app.state.pool.close()
@@ -101,11 +112,19 @@ def create_app(settings: Settings | None = None, *, pool=None, client: Client | 
         redirect_slashes=False,  # a redirect would be built from the Host header: /x/ is 404, never a Location
     )
     docs.install(app)
+    app.include_router(load.router)
     app.state.auth_throttle = AuthThrottle()  # failed keys per client address and per key prefix
     app.add_middleware(
-        Gate, state=app.state, public_paths=PUBLIC_PATHS, throttle=app.state.auth_throttle, max_body=MAX_BODY_BYTES
+        Gate, state=app.state, public_paths=PUBLIC_PATHS, throttle=app.state.auth_throttle, max_body=MAX_BODY_BYTES,
+        body_limits=((load.LOAD_PREFIX, load.MAX_LOAD_BYTES), (events_api.EVENTS_PATH, MAX_EVENTS_BYTES)),
     )
     app.add_middleware(SecurityHeaders)  # outermost: its headers are on every answer, the Gate's too
+    if tracer is not None:
+        app.add_middleware(RequestSpans, tracer=tracer)  # around everything: a refused request is traced too
+    metrics_api.install(app, settings)
+    app.include_router(reports_router(settings))
+    app.include_router(ui.router)  # the report page's static files (public; its data needs the key)
+    app.include_router(events_api.router)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError):
@@ -163,7 +182,8 @@ def create_app(settings: Settings | None = None, *, pool=None, client: Client | 
         structlog.contextvars.bind_contextvars(shop_id=spec.shop_id, campaign_id=spec.campaign_id)
         try:
             plan, _ = await service.start_campaign(
-                request.app.state.pool, request.app.state.client, spec, task_queue=settings.task_queue
+                request.app.state.pool, request.app.state.client, spec, task_queue=settings.task_queue,
+                api_base_url=settings.api_base_url,
             )
         except service.CampaignExists as exc:
             raise HTTPException(status_code=409, detail=f"campaign {exc.workflow_id} {exc.detail}") from None
@@ -282,6 +302,9 @@ def serve(settings: Settings | None = None) -> None:
 
     settings = settings or get_settings()
     configure_logging(settings.log_level)
+    tracer = setup_tracing(settings, "sluice-api")
     # The client address the failure throttle counts is the TCP peer; behind a proxy run uvicorn with
     # --proxy-headers and --forwarded-allow-ips (FORWARDED_ALLOW_IPS) naming the proxy (api/throttle.py).
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning", server_header=False)
+    # log_config=None: uvicorn's loggers propagate to the root handler (structlog JSON, masked; workers/logs.py).
+    uvicorn.run(create_app(settings, tracer=tracer), host=settings.api_host, port=settings.api_port, log_level="warning",
+                server_header=False, log_config=None)

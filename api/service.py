@@ -20,9 +20,12 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from sluice.audiences.preview import Preview, preview
 from sluice.kinds import Shop, SpecBase, compile_plan, kind_of
+from sluice.outcomes.attribution import save_plan_windows
+from sluice.reports.queries import report_path
 from sluice.schemas import rules
 from sluice.schemas.campaign import CampaignPlan, workflow_id_for
 from sluice.schemas.rules import RuleViolation
+from sluice.schemas.settings import get_settings
 from sluice.schemas.workflow import CampaignInput, CampaignStatus
 from sluice.workflows import search_attributes as SA
 from sluice.workflows.campaign import CampaignWorkflow
@@ -51,6 +54,10 @@ class CampaignNotRunning(CampaignNotFound):
     def __init__(self, workflow_id: str, status: str):
         super().__init__(f"{workflow_id} is not running ({status})")
         self.status = status
+
+
+# The compiled plan's phase names on the campaigns row (by primary key), for its report.
+SET_PHASE_NAMES = "UPDATE campaigns SET phase_names = $2 WHERE id = $1 AND phase_names IS DISTINCT FROM $2"
 
 
 async def owns(pool: asyncpg.Pool, shop_id: str, workflow_id: str) -> bool:
@@ -84,7 +91,10 @@ async def start_campaign(
     task_queue: str,
     now: datetime | None = None,
     tuning: dict | None = None,
+    api_base_url: str | None = None,
 ) -> tuple[CampaignPlan, WorkflowHandle]:
+    """Check, record and start the campaign. The workflow's memo links its report (`api_base_url`, default
+    the settings' SLUICE_API_PUBLIC_URL), so the Temporal UI points to it."""
     now = now or datetime.now(UTC)
     wf_id = workflow_id_for(spec.shop_id, spec.campaign_id)
     spec_json = spec.model_dump(mode="json")
@@ -120,8 +130,14 @@ async def start_campaign(
             # the insert): this retry completes it.
             row = existing
     plan = compile_plan(spec, campaign_db_id=row["id"], shop=shop, now=now)
+    # Slices go to the providers' rate-limited queues when the deployment runs them (SLUICE_PROVIDER_QUEUES).
+    tuning = {"provider_queues": True, **(tuning or {})} if get_settings().provider_queues else tuning
     if tuning:
         plan = plan.model_copy(update={"tuning": plan.tuning.model_copy(update=tuning)})
+    # The report names the phases as the plan does (reports/refresh.py).
+    await pool.execute(SET_PHASE_NAMES, row["id"], [p.name for p in plan.phases])
+    await save_plan_windows(pool, plan)  # R-ATT-1: an attribution before the first day reads the plan's windows
+    report_url = (api_base_url or get_settings().api_base_url).rstrip("/") + report_path(wf_id)
     with _temporal_errors():
         try:
             started = await client.start_workflow(
@@ -133,6 +149,7 @@ async def start_campaign(
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 search_attributes=SA.initial(plan.shop_id, plan.kind, plan.phases[0].name),
                 static_summary=f"{plan.kind} {plan.shop_id}/{plan.campaign_id}",
+                memo={"report": report_url},
                 rpc_timeout=RPC_TIMEOUT,
             )
         except WorkflowAlreadyStartedError:

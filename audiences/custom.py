@@ -74,10 +74,11 @@ TIME_FIELDS: dict[str, str] = {
 # them to every audience (R-EXC-1). Identity columns (nick, phone, email, chat_id) are not filters.
 FIELDS = (*TEXT_FIELDS, *BOOL_FIELDS, *TIME_FIELDS)
 
-# behaviour_events.kind (db/migrations/0001_core.sql, db/seed.py)
+# behaviour_events.kind (db/migrations/0001_core.sql, db/seed.py): the one list, which loading checks too
+# (ingest/records.py); "view" is a product page view.
 BEHAVIOUR_KINDS = (
     "visit", "favourite", "cart", "inquiry", "live_view", "coupon_claim", "login",
-    "message_read", "message_click", "message_reply",
+    "message_read", "message_click", "message_reply", "view",
 )  # fmt: skip
 
 _CMP_SQL = {"eq": "=", "ne": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}

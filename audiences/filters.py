@@ -24,12 +24,21 @@ shop's message, from what is known of them before the snapshot instant
   messages.
 Reads and messages are the shop's own: events and counters are kept per
 shop, and no index reads a consumer's events across shops.
+
+R-AQ-1, acquisition reaches prospects only: `non_members_non_buyers` drops the
+shop's members (`shop_member`: `shop_customers.is_member`; a consumer without a
+shop row is no member) and whoever ever ordered at the shop (`shop_buyer`: an
+order that is not pending, created before the snapshot instant; a refunded
+order was still a purchase).
 """
 
 from __future__ import annotations
 
+from sluice.schemas.activities import EXCLUDED_BUYER, EXCLUDED_MEMBER
+
 OVERLAP = "overlap_same_kind"
 LOW_ACTIVITY = "low_activity"
+NON_MEMBERS_NON_BUYERS = "non_members_non_buyers"
 
 # R-OC-7 (the reasoning in the module docstring and docs/rules.md).
 ACTIVE_DAYS = 30
@@ -65,6 +74,13 @@ _LOW_READ_RATE = f"""(SELECT r.n >= {READ_RATE_MIN_MESSAGES} AND (
 EARLIER_SAME_KIND = """SELECT coalesce(array_agg(id), '{}') FROM campaigns
     WHERE shop_id = $1 AND kind = $3 AND id < $2 AND state NOT IN ('cancelled', 'failed')"""
 
+# R-AQ-1: a member is read on the shop's row (NULL without one: no member); a purchase is one probe of
+# orders_shop_consumer (shop_id, consumer_id, created_at) per recipient, a heap fetch per order for its status.
+_MEMBER_OR_BUYER = f"""WHEN c.is_member THEN '{EXCLUDED_MEMBER}'
+                 WHEN EXISTS (SELECT 1 FROM orders o
+                              WHERE o.shop_id = $1 AND o.consumer_id = m.consumer_id AND o.status <> 'pending'
+                                AND o.created_at < $2::timestamptz) THEN '{EXCLUDED_BUYER}'"""
+
 # name -> (CASE branch, join it needs)
 _FILTERS: dict[str, tuple[str, str]] = {
     # R-OC-6: who an earlier task of the shop has in today's snapshot, as one hashed set
@@ -75,6 +91,7 @@ _FILTERS: dict[str, tuple[str, str]] = {
         " WHERE campaign_id = ANY($10::bigint[]) AND day = $6) o ON o.consumer_id = m.consumer_id",
     ),
     LOW_ACTIVITY: (f"WHEN {_INACTIVE} THEN 'low_activity'\n                 WHEN {_LOW_READ_RATE} THEN 'low_activity'", ""),
+    NON_MEMBERS_NON_BUYERS: (_MEMBER_OR_BUYER, ""),
 }
 NAMES = frozenset(_FILTERS)
 

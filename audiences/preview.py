@@ -4,8 +4,8 @@ For each phase, its first day that is still to come: the audience refresh's
 own statement (the audience, the exclusions of R-EXC-1, the plan's filters)
 and the send path's own cap reading (`CAPS_READ`, `TEMPLATE_WINDOW` and the
 pure `cap_verdict`, which is the test `_RESERVE` applies), then the
-campaign's own limits (the minimum audience of R-OC-4, the daily cap of
-R-PH-7, the coupon's stock). It runs in one transaction that is rolled back:
+campaign's own limits (the minimum audience of R-OC-4, the provider quota
+of R-ED-4, the daily cap of R-PH-7, the coupon's stock). It runs in one transaction that is rolled back:
 nothing is written, no cap is taken and no consumer row is locked, so a
 preview never holds up a running campaign. What it counts is what the run
 would decide on the same data at the same instant
@@ -20,16 +20,33 @@ from datetime import datetime
 
 import asyncpg
 from pydantic import BaseModel, Field
-from sluice.activities.audience import checked_refresh_sql, count_reasons, refresh_args
-from sluice.activities.send import CAPS_READ, TEMPLATE_WINDOW, cap_verdict
+from sluice.activities.audience import checked_refresh_sql, count_reasons, recipient_rows, refresh_args
+from sluice.activities.quota import quota_left
+from sluice.activities.send import CAPS_READ, TEMPLATE_WINDOW, cap_verdict, fatigue_day_sql
+from sluice.audiences import reaches_non_customers
 from sluice.schemas import activities as A
 from sluice.schemas.activities import RefreshAudienceInput
 from sluice.schemas.campaign import CampaignPlan, PhasePlan
+from sluice.schemas.fatigue import policy_for
 from sluice.schemas.rules import template_key
-from sluice.workflows.calendar import day_window, first_open_day, platform_day
+from sluice.workflows.calendar import day_window, first_open_day
 
 # Cap readings per statement: about 10 ms per 10,000 consumers (primary-key probes).
 CHUNK = 10_000
+
+
+def _snapshot_days_sql(non_customers: bool) -> str:
+    """The snapshot's consumers in send order, each with their own fatigue day at the instant $4 (platform zone
+    $5), as the send path's chunk statement computes it (R-FAT-DAY). $1 campaign, $2 phase, $3 day, $6 shop."""
+    return f"""
+        SELECT s.consumer_id, {fatigue_day_sql("$4", "$5", "s.consumer_id")} AS fday
+        FROM audience_snapshots s {recipient_rows("$6", "s.consumer_id", non_customers)}
+        WHERE s.campaign_id = $1 AND s.phase = $2 AND s.day = $3 ORDER BY s.seq"""
+
+
+# The snapshot's primary-key range, one probe of shop_customers (and consumers) per row.
+SNAPSHOT_DAYS = _snapshot_days_sql(False)
+SNAPSHOT_DAYS_NON_CUSTOMERS = _snapshot_days_sql(True)
 
 
 class PhasePreview(BaseModel):
@@ -52,6 +69,9 @@ async def preview(pool: asyncpg.Pool, plan: CampaignPlan, *, now: datetime, plat
         tx = conn.transaction()
         await tx.start()
         try:
+            # The refresh's own memory for its sorts (activities/audience.py): a whole-shop audience's
+            # product choice and numbering otherwise spill to temporary files (4 MB by default).
+            await conn.execute("SET LOCAL work_mem = '64MB'")
             # A campaigns row of its own (never committed): the overlap filter sees the shop's
             # campaigns started before it, as a campaign started now would.
             campaign_db_id = await conn.fetchval(
@@ -83,16 +103,22 @@ async def _phase(conn, plan: CampaignPlan, index: int, campaign_db_id: int, *, n
     args = (await refresh_args(conn, inp, statement, 1))(0)
     eligible, removed = count_reasons(await conn.fetch(statement.sql, *args))
     matched = eligible + sum(removed.values())
-    ids = [r[0] for r in await conn.fetch(
-        "SELECT consumer_id FROM audience_snapshots WHERE campaign_id = $1 AND phase = $2 AND day = $3 ORDER BY seq",
-        campaign_db_id, index, win.day,
-    )]  # fmt: skip
+    # Each consumer's own fatigue day at the instant the run would hand off (R-FAT-DAY).
+    days_sql = SNAPSHOT_DAYS_NON_CUSTOMERS if reaches_non_customers(phase.audience, phase.audience_params) else SNAPSHOT_DAYS
+    days = dict(await conn.fetch(
+        days_sql, campaign_db_id, index, win.day, max(now, win.send_at), platform_tz, plan.shop_id,
+    ))  # fmt: skip
     verdicts: Counter[str] = Counter(removed)
     if phase.below_minimum(eligible, removed.get(A.EXCLUDED_ALREADY_REACHED, 0)):
         verdicts[A.NOT_SENT_MIN_AUDIENCE] += eligible
         allowed = 0
     else:
-        allowed = await _after_caps(conn, plan, phase, ids, platform_day(max(now, win.send_at), platform_tz), verdicts)
+        allowed = await _after_caps(conn, plan, phase, days, verdicts)
+        if phase.quota is not None:  # R-ED-4: what the shop's provider quota leaves on the day (read, not held)
+            left, reason = await quota_left(conn, phase.quota, plan.shop_id, win.day)
+            if allowed > left:
+                verdicts[reason or A.NOT_SENT_QUOTA] += allowed - left
+                allowed = left
         if phase.daily_cap is not None and allowed > phase.daily_cap:
             verdicts[A.NOT_SENT_DAILY_CAP] += allowed - phase.daily_cap
             allowed = phase.daily_cap
@@ -111,16 +137,23 @@ async def _phase(conn, plan: CampaignPlan, index: int, campaign_db_id: int, *, n
     )  # fmt: skip
 
 
-async def _after_caps(conn, plan: CampaignPlan, phase: PhasePlan, ids: list[int], fday, verdicts: Counter) -> int:
-    """How many of `ids` the fatigue caps let through on `fday`; the others counted by their cap."""
+async def _after_caps(conn, plan: CampaignPlan, phase: PhasePlan, days: dict, verdicts: Counter) -> int:
+    """How many of the consumers `days` ({consumer: their fatigue day}) the channel's fatigue caps let through;
+    the others counted by their cap."""
     cap = phase.template_cap
     tkey = template_key(plan.shop_id, cap.group if cap else "")
+    ch = phase.channel.value
+    policy = policy_for(ch)
+    ids = list(days)
     allowed = 0
     for i in range(0, len(ids), CHUNK):
         chunk = ids[i : i + CHUNK]
-        earlier = dict(await conn.fetch(TEMPLATE_WINDOW, chunk, fday, cap.days, tkey)) if cap and cap.days > 1 else {}
-        for row in await conn.fetch(CAPS_READ, chunk, plan.shop_id, fday, tkey):
-            reason = cap_verdict(row, earlier.get(row["id"], 0), cap)
+        fdays = [days[c] for c in chunk]
+        earlier = (
+            dict(await conn.fetch(TEMPLATE_WINDOW, chunk, fdays, cap.days, tkey, ch)) if cap and cap.days > 1 else {}
+        )
+        for row in await conn.fetch(CAPS_READ, chunk, plan.shop_id, fdays, tkey, ch):
+            reason = cap_verdict(row, earlier.get(row["id"], 0), cap, policy)
             if reason is None:
                 allowed += 1
             else:

@@ -1,4 +1,4 @@
-"""`python -m bench` (the phase-day benchmark), `python -m bench caps`, `python -m bench profile FILE`."""
+"""`python -m bench` (the phase-day benchmark), `python -m bench caps`, `python -m bench load`, `python -m bench profile FILE`."""
 
 from __future__ import annotations
 
@@ -134,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         result = asyncio.run(run_caps(cfg))
         return 0 if result["exact"] else 1
+    if argv[:1] == ["load"]:
+        from bench.load import main as load_main
+
+        return load_main(argv[1:])
     if argv[:1] == ["profile"]:
         from bench.profile import summarize
 

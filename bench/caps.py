@@ -174,7 +174,7 @@ def _input(cid: int, i: int, fday, now: datetime, lo: int, hi: int, chunk_size: 
 async def _run_reserve(send, ids, cfg: CapsConfig, fday, now) -> None:
     """Each campaign: `inflight` tasks pulling chunks [lo, lo + chunk_size) off its range."""
     params = list(inspect.signature(send._reserve).parameters)
-    if params[:5] != ["inp", "lo", "hi", "budget", "fday"]:
+    if params[:5] != ["inp", "lo", "hi", "budget", "handoff"]:
         raise SystemExit(f"SendActivities._reserve{tuple(params)} changed: run `python -m bench caps --mode slice`")
 
     async def campaign(i: int, cid: int) -> None:
@@ -184,7 +184,7 @@ async def _run_reserve(send, ids, cfg: CapsConfig, fday, now) -> None:
             for lo in cursor:
                 hi = min(lo + cfg.chunk_size, cfg.per_campaign)
                 inp = _input(cid, i, fday, now, lo, hi, cfg.chunk_size)
-                await send._reserve(inp, lo, hi, inp.budget, fday, cfg.handoff, probe=False)  # a first attempt
+                await send._reserve(inp, lo, hi, inp.budget, cfg.handoff, probe=False)  # a first attempt
 
         await asyncio.gather(*(lane() for _ in range(cfg.inflight)))
 
@@ -289,8 +289,8 @@ async def verify(conn: asyncpg.Connection, ids: list[int], per_campaign: int) ->
 
 
 async def run_caps(cfg: CapsConfig) -> dict:
-    from sluice.activities.channels import ChannelRegistry
     from sluice.activities.send import SendActivities
+    from sluice.channels.registry import ChannelRegistry
     from sluice.db.pool import create_pool
     from sluice.workflows.calendar import platform_day
 

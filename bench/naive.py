@@ -91,7 +91,7 @@ class NaiveActivities:
 
     @activity.defn
     async def send_one(self, one: NaiveOne) -> str:
-        from sluice.activities.channels import Outbound
+        from sluice.channels.base import Outbound
 
         j = one.job
         async with self.pool.acquire() as conn, conn.transaction():

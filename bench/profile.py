@@ -70,8 +70,8 @@ def component(frames: list[tuple[str, str]]) -> str:
 STEPS = [
     ("_reserve", "activities/send.py"),
     ("_record", "activities/send.py"),
-    ("send", "activities/channels.py"),
-    ("reconcile", "activities/channels.py"),
+    ("send", "channels/outbox.py"),
+    ("reconcile", "channels/outbox.py"),
     ("dispatch", "activities/send.py"),
     ("refresh_audience", "activities/audience.py"),
     ("send_slice", "activities/send.py"),

@@ -159,7 +159,7 @@ async def _seed(pg: Postgres, cfg: BenchConfig, now: datetime, tz: str) -> tuple
 
 async def _naive(pool: asyncpg.Pool, env, cfg: BenchConfig, tz: str, now: datetime) -> dict:
     from sluice.activities.audience import CHANNEL_COLUMNS
-    from sluice.activities.channels import ChannelRegistry
+    from sluice.channels.registry import ChannelRegistry
     from sluice.schemas.settings import Settings
     from sluice.workflows.calendar import local_day, platform_day
     from temporalio.worker import Worker

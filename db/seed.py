@@ -725,6 +725,54 @@ async def _seed_repurchase(conn, *, shop_id: str, lo: int, hi: int, now: datetim
     return len(rows), n_orders, n_items, n_events, len(REPURCHASE_COUPONS)
 
 
+# --- acquisition prospects (K-ACQUIRE, examples/acquire.yaml) -----------------------------------
+# seed_shop(..., acquire=True) adds what K-ACQUIRE needs on top of the shop: its join gift (R-AQ-2), a
+# rival shop of the same industry, and prospects: platform consumers who are not the shop's customers
+# (a platform phone, no shop row), each with carts, favourites and a view at the rival and two visits
+# at the shop over the last 60 days: active in the industry, interacting with the shop, deep at another
+# shop (R-AQ-1's industry_active and brand_switchers); one in three is an external member of the shop.
+# $1 first prospect id, $2 last, $3 now, $4 shop, $5 rival shop.
+_AQ_CONSUMERS = """
+    INSERT INTO consumers (consumer_id, created_at, phone)
+    SELECT g, $3::timestamptz - interval '400 days', '139' || lpad(g::text, 8, '0')
+    FROM generate_series($1::bigint, $2::bigint) g
+    ON CONFLICT (consumer_id) DO UPDATE SET phone = coalesce(consumers.phone, EXCLUDED.phone)
+"""
+_AQ_EVENTS = """
+    INSERT INTO behaviour_events (shop_id, consumer_id, kind, occurred_at)
+    SELECT CASE WHEN k.i <= 4 THEN $5 ELSE $4 END, g, k.kind,
+           $3::timestamptz - make_interval(days => k.i * 9 + (g % 7)::int)
+    FROM generate_series($1::bigint, $2::bigint) g
+    CROSS JOIN (VALUES (1, 'cart'), (2, 'favourite'), (3, 'cart'), (4, 'view'), (5, 'visit'), (6, 'visit')) k(i, kind)
+"""
+_AQ_EXTERNAL = """
+    INSERT INTO external_members (shop_id, consumer_id, matched_at)
+    SELECT $4, g, $3::timestamptz - interval '30 days' FROM generate_series($1::bigint, $2::bigint) g
+    WHERE g % 3 = 0 AND $5::text IS NOT NULL
+    ON CONFLICT DO NOTHING
+"""
+AQ_JOIN_GIFT_TITLE = "10元无门槛券"
+
+
+async def _seed_acquire(conn, *, shop_id: str, timezone: str, industry: str, lo: int, hi: int, now: datetime) -> int:
+    """The join gift, the rival shop and the prospects lo..hi (inclusive); returns the events written."""
+    rival = f"{shop_id}-rival"
+    await conn.execute(
+        "INSERT INTO shops (shop_id, name, timezone, industry) VALUES ($1, $1, $2, $3) ON CONFLICT (shop_id) DO NOTHING",
+        rival, timezone, industry,
+    )  # fmt: skip
+    await conn.execute(
+        "INSERT INTO member_benefits (benefit_id, shop_id, kind, title, valid_from, valid_to)"
+        " VALUES ($1, $2, 'join_gift', $3, $4, $5) ON CONFLICT (benefit_id) DO NOTHING",
+        f"{shop_id}-join-gift", shop_id, AQ_JOIN_GIFT_TITLE, now - timedelta(days=7), now + timedelta(days=30),
+    )  # fmt: skip
+    args = (lo, hi, now, shop_id, rival)
+    await conn.execute(_AQ_CONSUMERS, *args[:3])
+    status = await conn.execute(_AQ_EVENTS, *args)
+    await conn.execute(_AQ_EXTERNAL, *args)
+    return int(status.split()[-1])
+
+
 # --- loading ---------------------------------------------------------------------------------
 
 
@@ -740,6 +788,7 @@ async def seed_shop(
     consumer_id_offset: int = 0,
     channel_mix: bool = True,
     repurchase: bool = False,
+    acquire: bool = False,
 ) -> SeedResult:
     """Create shop `shop_id` (if absent) and load `customers` synthetic customers into it.
 
@@ -749,6 +798,8 @@ async def seed_shop(
     repurchase=True adds the repurchase catalogue (REPURCHASE_CATALOGUE: consumables whose cycles
     are estimated from their orders, durables bought once with a consumable, category browsing and
     exclusive coupons; the K-REPURCHASE benchmark's shop).
+    acquire=True adds K-ACQUIRE's join gift, a rival shop and customers/10 (at least 20) prospects after
+    the customers' ids (`_seed_acquire`).
     Raises ValueError when the shop already has customers.
     """
     started = time.perf_counter()
@@ -778,6 +829,13 @@ async def seed_shop(
                 industry,
                 f"【{name}】",
             )
+            # A configured EDM account (R-ED-4: email needs one), postpaid from a zero balance.
+            await conn.execute("INSERT INTO edm_accounts (shop_id) VALUES ($1) ON CONFLICT (shop_id) DO NOTHING", shop_id)
+            # SMS credits (R-AQ-5: no credit, no send): one recharge at the top tier, bought today.
+            if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM sms_credits WHERE shop_id = $1)", shop_id):
+                from sluice.channels.sms import recharge
+
+                await recharge(conn, shop_id, max(150_000, 4 * customers), now)
             # an existing shop keeps its own zone and industry; generate in those
             row = await conn.fetchrow("SELECT timezone, industry FROM shops WHERE shop_id = $1", shop_id)
             timezone, industry = row["timezone"], row["industry"]
@@ -844,6 +902,10 @@ async def seed_shop(
                 n_products += extra[0]
                 n_orders, n_items, n_events = n_orders + extra[1], n_items + extra[2], n_events + extra[3]
                 n_coupons_rp = extra[4]
+            if acquire:
+                first = consumer_id_offset + customers + 1
+                n_events += await _seed_acquire(conn, shop_id=shop_id, timezone=timezone, industry=industry, lo=first,
+                                                hi=first + max(20, customers // 10) - 1, now=now)  # fmt: skip
         # outside the transaction, so the statistics see the committed rows
         await conn.execute(f"ANALYZE {', '.join(SEEDED_TABLES)}")
     finally:

@@ -12,14 +12,16 @@ from datetime import datetime
 from typing import Annotated, Union
 
 from pydantic import Field
+from sluice.kinds.acquire import Acquire
 from sluice.kinds.base import Kind, Shop, SpecBase
+from sluice.kinds.edm import Edm
 from sluice.kinds.oldcust import OldCustomer
 from sluice.kinds.phased import Phased
 from sluice.kinds.repurchase import Repurchase
 from sluice.schemas.campaign import CampaignPlan, workflow_id_for
 
 # The registry: adding a kind is one module and one line here.
-KINDS: dict[str, Kind] = {k.name: k for k in (OldCustomer(), Phased(), Repurchase())}
+KINDS: dict[str, Kind] = {k.name: k for k in (OldCustomer(), Phased(), Repurchase(), Acquire(), Edm())}
 
 # The spec of any registered kind, told apart by its `kind` field.
 CampaignSpec = Annotated[Union[tuple(k.spec for k in KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
@@ -39,6 +41,7 @@ def compile_plan(spec: SpecBase, *, campaign_db_id: int, shop: Shop, now: dateti
         timezone=shop.timezone,
         phases=kind_of(spec).compile(spec, shop, now),
         precedence=kind_of(spec).precedence(spec),
+        holdout_percent=spec.holdout_percent,  # R-HO-1
     )
 
 

@@ -26,7 +26,18 @@ from datetime import datetime
 from typing import ClassVar
 
 import asyncpg
-from sluice.schemas.campaign import Ident, PhasePlan, Precedence, Strict
+from pydantic import Field
+from sluice.schemas.campaign import (
+    DEFAULT_ATTRIBUTION_DAYS,
+    MAX_ATTRIBUTION_DAYS,
+    AttributionWindow,
+    Ident,
+    PhasePlan,
+    Precedence,
+    Strict,
+)
+
+MAX_HOLDOUT_PERCENT = 50  # R-HO-1
 
 
 class SpecBase(Strict):
@@ -35,6 +46,14 @@ class SpecBase(Strict):
     kind: str
     shop_id: Ident
     campaign_id: Ident
+    holdout_percent: float = Field(
+        default=0, ge=0, le=MAX_HOLDOUT_PERCENT,
+        description="R-HO-1: percent of each phase's audience kept as a control group: selected, never sent",
+    )
+    attribution_days: int | None = Field(
+        default=None, strict=True, ge=1, le=MAX_ATTRIBUTION_DAYS,
+        description="R-ATT-1: count orders created within this many days after the reach; default: the kind's window",
+    )
 
 
 @dataclass(frozen=True)
@@ -63,3 +82,8 @@ class Kind(ABC):
     def precedence(self, spec: SpecBase) -> Precedence | None:
         """The precedence group the campaign holds or yields to (R-RP-9); none by default."""
         return None
+
+    def attribution(self, spec: SpecBase) -> AttributionWindow:
+        """R-ATT-1: the window of the kind's phases: the spec's `attribution_days` when given, else the
+        kind's own default (here: DEFAULT_ATTRIBUTION_DAYS after the reach). Each compile puts it on its phases."""
+        return AttributionWindow.after(spec.attribution_days or DEFAULT_ATTRIBUTION_DAYS)

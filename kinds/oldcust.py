@@ -168,5 +168,6 @@ class OldCustomer(Kind):
                 # R-OC-9 / R-BEN-1: the coupon every message carries, one unit of stock held per sent message.
                 offer=OfferPlan(coupon_ids=[spec.coupon_id], shared=True) if spec.coupon_id else None,
                 pacing_per_hour=spec.pacing.per_hour,
+                attribution=self.attribution(spec),  # R-ATT-1: the default week after the reach
             )
         ]

@@ -28,6 +28,7 @@ from sluice.audiences import AUDIENCES
 from sluice.kinds.base import Kind, Shop, SpecBase
 from sluice.schemas import rules
 from sluice.schemas.campaign import (
+    AttributionWindow,
     Channel,
     Ident,
     Pacing,
@@ -154,6 +155,11 @@ class Phased(Kind):
         if day_window(last_day, last_phase.send_time, shop.timezone).close_at <= now:
             raise RuleViolation("phases", "R-PH-2", "the last phase has already ended")
 
+    def attribution(self, spec: PhasedSpec) -> AttributionWindow:
+        """R-ATT-1: an order counts for the phase during whose days it was created (the phase's active
+        period), unless the spec names a number of days after the reach."""
+        return AttributionWindow.after(spec.attribution_days) if spec.attribution_days else AttributionWindow.phase_period()
+
     def compile(self, spec: PhasedSpec, shop: Shop, now: datetime) -> list[PhasePlan]:
         return [
             PhasePlan(
@@ -167,6 +173,7 @@ class Phased(Kind):
                 text=p.text,
                 daily_cap=p.daily_cap,
                 pacing_per_hour=spec.pacing.per_hour,
+                attribution=self.attribution(spec),
             )
             for p, (start, end) in zip(spec.phases, phase_days(spec, shop.timezone, now), strict=True)
         ]

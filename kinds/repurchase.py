@@ -298,5 +298,6 @@ class Repurchase(Kind):
                 offer=(OfferPlan(coupon_ids=spec.coupon_ids, hours=spec.offer_hours)
                        if spec.benefit == Benefit.exclusive_coupon else None),
                 benefit=spec.benefit_plan(),
+                attribution=self.attribution(spec),  # R-ATT-1: the default week after the reach
             )
         ]

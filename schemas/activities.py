@@ -10,6 +10,8 @@ from datetime import date, datetime
 from pydantic import BaseModel, Field, model_validator
 from sluice.schemas.benefits import BenefitPlan
 from sluice.schemas.campaign import Channel, OfferPlan, TemplateCap, legacy_coupon_id
+from sluice.schemas.quota import STOPS as QUOTA_STOPS
+from sluice.schemas.quota import QuotaPlan
 
 # Why a recipient got no message; stored in deliveries.reason and counted in reports.
 SUPPRESS_SHOP_DAY = "fatigue_shop_day"  # R-FAT-2
@@ -21,6 +23,7 @@ SUPPRESS_BLACKLISTED = "blacklisted"  # R-EXC-1 / R-SC-4
 SUPPRESS_DELETED = "deleted"  # R-EXC-1
 SUPPRESS_NO_CONTACT = "no_contact"  # R-EXC-1
 SUPPRESS_BENEFIT = "benefit_unavailable"  # R-OC-9 / R-BEN-1
+SUPPRESS_NO_CREDIT = "sms_no_credit"  # R-AQ-5: the shop's SMS credits cannot pay for the message
 NOT_SENT_WINDOW = "window_closed_phase_ended"  # R-PH-2: unsent at 22:00 of the phase's last day
 NOT_SENT_CANCELLED = "campaign_cancelled"
 NOT_SENT_YIELDED = "yielded_to_custom_task"  # R-RP-9: a custom task of the shop ran until the window closed
@@ -28,8 +31,14 @@ NOT_SENT_YIELDED = "yielded_to_custom_task"  # R-RP-9: a custom task of the shop
 EXCLUDED_ALREADY_REACHED = "already_reached"
 EXCLUDED_OVERLAP = "overlap"  # R-OC-6
 EXCLUDED_LOW_ACTIVITY = "low_activity"  # R-OC-7
+EXCLUDED_MEMBER = "shop_member"  # R-AQ-1: acquisition reaches non-members ...
+EXCLUDED_BUYER = "shop_buyer"  # R-AQ-1: ... who never ordered at the shop
 NOT_SENT_MIN_AUDIENCE = "audience_below_minimum"  # R-OC-4
 NOT_SENT_DAILY_CAP = "daily_cap"  # R-PH-7
+# R-HO-1: the ledger state (and the send path's reason) of a consumer kept in the campaign's control group.
+HELD_OUT = "held_out"
+# R-ED-4: the shop's provider quota of the day is spent, its account is in arrears or not configured.
+NOT_SENT_QUOTA, NOT_SENT_ARREARS, NOT_SENT_NO_ACCOUNT = QUOTA_STOPS
 
 # The rule behind each reason, for the preview and the reports.
 REASON_RULES = {
@@ -42,11 +51,15 @@ REASON_RULES = {
     SUPPRESS_DELETED: "R-EXC-1",
     SUPPRESS_NO_CONTACT: "R-EXC-1",
     SUPPRESS_BENEFIT: "R-BEN-1",
+    SUPPRESS_NO_CREDIT: "R-AQ-5",
     EXCLUDED_OVERLAP: "R-OC-6",
     EXCLUDED_LOW_ACTIVITY: "R-OC-7",
+    EXCLUDED_MEMBER: "R-AQ-1",
+    EXCLUDED_BUYER: "R-AQ-1",
     NOT_SENT_MIN_AUDIENCE: "R-OC-4",
     NOT_SENT_DAILY_CAP: "R-PH-7",
     NOT_SENT_YIELDED: "R-RP-9",
+    **dict.fromkeys(QUOTA_STOPS, "R-ED-4"),
 }
 
 
@@ -96,6 +109,8 @@ class SendSliceInput(BaseModel):
     reaches_non_customers: bool = Field(
         default=False, description="the audience may yield consumers without a shop row (audiences.reaches_non_customers)"
     )
+    holdout_percent: float = Field(default=0.0, description="R-HO-1: the campaign's control group share (held out)")
+    quota: QuotaPlan | None = Field(default=None, description="the provider quota each sent delivery holds (R-ED-4)")
 
     @model_validator(mode="before")
     @classmethod
@@ -142,6 +157,12 @@ class DayReport(BaseModel):
     day: date
     phase: str
     counts: dict[str, int]
+
+
+class ReportRefreshInput(BaseModel):
+    """Materialise the campaign's report (R-REP-1): attribution, then the report tables (sluice.reports)."""
+
+    campaign_db_id: int
 
 
 class DayReportInput(BaseModel):

@@ -62,6 +62,10 @@ class BenefitPlan(BaseModel):
     non_members: list[MemberBenefitKind] = Field(min_length=1)
     hours: int = Field(ge=2, le=24)
     coupon_ids: list[str] = Field(default_factory=list)
+    # R-BEN-1 / R-AQ-2: the message exists for the benefit (K-ACQUIRE's join gift): while a group of
+    # recipients has none usable (`required_benefit_problem`), the phase sends nothing more, as a shared
+    # coupon that runs out stops its phase. Without it a recipient without one is suppressed alone.
+    required: bool = False
 
     def kinds(self) -> list[str]:
         return sorted({*self.members, *self.non_members})
@@ -115,3 +119,28 @@ class BenefitChoice:
 
     def per_recipient(self, membership: Mapping[int, bool | None]) -> dict[int, MemberBenefit | None]:
         return {c: self.for_recipient(m) for c, m in membership.items()}
+
+
+def required_benefit_problem(plan: BenefitPlan, rows: Iterable[Mapping], at: datetime) -> str | None:
+    """Why the plan's benefits cannot be given at `at`, or None: a group of recipients (members, the
+    others) has no benefit of its kinds in force, or the one it gets hands out a coupon that is not this
+    shop's, not valid at `at` or out of stock (R-BEN-1). `rows`: `SHOP_BENEFITS` rows. The one answer
+    of the start check and of the send path for a `required` benefit."""
+    rows = list(rows)
+    by_id = {r["benefit_id"]: r for r in rows}
+    choice = BenefitChoice.of(plan, [MemberBenefit.of(r) for r in rows], at)
+    groups = [("every recipient", plan.members, choice.member)] if plan.members == plan.non_members else [
+        ("members", plan.members, choice.member), ("non-members", plan.non_members, choice.non_member)]
+    for who, kinds, b in groups:
+        what = " or ".join(k.replace("_", " ") for k in kinds)
+        if b is None:
+            return f"the shop has no {what} in force for {who} (add one to the shop's member benefits)"
+        if b.coupon_id is not None:
+            c = by_id[b.benefit_id]
+            if c["coupon_stock"] is None:
+                return f"the {what} {b.benefit_id!r} hands out coupon {b.coupon_id!r}, which is not this shop's"
+            if not (c["coupon_from"] <= at < c["coupon_to"]):
+                return f"coupon {b.coupon_id!r} of the {what} {b.benefit_id!r} is not valid now"
+            if c["coupon_stock"] <= 0:
+                return f"coupon {b.coupon_id!r} of the {what} {b.benefit_id!r} is out of stock"
+    return None

@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from sluice.schemas import rules
 from sluice.schemas.benefits import BenefitPlan
+from sluice.schemas.quota import QuotaPlan
 from sluice.schemas.rules import rule_error
 from sluice.schemas.text import illegal_characters as illegal_characters  # R-OC-10's category rule, imported from here
 
@@ -180,6 +181,37 @@ def legacy_coupon_id(data: object) -> object:
     return data
 
 
+class AttributionMode(StrEnum):
+    period = "period"  # orders created during the phase's own days (shop-local)
+    after_reach = "after_reach"  # orders created within `days` days after the reach
+
+
+# The attribution window of a kind that names none (R-ATT-1): a week after the reach.
+DEFAULT_ATTRIBUTION_DAYS = 7
+MAX_ATTRIBUTION_DAYS = 90
+
+
+class AttributionWindow(BaseModel):
+    """R-ATT-1: which orders of a reached customer count for the phase that reached them last."""
+
+    mode: AttributionMode = AttributionMode.after_reach
+    days: int | None = Field(default=DEFAULT_ATTRIBUTION_DAYS, ge=1, le=MAX_ATTRIBUTION_DAYS)
+
+    @model_validator(mode="after")
+    def _days(self) -> AttributionWindow:
+        if (self.mode == AttributionMode.after_reach) != (self.days is not None):
+            raise ValueError("`days` goes with after_reach, and only with it")
+        return self
+
+    @classmethod
+    def phase_period(cls) -> AttributionWindow:
+        return cls(mode=AttributionMode.period, days=None)
+
+    @classmethod
+    def after(cls, days: int) -> AttributionWindow:
+        return cls(mode=AttributionMode.after_reach, days=days)
+
+
 class PhasePlan(BaseModel):
     name: str
     start_date: date
@@ -204,6 +236,12 @@ class PhasePlan(BaseModel):
     benefit: BenefitPlan | None = None
     # `text` is a template rendered per recipient (content/render.py), with the offer's placeholders.
     text_is_template: bool = False
+    # A provider quota each sent delivery holds (R-ED-4, schemas/quota.py): the shop's daily limit, the
+    # free messages and the price of the others, debited from the shop's account in the deciding transaction.
+    quota: QuotaPlan | None = None
+    # R-ATT-1: the orders that count for this phase; set by the kind's compile (plans written before it:
+    # the default week after the reach).
+    attribution: AttributionWindow = Field(default_factory=AttributionWindow)
 
     @model_validator(mode="before")
     @classmethod
@@ -227,6 +265,11 @@ class Tuning(BaseModel):
     chunk_size: int = Field(default=2_000, ge=1, description="recipients per ledger transaction")
     concurrency: int = Field(default=8, ge=1, le=200, description="send activities in flight per campaign")
     heartbeat_timeout_s: float = Field(default=15.0, gt=0)
+    # Send slices on the provider's rate-limited task queue (schemas/providers.py); off: the workflow's own.
+    provider_queues: bool = False
+    # The campaign halts itself when more than `error_rate_max` of its last `error_window` sends failed.
+    error_window: int = Field(default=1_000, ge=1, description="sends over which the error rate is measured")
+    error_rate_max: float = Field(default=0.5, gt=0, le=1, description="failed share that halts the campaign")
 
 
 class Precedence(BaseModel):
@@ -248,6 +291,8 @@ class CampaignPlan(BaseModel):
     phases: list[PhasePlan]
     tuning: Tuning = Tuning()
     precedence: Precedence | None = None
+    # R-HO-1: the share of each phase's audience kept as a control group (held out, never sent), in percent.
+    holdout_percent: float = 0.0
 
 
 def workflow_id_for(shop_id: str, campaign_id: str) -> str:

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     platform_timezone: str = Field(default="Asia/Shanghai", alias="SLUICE_PLATFORM_TZ")
     pool_size: int = Field(default=16, alias="SLUICE_DB_POOL")
     max_concurrent_activities: int = Field(default=16, alias="SLUICE_MAX_ACTIVITIES")
+    # Send slices on one task queue per channel's provider (`<queue>-send-<channel>`), each rate-limited
+    # over all workers (schemas/providers.py); campaigns started with it on route there, and the worker
+    # also polls those queues. Off: one task queue for everything, no provider limit.
+    provider_queues: bool = Field(default=False, alias="SLUICE_PROVIDER_QUEUES")
+    # Messages/s per provider over the defaults of schemas/providers.py, e.g. "sms=500,email=50,chat=none".
+    provider_rates: str = Field(default="", alias="SLUICE_PROVIDER_RATES")
     # The audience refresh runs as this many statements at once, each numbering its share of
     # the day's recipients (activities/audience.py); about the database's cores.
     refresh_parts: int = Field(default=2, ge=1, le=64, alias="SLUICE_REFRESH_PARTS")
@@ -37,11 +43,40 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", alias="SLUICE_LOG_LEVEL")
     # How long a process waits for a Temporal server that is still starting before it gives up.
     temporal_connect_wait_s: float = Field(default=30.0, ge=0, alias="SLUICE_TEMPORAL_CONNECT_WAIT_S")
-    # An HTTP messaging gateway (activities/http_channel.py) for the channels it names; the
-    # others write to the outbox table. Unset: every channel is the outbox.
+    # An SMS gateway (channels/sms.py) for the channels it names (only sms); the others write to
+    # the outbox table. Unset: every channel is the outbox.
     gateway_url: str | None = Field(default=None, alias="SLUICE_GATEWAY_URL")
     gateway_channels: str = Field(default="sms", alias="SLUICE_GATEWAY_CHANNELS")
     gateway_timeout_s: float = Field(default=5.0, gt=0, alias="SLUICE_GATEWAY_TIMEOUT_S")
+    # An SMTP server for email (channels/email.py); unset: email goes to the outbox.
+    smtp_host: str | None = Field(default=None, alias="SLUICE_SMTP_HOST")
+    smtp_port: int = Field(default=25, gt=0, alias="SLUICE_SMTP_PORT")
+    smtp_sender: str = Field(default="sluice@localhost", alias="SLUICE_SMTP_SENDER")
+    smtp_connections: int = Field(default=4, ge=1, le=64, alias="SLUICE_SMTP_CONNECTIONS")
+    smtp_timeout_s: float = Field(default=10.0, gt=0, alias="SLUICE_SMTP_TIMEOUT_S")
+    smtp_start_tls: bool | None = Field(default=None, alias="SLUICE_SMTP_STARTTLS")  # None: when offered
+    smtp_username: str | None = Field(default=None, alias="SLUICE_SMTP_USERNAME")
+    smtp_password: str | None = Field(default=None, alias="SLUICE_SMTP_PASSWORD")
+    # Where an email's List-Unsubscribe link points (the delivery key is appended as `d`).
+    unsubscribe_url: str = Field(default="http://127.0.0.1:8000/v1/unsubscribe", alias="SLUICE_UNSUBSCRIBE_URL")
+    # Observability (docs/observability.md). The worker serves /metrics on this port (unset: no
+    # server; 0: any free port, logged); the API serves GET /metrics on its own port.
+    metrics_host: str = Field(default="127.0.0.1", alias="SLUICE_METRICS_HOST")
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, alias="SLUICE_METRICS_PORT")
+    # When set, the API's GET /metrics wants `Authorization: Bearer <token>` (a shop's API key never reaches it).
+    metrics_token: str | None = Field(default=None, alias="SLUICE_METRICS_TOKEN")
+    # Traces: on, spans are written as JSON log lines; an OTLP/HTTP endpoint
+    # (http://collector:4318/v1/traces) sends them there instead (and turns tracing on).
+    tracing: bool = Field(default=False, alias="SLUICE_TRACING")
+    otlp_endpoint: str | None = Field(default=None, alias="SLUICE_OTLP_ENDPOINT")
+
+    # The API's address as its users reach it (behind a proxy, a public name): report links (the
+    # workflow's memo, report_url in GET /campaigns) start with it. Unset: http://SLUICE_API_HOST:SLUICE_API_PORT.
+    api_public_url: str | None = Field(default=None, alias="SLUICE_API_PUBLIC_URL")
+
+    @property
+    def api_base_url(self) -> str:
+        return (self.api_public_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
 
     @property
     def temporal_ui_base(self) -> str:

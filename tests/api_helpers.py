@@ -1,12 +1,16 @@
-"""The HTTP API in-process (httpx over ASGI) with a worker, and API keys for test shops."""
+"""The HTTP API in-process (httpx over ASGI) with a worker, over real HTTP (uvicorn), and API keys for test shops."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
 import httpx
+import uvicorn
 from sluice.api.http import create_app
 from sluice.api.keys import create_key
 from sluice.schemas.settings import Settings
@@ -42,3 +46,26 @@ def client(app, key: str | None = None) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://sluice", headers=bearer(key) if key else None
     )
+
+
+@asynccontextmanager
+async def serving(app) -> AsyncIterator[str]:
+    """`app` (its lifespan entered, as by running_app) over real HTTP: uvicorn in this event loop on a socket
+    bound first to a free port (no race for the port); yields the base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning", log_config=None))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        for _ in range(500):
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.02)
+        if not server.started:
+            raise RuntimeError(f"uvicorn did not start: {task.exception() if task.done() else 'timeout'}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()

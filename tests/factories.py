@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 
-async def make_shop(pool: asyncpg.Pool, shop_id: str, timezone: str, industry: str = "beauty") -> None:
-    await pool.execute(
-        "INSERT INTO shops (shop_id, name, timezone, industry) VALUES ($1, $1, $2, $3) ON CONFLICT DO NOTHING",
+async def make_shop(
+    pool: asyncpg.Pool, shop_id: str, timezone: str, industry: str = "beauty", *, sms_credits: int = 1_000_000
+) -> None:
+    """A shop; with `sms_credits` > 0 one SMS recharge of that many messages bought yesterday (R-AQ-5)."""
+    inserted = await pool.fetchval(
+        "INSERT INTO shops (shop_id, name, timezone, industry) VALUES ($1, $1, $2, $3) ON CONFLICT DO NOTHING"
+        " RETURNING true",
         shop_id,
         timezone,
         industry,
     )
+    if inserted and sms_credits > 0:
+        from sluice.channels.sms import recharge
+
+        await recharge(pool, shop_id, sms_credits, datetime.now(UTC) - timedelta(days=1))
 
 
 async def make_campaign(pool: asyncpg.Pool, shop_id: str, ref: str, state: str = "created") -> int:

@@ -1,15 +1,21 @@
-"""A real HTTP messaging gateway on loopback, standing in for an SMS provider.
+"""A real HTTP SMS gateway on loopback, standing in for an SMS provider (the API of channels/sms.py).
 
-It keeps what it accepted (by client reference, idempotently) and can misbehave
-on purpose: throttle (429), fail before or after accepting (5xx), or accept and
-then hang past the client's timeout. Tests compare its own per-recipient
-counts with the ledger.
+It keeps what it accepted by our reference (`messageId`), idempotently: a reference
+seen before answers its first result and is never handed on twice. It counts each
+message's billed segments its own way (a plain character count, not sluice's
+code) and can misbehave on purpose: throttle (429 with Retry-After), fail before or
+after accepting (503/500), accept and then hang past the client's timeout, refuse
+numbers for good (invalid, opted out). Tests compare its own per-recipient counts
+with the ledger. `start()` runs it in a thread of the test process; `start_process()`
+in a process of its own (benchmarks), its totals then read over HTTP (`counts()`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
+import multiprocessing
 import random
 import socket
 import threading
@@ -17,6 +23,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import httpx
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -25,26 +32,40 @@ from fastapi.responses import JSONResponse
 @dataclass
 class Chaos:
     throttle: float = 0.0  # 429 before anything is accepted
+    retry_after_s: int = 0  # the 429's Retry-After
     fail_before: float = 0.0  # 503 before anything is accepted
-    fail_after: float = 0.0  # 500 after the batch was accepted (ambiguous for the client)
+    fail_after: float = 0.0  # 500 after the batch was accepted (the batch is resent with the same references)
     hang_after: float = 0.0  # accept, then answer after hang_s (the client times out first)
     hang_s: float = 2.0
-    reject_numbers: set[str] = field(default_factory=set)  # permanent per-message rejection
+    reject_numbers: set[str] = field(default_factory=set)  # permanent per-number rejection: invalid number
+    opted_out: set[str] = field(default_factory=set)  # permanent per-number rejection: opted out at the provider
     seed: int = 1
+
+
+def national(number: str) -> str:
+    """The number as the shop stores it (tests compare with shop_customers.phone)."""
+    return number[3:] if number.startswith("+86") else number
+
+
+def billed_segments(text: str) -> int:
+    n = len(text)
+    return 1 if n <= 70 else math.ceil(n / 67)
 
 
 class Gateway:
     def __init__(self, chaos: Chaos | None = None):
         self.chaos = chaos or Chaos()
         self.rng = random.Random(self.chaos.seed)
-        self.accepted: dict[str, dict] = {}  # client_ref -> {"id", "to", "status"}
-        self.deliveries = Counter()  # to -> messages actually handed on to the network
+        self.accepted: dict[str, dict] = {}  # messageId -> the result answered for it
+        self.deliveries = Counter()  # national number -> messages actually handed on to the network
+        self.segments = Counter()  # national number -> billed segments handed on
         self.requests = Counter()
         self._ids = itertools.count(1)
         self.app = self._build()
         self.port = _free_port()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._process: multiprocessing.Process | None = None
 
     @property
     def url(self) -> str:
@@ -52,29 +73,37 @@ class Gateway:
 
     def _accept(self, messages: list[dict]) -> list[dict]:
         results = []
+        c = self.chaos
         for m in messages:
-            ref = m["client_ref"]
-            if ref not in self.accepted:
-                status = "rejected" if m["to"] in self.chaos.reject_numbers else "accepted"
-                self.accepted[ref] = {"id": f"gw-{next(self._ids)}", "to": m["to"], "status": status}
-                if status == "accepted":
-                    self.deliveries[m["to"]] += 1
-            a = self.accepted[ref]
-            results.append({"client_ref": ref, "status": a["status"], "id": a["id"],
-                            "error": "invalid number" if a["status"] == "rejected" else None})
+            text = m["text"]
+            for d in m["destinations"]:
+                ref, to = d["messageId"], d["to"]
+                if ref not in self.accepted:
+                    number = national(to)
+                    if number in c.reject_numbers or to in c.reject_numbers:
+                        status = {"groupName": "REJECTED", "name": "REJECTED_DESTINATION", "description": "invalid"}
+                    elif number in c.opted_out or to in c.opted_out:
+                        status = {"groupName": "REJECTED", "name": "REJECTED_OPTED_OUT", "description": "opted out"}
+                    else:
+                        status = {"groupName": "PENDING", "name": "PENDING_ENROUTE", "description": "sent"}
+                        self.deliveries[number] += 1
+                        self.segments[number] += billed_segments(text)
+                    self.accepted[ref] = {"messageId": ref, "to": to, "status": status,
+                                          "smsCount": billed_segments(text), "id": f"gw-{next(self._ids)}"}
+                results.append(self.accepted[ref])
         return results
 
     def _build(self) -> FastAPI:
         app = FastAPI()
 
-        @app.post("/v1/messages:batch")
+        @app.post("/sms/2/text/advanced")
         async def batch(request: Request):
             body = await request.json()
             c, roll = self.chaos, self.rng.random()
             self.requests["batch"] += 1
             if roll < c.throttle:
                 self.requests["429"] += 1
-                return JSONResponse({"error": "slow down"}, status_code=429)
+                return JSONResponse({"error": "slow down"}, status_code=429, headers={"Retry-After": str(c.retry_after_s)})
             roll -= c.throttle
             if roll < c.fail_before:
                 self.requests["503"] += 1
@@ -88,14 +117,20 @@ class Gateway:
             if roll < c.hang_after:
                 self.requests["hang-after-accept"] += 1
                 await asyncio.sleep(c.hang_s)
-            return {"results": results}
+            # A plain JSONResponse: FastAPI's encoder over a returned dict costs 10x the gateway's own work.
+            return JSONResponse({"bulkId": body.get("bulkId"), "messages": results})
 
-        @app.post("/v1/messages:lookup")
-        async def lookup(request: Request):
-            body = await request.json()
+        @app.get("/sms/1/logs")
+        async def logs(request: Request):
             self.requests["lookup"] += 1
-            found = [{"client_ref": r, **self.accepted[r]} for r in body["client_refs"] if r in self.accepted]
-            return {"found": found}
+            refs = request.query_params.getlist("messageId")
+            return JSONResponse({"results": [self.accepted[r] for r in refs if r in self.accepted]})
+
+        @app.get("/_test/counts")
+        async def counts():
+            d = self.deliveries
+            return JSONResponse({"numbers": len(d), "messages": sum(d.values()), "max_per_number": max(d.values(), default=0),
+                                 "segments": sum(self.segments.values()), "requests": dict(self.requests)})
 
         return app
 
@@ -111,10 +146,37 @@ class Gateway:
             time.sleep(0.02)
         return self
 
+    def start_process(self) -> Gateway:
+        """Run in a process of its own (no GIL shared with the sender); read its counts with counts()."""
+        self._process = multiprocessing.get_context("spawn").Process(
+            target=_serve, args=(self.chaos, self.port), daemon=True
+        )
+        self._process.start()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"{self.url}/_test/counts", timeout=1)
+                return self
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("gateway did not start") from None
+                time.sleep(0.1)
+
+    def counts(self) -> dict:
+        return httpx.get(f"{self.url}/_test/counts", timeout=30).json()
+
     def stop(self) -> None:
         if self._server:
             self._server.should_exit = True
             self._thread.join(timeout=5)
+        if self._process:
+            self._process.terminate()
+            self._process.join(timeout=5)
+
+
+def _serve(chaos: Chaos, port: int) -> None:
+    gw = Gateway(chaos)
+    uvicorn.run(gw.app, host="127.0.0.1", port=port, log_level="error", lifespan="off")
 
 
 def _free_port() -> int:

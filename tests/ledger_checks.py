@@ -6,6 +6,7 @@ See docs/design.md, "The ledger and the caps".
 from __future__ import annotations
 
 from sluice.schemas import rules
+from sluice.schemas.fatigue import POLICIES
 
 
 async def ledger_counts(pool, campaign_db_id: int) -> dict[str, int]:
@@ -72,45 +73,49 @@ async def _assert_outbox_matches(pool, cid: int) -> None:
 
 
 async def assert_fatigue_matches_ledger(pool) -> None:
-    """Fatigue counters equal the sent deliveries they stand for; no cap exceeded (R-FAT-1..3).
+    """Fatigue counters equal the sent deliveries they stand for, per channel and each delivery's own
+    fatigue day (R-FAT-DAY); no cap of the channel's policy exceeded (R-FAT-1..3).
 
     Counters are compared on the days the ledger counted on: rows a test seeded on other days
     (earlier messages, for the template window) are checked by the test itself."""
     mismatch = await pool.fetch(
-        """WITH led AS (SELECT consumer_id, fatigue_day AS day, count(*)::int AS sent,
+        """WITH led AS (SELECT consumer_id, fatigue_day AS day, channel, count(*)::int AS sent,
                                count(DISTINCT shop_id)::int AS shops
-                        FROM deliveries WHERE state = 'sent' GROUP BY 1, 2),
+                        FROM deliveries WHERE state = 'sent' GROUP BY 1, 2, 3),
                 cnt AS (SELECT * FROM fatigue_day WHERE day IN (SELECT fatigue_day FROM deliveries))
            SELECT coalesce(f.consumer_id, l.consumer_id) AS consumer_id, f.sent AS counter, l.sent AS ledger,
                   f.shops AS counter_shops, l.shops AS ledger_shops
-           FROM cnt f FULL JOIN led l ON l.consumer_id = f.consumer_id AND l.day = f.day
+           FROM cnt f FULL JOIN led l ON l.consumer_id = f.consumer_id AND l.day = f.day AND l.channel = f.channel
            WHERE coalesce(f.sent, 0) <> coalesce(l.sent, 0) OR coalesce(f.shops, 0) <> coalesce(l.shops, 0)
            LIMIT 5"""
     )
     assert not mismatch, [dict(r) for r in mismatch]
     mismatch = await pool.fetch(
-        """WITH led AS (SELECT consumer_id, shop_id, fatigue_day AS day, count(*)::int AS sent
-                        FROM deliveries WHERE state = 'sent' GROUP BY 1, 2, 3),
+        """WITH led AS (SELECT consumer_id, shop_id, fatigue_day AS day, channel, count(*)::int AS sent
+                        FROM deliveries WHERE state = 'sent' GROUP BY 1, 2, 3, 4),
                 cnt AS (SELECT * FROM fatigue_shop_day WHERE day IN (SELECT fatigue_day FROM deliveries))
            SELECT f.*, l.sent AS ledger FROM cnt f
            FULL JOIN led l ON l.consumer_id = f.consumer_id AND l.shop_id = f.shop_id AND l.day = f.day
+                AND l.channel = f.channel
            WHERE coalesce(f.sent, 0) <> coalesce(l.sent, 0) LIMIT 5"""
     )
     assert not mismatch, [dict(r) for r in mismatch]
     mismatch = await pool.fetch(
-        """WITH led AS (SELECT consumer_id, shop_id, template_group, fatigue_day AS day, count(*)::int AS sent
+        """WITH led AS (SELECT consumer_id, shop_id, template_group, fatigue_day AS day, channel, count(*)::int AS sent
                         -- a phase without a template cap (group '') counts no template (R-FAT-1)
-                        FROM deliveries WHERE state = 'sent' AND template_group <> '' GROUP BY 1, 2, 3, 4),
+                        FROM deliveries WHERE state = 'sent' AND template_group <> '' GROUP BY 1, 2, 3, 4, 5),
                 cnt AS (SELECT * FROM fatigue_template WHERE day IN (SELECT fatigue_day FROM deliveries))
            SELECT f.consumer_id, f.sent, l.consumer_id AS ledger_consumer, l.sent AS ledger FROM cnt f
            FULL JOIN led l ON l.consumer_id = f.consumer_id AND l.shop_id = f.shop_id
-                AND l.template_group = f.template_group AND l.day = f.day
+                AND l.template_group = f.template_group AND l.day = f.day AND l.channel = f.channel
            WHERE coalesce(f.sent, 0) <> coalesce(l.sent, 0) LIMIT 5"""
     )
     assert not mismatch, [dict(r) for r in mismatch]
-    assert (await pool.fetchval("SELECT coalesce(max(sent), 0) FROM fatigue_day")) <= rules.GLOBAL_DAY_MAX
-    assert (await pool.fetchval("SELECT coalesce(max(shops), 0) FROM fatigue_day")) <= rules.GLOBAL_SHOPS_MAX
-    assert (await pool.fetchval("SELECT coalesce(max(sent), 0) FROM fatigue_shop_day")) <= rules.SHOP_DAY_MAX
+    for channel, policy in POLICIES.items():
+        global_day, shop_day, shops = policy.limits
+        assert await pool.fetchval("SELECT coalesce(max(sent), 0) FROM fatigue_day WHERE channel = $1", channel) <= global_day
+        assert await pool.fetchval("SELECT coalesce(max(shops), 0) FROM fatigue_day WHERE channel = $1", channel) <= shops
+        assert await pool.fetchval("SELECT coalesce(max(sent), 0) FROM fatigue_shop_day WHERE channel = $1", channel) <= shop_day
     assert (await pool.fetchval("SELECT coalesce(min(sent), 0) FROM fatigue_day")) >= 0
     assert (await pool.fetchval("SELECT coalesce(min(sent), 0) FROM fatigue_shop_day")) >= 0
     count, days = rules.OLDCUST_CAP_PER_DAYS

@@ -19,8 +19,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sluice.activities import errors
-from sluice.activities.channels import ChannelRegistry, OutboxChannel
 from sluice.api.service import start_campaign
+from sluice.channels.outbox import OutboxChannel
+from sluice.channels.registry import ChannelRegistry
 from sluice.schemas.settings import Settings
 from sluice.schemas.workflow import CampaignInput
 from sluice.workers.worker import build_worker

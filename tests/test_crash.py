@@ -140,9 +140,11 @@ async def test_worker_sigkill_mid_send_keeps_ledger_exact(clean_db, dev_env, db_
     fday = platform_day(now, PLATFORM_TZ)
     capped = ids[::len(ids) // n_capped][:n_capped]
     await pool.executemany(
-        "INSERT INTO fatigue_day (consumer_id, day, sent, shops, per_shop, per_template)"
-        " VALUES ($1, $4, 1, 1, fatigue_increment('{}', $2), fatigue_increment('{}', $3))",
-        [(c, shop, template_key(shop, rules.OLDCUST_TEMPLATE_GROUP), fday - timedelta(days=1)) for c in capped],
+        "INSERT INTO fatigue_day (consumer_id, day, channel, sent, shops, per_shop, per_template)"
+        " VALUES ($1, $4, $5, 1, 1, fatigue_increment('{}', $2), fatigue_increment('{}', $3))",
+        # On the channel the campaign sends on (the caps count per channel, R-FAT-3).
+        [(c, shop, template_key(shop, rules.OLDCUST_TEMPLATE_GROUP), fday - timedelta(days=1),
+          "sms" if provider == "gateway" else "chat") for c in capped],  # fmt: skip
     )
 
     queue = f"crash-{uuid.uuid4().hex[:8]}"

@@ -1,7 +1,7 @@
 """The shipped examples start as they are, on any day, through the README's commands.
 
 Each examples/*.yaml goes through the real `sluice` CLI against a shop the CLI itself seeded
-(`sluice seed --shop shop-1 --repurchase`, in a zone where it is afternoon now, as the demo picks
+(`sluice seed --shop shop-1 --repurchase --acquire`, in a zone where it is afternoon now, as the demo picks
 one: K-REPURCHASE sends now and is refused while the shop's window is closed, R-WIN-1): `sluice
 preview` reaches someone on the first phase and writes nothing, `sluice start` starts the workflow.
 No example names a date, so the same files keep working every day.
@@ -52,7 +52,7 @@ async def test_each_example_previews_and_starts_as_shipped(cli, clean_db, ts_env
     pool, spec = clean_db, yaml.safe_load(example.read_text())
     workflow_id = f"{spec['shop_id']}.{spec['campaign_id']}"
     tz = pick_zone(datetime.now(UTC))
-    code, out = await cli("seed", "--shop", spec["shop_id"], "--customers", "3000", "--tz", tz, "--repurchase")
+    code, out = await cli("seed", "--shop", spec["shop_id"], "--customers", "3000", "--tz", tz, "--repurchase", "--acquire")
     assert code == 0, out
 
     code, out = await cli("preview", str(example), "-o", "json")

@@ -19,12 +19,12 @@ from decimal import Decimal
 import pytest
 from pydantic import TypeAdapter, ValidationError
 from sluice.activities.audience import AudienceActivities, checked_refresh_sql
-from sluice.activities.channels import ChannelRegistry
 from sluice.activities.send import SendActivities
 from sluice.api.service import preview_campaign, start_campaign
 from sluice.audiences import AUDIENCES, CUSTOM, INDUSTRY_VALUE, TAGS, WITH_INDUSTRY_VALUE, reaches_non_customers
 from sluice.audiences.industry import INDUSTRY_VALUE_DAYS, INDUSTRY_VALUE_MIN_AMOUNT, INDUSTRY_VALUE_MIN_ORDERS
 from sluice.audiences.tags import MAX_TAGS
+from sluice.channels.registry import ChannelRegistry
 from sluice.kinds import CampaignSpec
 from sluice.kinds.base import Shop
 from sluice.kinds.repurchase import Repurchase, RepurchaseSpec
@@ -251,7 +251,12 @@ def test_which_audiences_reach_non_customers():
     assert reaches_non_customers(CUSTOM, {WITH_INDUSTRY_VALUE: True})
     assert not reaches_non_customers(CUSTOM, {})
     assert not reaches_non_customers(CUSTOM, {WITH_INDUSTRY_VALUE: "yes"})
-    assert not any(reaches_non_customers(name, {}) for name in AUDIENCES if name != INDUSTRY_VALUE)
+    # The platform's audiences: the industry-value one and K-ACQUIRE's (R-AQ-1); no other.
+    from sluice.audiences import acquire
+
+    wide = {INDUSTRY_VALUE, *acquire.AUDIENCES}
+    assert all(reaches_non_customers(name, {}) for name in wide)
+    assert not any(reaches_non_customers(name, {}) for name in AUDIENCES if name not in wide)
     assert not reaches_non_customers("no-such-audience", {})
 
 

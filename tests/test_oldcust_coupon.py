@@ -16,9 +16,10 @@ import asyncio
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from sluice.activities.channels import ChannelRegistry, Outbound, Outcome
 from sluice.activities.offers import OfferActivities, claim
 from sluice.activities.send import SendActivities
+from sluice.channels.base import Outbound, Outcome
+from sluice.channels.registry import ChannelRegistry
 from sluice.kinds.base import Shop
 from sluice.kinds.oldcust import OldCustomer, OldCustomerSpec
 from sluice.schemas import activities as A

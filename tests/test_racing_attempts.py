@@ -14,8 +14,8 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-from sluice.activities.channels import ChannelRegistry
 from sluice.activities.send import SendActivities
+from sluice.channels.registry import ChannelRegistry
 from sluice.schemas.activities import SendSliceInput
 from sluice.schemas.campaign import TemplateCap
 from temporalio.testing import ActivityEnvironment

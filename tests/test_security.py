@@ -3,6 +3,9 @@
 * Another shop's key against every route of the app (taken from app.routes, so
   a route added later is covered or fails this test): no read, no control, and
   the very answer a campaign that does not exist gets (no existence leak).
+  Routes that act on the key's own shop only (lists, the dashboard, loading,
+  outcome events) answer the attacker about the attacker's shop: nothing of
+  the victim's appears in the answer and nothing of the victim's changes.
 * The API binds to loopback unless told otherwise, and does not name its server.
 """
 
@@ -36,6 +39,30 @@ def _spec(now, campaign_id: str, shop_id: str = VICTIM) -> dict:
     }
 
 
+# Routes that act on the key's own shop, whatever the request names: checked for leaks and writes.
+OWN_SHOP_ROUTES = {("GET", "/campaigns"), ("GET", "/dashboard"), ("POST", "/load/{kind}"), ("POST", "/events")}
+# The victim's rows that no request of the attacker may change.
+VICTIM_TABLES = ("campaigns", "shop_customers", "products", "coupons", "orders", "behaviour_events", "claims")
+
+
+def _routes(routes):
+    """The app's routes, with included routers expanded (FastAPI keeps an included router as one entry)."""
+    for route in routes:
+        original = getattr(route, "original_router", None)
+        if original is None:
+            yield route
+            continue
+        assert not getattr(route.include_context, "prefix", ""), "a router included with a prefix: teach _routes"
+        yield from _routes(original.routes)
+
+
+async def _victim_rows(pool) -> dict:
+    rows = {t: [dict(r) for r in await pool.fetch(f"SELECT * FROM {t} WHERE shop_id = $1 ORDER BY 1, 2", VICTIM)]
+            for t in VICTIM_TABLES}
+    rows["outcome_events"] = await pool.fetchval("SELECT count(*) FROM outcome_events WHERE shop_id = $1", VICTIM)
+    return rows
+
+
 def _path_values(route: APIRoute, victim_id: str, victim_offer: int) -> list[dict[str, str]]:
     """Every way to fill the route's path parameters aiming at the victim's campaign (or offer)."""
     combos: list[dict[str, str]] = [{}]
@@ -60,6 +87,11 @@ def _body_for(route: APIRoute, method: str, now, shop_id: str) -> dict | None:
         return _spec(now, "c9", shop_id=shop_id)
     if route.path == "/offers/{offer_id}/claim":
         return None  # the body is optional
+    if route.path == "/load/{kind}":
+        return {"records": [{"shop_id": shop_id, "consumer_id": 1, "nick": "taken over"}]}
+    if route.path == "/events":
+        return {"events": [{"event_id": "e1", "kind": "unsubscribed", "consumer_id": 1, "channel": "chat",
+                            "occurred_at": now.isoformat(), "campaign_id": "c1"}]}
     pytest.fail(f"{method} {route.path} takes a body this test does not know; teach it")
 
 
@@ -84,11 +116,24 @@ async def test_another_shops_key_gets_nothing_on_every_route(clean_db, ts_env):
             "INSERT INTO claims (campaign_id, phase, consumer_id, day, channel, shop_id, coupon_id, expires_at)"
             " VALUES (1, 0, 1, current_date, 'chat', $1, 'v-c', now() + interval '1 hour') RETURNING id", VICTIM)
         before = [dict(r) for r in await pool.fetch("SELECT * FROM campaigns ORDER BY id")]
+        victim_before = await _victim_rows(pool)
         history_before = await _signals(ts_env, "s1.c1")
 
         checked: list[str] = []
-        for route in app.routes:
+        for route in _routes(app.routes):
             if route.path in PUBLIC_PATHS:
+                continue
+            own_shop = [m for m in sorted(getattr(route, "methods", ())) if (m, route.path) in OWN_SHOP_ROUTES]
+            for method in own_shop:
+                for params in _path_values(route, "s1.c1", victim_offer):
+                    path = route.path_format.format(**params)
+                    res = await attacker.request(method, path, json=_body_for(route, method, now, VICTIM))
+                    what = f"{method} {path}"
+                    assert res.status_code in (200, 403, 422), (what, res.status_code, res.text)
+                    for secret in ("Spring secret", "K-OLDCUST", "s1.c1", "s1.done", f'"shop_id":"{VICTIM}"'):
+                        assert secret not in res.text, (what, secret, res.text)
+                    checked.append(what)
+            if own_shop:
                 continue
             if not isinstance(route, APIRoute):
                 kind = type(route).__name__
@@ -121,8 +166,11 @@ async def test_another_shops_key_gets_nothing_on_every_route(clean_db, ts_env):
         assert "POST /campaigns/preview" in checked and f"POST /offers/{victim_offer}/claim" in checked
         assert await pool.fetchval("SELECT state FROM claims WHERE id = $1", victim_offer) == "held"
 
+        assert {"GET /campaigns", "GET /dashboard", "POST /events", "POST /load/customers"} <= set(checked)
+
         # No control: nothing written, no signal reached the victim's workflow, still running.
         assert [dict(r) for r in await pool.fetch("SELECT * FROM campaigns ORDER BY id")] == before
+        assert await _victim_rows(pool) == victim_before
         assert await _signals(ts_env, "s1.c1") == history_before == []
         desc = await ts_env.client.get_workflow_handle("s1.c1").describe()
         assert desc.status is not None and desc.status.name == "RUNNING"
@@ -179,7 +227,7 @@ def test_the_api_binds_to_loopback_by_default(monkeypatch):
 
     seen = {}
     monkeypatch.setattr("uvicorn.run", lambda app, **kw: seen.update(kw))
-    monkeypatch.setattr(http, "create_app", lambda settings: None)
+    monkeypatch.setattr(http, "create_app", lambda settings, **_: None)
     http.serve(Settings())
     assert seen["host"] == "127.0.0.1"
     assert seen["server_header"] is False  # no `server: uvicorn` on any answer

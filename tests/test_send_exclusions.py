@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sluice.activities.channels import ChannelRegistry
 from sluice.activities.send import SendActivities
+from sluice.channels.registry import ChannelRegistry
 from sluice.schemas import activities as A
 from sluice.schemas.activities import SendSliceInput
 from temporalio.testing import ActivityEnvironment

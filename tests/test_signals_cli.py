@@ -13,8 +13,9 @@ import uuid
 from datetime import UTC, datetime, time, timedelta
 
 import pytest
-from sluice.activities.channels import ChannelRegistry, OutboxChannel
 from sluice.api.service import start_campaign
+from sluice.channels.outbox import OutboxChannel
+from sluice.channels.registry import ChannelRegistry
 from sluice.kinds.oldcust import OldCustomerSpec
 from sluice.schemas import activities as A
 from sluice.schemas.settings import Settings

@@ -48,6 +48,8 @@ ALLOWED_INTERPOLATIONS = {
     ("activities/audience.py", "item"): "a constant column expression chosen by the audience's yields_item",
     ("activities/send.py", "personal_columns"): "constant columns (item, nick) chosen by a bool",
     ("activities/send.py", "benefits"): "the $n of the benefits array, an int constant chosen by a bool (12 or 16)",
+    ("activities/send.py", "benefits + 1"): "the $n after the benefits array, an int constant chosen by a bool",
+    ("activities/send.py", "A.HELD_OUT"): "the held-out state's name, a constant of schemas/activities.py",
     # audiences/custom.py: the merchant's filter compiled from allow-listed fragments; every value is `p(...)`,
     # which appends it to the bound parameters and returns its "$n".
     ("audiences/custom.py", "source"): "a constant table expression of the counted leaf (events or orders)",
@@ -84,6 +86,14 @@ ALLOWED_INTERPOLATIONS = {
     ("db/embedded.py", "name"):
         "CREATE DATABASE takes no parameters; the name comes from the test fixtures / launcher, never a request",
     ("db/seed.py", "', '.join(SEEDED_TABLES)"): "ANALYZE over a constant list of table names",
+    ("audiences/filters.py", "EXCLUDED_MEMBER"): "a reason constant of schemas/activities.py (R-AQ-1)",
+    ("audiences/filters.py", "EXCLUDED_BUYER"): "a reason constant of schemas/activities.py (R-AQ-1)",
+    ("activities/send.py", "consumer"): "fatigue_day_sql: a constant column name ('s.consumer_id') of its callers",
+    ("activities/send.py", "platform_tz"): "fatigue_day_sql: a constant placeholder ($8, $5) of its callers",
+    ("activities/send.py", "fatigue_day_sql('$7', '$8', 's.consumer_id')"): "R-FAT-DAY: placeholders and a column",
+    ("audiences/preview.py", "fatigue_day_sql('$4', '$5', 's.consumer_id')"): "R-FAT-DAY: placeholders and a column",
+    ("audiences/preview.py", "recipient_rows('$6', 's.consumer_id', non_customers)"):
+        "constant joins of shop_customers (and consumers) with a placeholder",
 }
 # (file, first argument of a query call): why it is safe.
 ALLOWED_SQL_ARGUMENTS = {
@@ -94,11 +104,15 @@ ALLOWED_SQL_ARGUMENTS = {
     ("activities/send.py", "SHOP_BENEFITS"): "a module constant of schemas/benefits.py",
     ("kinds/repurchase.py", "SHOP_BENEFITS"): "a module constant of schemas/benefits.py",
     ("audiences/preview.py", "TEMPLATE_WINDOW"): "a module constant of activities/send.py",
+    ("audiences/preview.py", "days_sql"): "SNAPSHOT_DAYS or SNAPSHOT_DAYS_NON_CUSTOMERS, module constants built above",
     ("activities/send.py", "_WRITE_HANDED_OFF if handoff else _WRITE_RESERVED"):
         "_write_sql(True/False) at import: built only from the allowed interpolations above",
     ("activities/audience.py", "sql"): "refresh_sql(): built only from the allowed interpolations above",
     ("activities/audience.py", "F.EARLIER_SAME_KIND"): "a constant statement of audiences/filters.py",
     ("db/migrate.py", "path.read_text()"): "the migration files shipped in db/migrations",
+    ("activities/quota.py", "_account(plan, _ACCOUNT_LOCK)"): "a constant statement of the quota's account table",
+    ("activities/quota.py", "_account(plan, _ACCOUNT_READ)"): "a constant statement of the quota's account table",
+    ("activities/quota.py", "_account(plan, _ACCOUNT_DEBIT)"): "a constant statement of the quota's account table",
     ("db/seed.py", "_named(sql, used)"):
         "a module constant _RP_* of the repurchase seed with its $name placeholders numbered; every value is bound",
 }

@@ -1,7 +1,13 @@
 """structlog as JSON lines, with personal data masked before anything is written.
 
 Context (shop, campaign, workflow and run ids) travels in contextvars, bound
-per activity (activities/context.py) and per request (api/http.py).
+per activity (activities/context.py) and per request (api/http.py); the current
+trace's ids are added when a span is open (workers/tracing.py).
+
+Records of the standard library's loggers (temporalio, asyncpg, uvicorn, the
+Temporal core's forwarded lines) go through the same chain by structlog's
+ProcessorFormatter on the root handler: one JSON line each, exceptions included,
+masked the same way.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import re
 import sys
 
 import structlog
+from opentelemetry import trace
 
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 _PHONE = re.compile(r"(?<!\d)(\+?\d{2,4})\d{4,}(\d{2})(?!\d)")
@@ -22,7 +29,7 @@ def mask(text: str) -> str:
     return _PHONE.sub(r"\1****\2", text)
 
 
-_NOT_PERSONAL = {"workflow_id", "run_id", "timestamp", "shop_id", "campaign_id"}
+_NOT_PERSONAL = {"workflow_id", "run_id", "timestamp", "shop_id", "campaign_id", "trace_id", "span_id", "parent_id"}
 
 
 def _mask_value(value):
@@ -42,19 +49,45 @@ def _mask_processor(_logger, _name, event_dict: dict) -> dict:
     return event_dict
 
 
+def _trace_ids(_logger, _name, event_dict: dict) -> dict:
+    """The open span's ids, so a line can be found from its trace and the other way round."""
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        event_dict.setdefault("trace_id", trace.format_trace_id(ctx.trace_id))
+        event_dict.setdefault("span_id", trace.format_span_id(ctx.span_id))
+    return event_dict
+
+
 def configure_logging(level: str = "INFO", stream=None) -> None:
     stream = stream or sys.stderr
-    logging.basicConfig(format="%(message)s", stream=stream, level=level.upper(), force=True)
+    stamp = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _trace_ids,
+    ]
+    render = [
+        structlog.processors.format_exc_info,
+        structlog.processors.EventRenamer("msg"),
+        _mask_processor,
+        structlog.processors.JSONRenderer(default=str),
+    ]
+    # Every stdlib record (third-party libraries) through the same chain, as one JSON line.
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *stamp],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *render],
+        )
+    )
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(level.upper())
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.EventRenamer("msg"),
-            _mask_processor,
-            structlog.processors.JSONRenderer(default=str),
-        ],
+        processors=[*stamp, *render],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,

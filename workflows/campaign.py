@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from temporalio import workflow
+from temporalio.common import Priority
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
@@ -27,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
     from sluice.activities.send import SendActivities
     from sluice.audiences import reaches_non_customers
     from sluice.schemas import activities as A
+    from sluice.schemas import providers
     from sluice.schemas.activities import (
         CampaignStateInput,
         CloseDayInput,
@@ -35,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         PrecedenceInput,
         ReconcileInput,
         RefreshAudienceInput,
+        ReportRefreshInput,
         SendSliceInput,
         SendSliceResult,
     )
@@ -46,6 +49,12 @@ with workflow.unsafe.imports_passed_through():
     from sluice.workflows.calendar import DayWindow, day_window
 
 _UNLIMITED = 2**31 - 1
+# Histories recorded before the report refresh after each day replay without it (workflow.patched).
+REPORT_REFRESH_PATCH = "report-refresh-after-day"
+# Histories recorded before send slices went to the providers' queues replay on the workflow's own.
+PROVIDER_QUEUES_PATCH = "provider-queues"
+# Histories recorded before the error-rate halt replay without it (the marker is written only when it halts).
+ERROR_RATE_PATCH = "error-rate-halt"
 
 
 @dataclass
@@ -69,6 +78,8 @@ class CampaignWorkflow:
         self.plan: CampaignPlan = inp.plan
         self.progress: CampaignProgress = inp.progress or CampaignProgress(started_at=workflow.now())
         self._precedence_checked: datetime | None = None
+        # (sent, failed) of the finished slices that sent anything, newest last: the error-rate halt's input.
+        self._sends: deque[tuple[int, int]] = deque(maxlen=self.plan.tuning.error_window)
 
     # ------------------------------------------------------------------ control
 
@@ -81,6 +92,7 @@ class CampaignWorkflow:
     def resume(self) -> None:
         self.progress.paused = False
         self.progress.halt_reason = None
+        self._sends.clear()  # a resumed campaign's error rate is measured afresh
 
     @workflow.signal
     def cancel(self, reason: str | None = None) -> None:
@@ -233,10 +245,29 @@ class CampaignWorkflow:
             report.counts[f"stopped:{stop_reason}"] = 1
         progress.last_report = report.counts
         totals = progress.totals.setdefault(phase.name, {})
-        for key in ("sent", "suppressed", "failed", "unknown", "not_sent", "reserved", "offers_claimed", "offers_expired"):
+        for key in ("sent", "suppressed", "failed", "unknown", "not_sent", "reserved", "offers_claimed", "offers_expired",
+                    A.HELD_OUT):
             totals[key] = totals.get(key, 0) + report.counts.get(key, 0)
         totals["days"] = totals.get("days", 0) + 1
+        if workflow.patched(REPORT_REFRESH_PATCH):
+            await self._refresh_report(win.day)
         return stop_reason
+
+    async def _refresh_report(self, day: date) -> None:
+        """R-ATT-1 / R-REP-1: attribute the campaign's orders and materialise its report after the day (one step:
+        the refresh runs the attribution first, under the campaign's report lock). A refresh that fails past its
+        limits does not halt the campaign: the next day's or an on-demand one (POST .../report/refresh) redoes it."""
+        try:
+            await workflow.execute_activity_method(
+                ReportActivities.refresh_report,
+                ReportRefreshInput(campaign_db_id=self.plan.campaign_db_id),
+                summary=f"report {day}: refresh",
+                **policies.REPORT.options(),
+            )
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
+            workflow.logger.warning("report not refreshed after %s: %s", day, _cause(err))
 
     async def _settle_offers(self, day: date) -> None:
         """R-RP-5: hold until the day's last offer ends (a durable timer), then end what is unclaimed."""
@@ -277,6 +308,10 @@ class CampaignWorkflow:
         plan, progress = self.plan, self.progress
         tuning = plan.tuning
         slice_size = tuning.slice_size
+        # Slices on the provider's rate-limited queue carry at most its slice_max (schemas/providers.py).
+        routed = tuning.provider_queues and workflow.patched(PROVIDER_QUEUES_PATCH)
+        if routed:
+            slice_size = providers.slice_size(phase.channel, slice_size)
         if phase.pacing_per_hour:
             # Paced sends go in five-minute slices so the window closes between them, not inside one.
             slice_size = max(1, min(slice_size, phase.pacing_per_hour // 12))
@@ -308,7 +343,7 @@ class CampaignWorkflow:
                     s = pending.popleft()
                     s.allot = min(s.hi - s.lo, unallotted)
                     unallotted -= s.allot
-                    s.handle = self._start_slice(phase, win, s)
+                    s.handle = self._start_slice(phase, win, s, routed)
                     running.append(s)
                     if phase.pacing_per_hour:
                         next_launch = workflow.now() + timedelta(hours=(s.hi - s.lo) / phase.pacing_per_hour)
@@ -368,12 +403,27 @@ class CampaignWorkflow:
         self.progress.day_done = min(self.progress.day_done + res.next_seq - s.lo, self.progress.day_eligible)
         if res.next_seq < s.hi:
             pending.appendleft(_Slice(res.next_seq, s.hi))
-        stop = res.stopped_reason if res.stopped_reason in ("window_closed", A.SUPPRESS_BENEFIT) else None
+        stop = res.stopped_reason if res.stopped_reason in ("window_closed", A.SUPPRESS_BENEFIT, *A.QUOTA_STOPS) else None
+        if res.sent or res.failed:
+            tuning = self.plan.tuning
+            self._sends.append((res.sent, res.failed))
+            reason = policies.error_rate_halt(self._sends, tuning.error_window, tuning.error_rate_max)
+            if reason and workflow.patched(ERROR_RATE_PATCH):
+                # Halt at once: the running slices are cancelled (their rest re-runs after a resume).
+                self.progress.paused, self.progress.halt_reason = True, reason
+                stop = stop or "failed"
         return unallotted + max(0, s.allot - res.reserved), stop
 
-    def _start_slice(self, phase: PhasePlan, win: DayWindow, s: _Slice) -> asyncio.Task:
+    def _start_slice(self, phase: PhasePlan, win: DayWindow, s: _Slice, routed: bool = False) -> asyncio.Task:
         plan, progress = self.plan, self.progress
         tuning = plan.tuning
+        # On the provider's queue; the shop is the fairness key (servers with task-queue fairness enabled
+        # dispatch shops' backlogs round-robin; elsewhere the per-campaign window bounds what queues ahead).
+        route = (
+            {"task_queue": providers.send_queue(workflow.info().task_queue, phase.channel),
+             "priority": Priority(fairness_key=plan.shop_id[:64])}
+            if routed else {}
+        )  # fmt: skip
         return workflow.start_activity_method(
             SendActivities.send_slice,
             SendSliceInput(
@@ -390,6 +440,8 @@ class CampaignWorkflow:
                 text_is_template=phase.text_is_template,
                 timezone=plan.timezone,
                 reaches_non_customers=reaches_non_customers(phase.audience, phase.audience_params),
+                quota=phase.quota,
+                holdout_percent=plan.holdout_percent,  # R-HO-1
                 seq_lo=s.lo,
                 seq_hi=s.hi,
                 budget=s.allot,
@@ -401,6 +453,7 @@ class CampaignWorkflow:
             **policies.send_limits(workflow.now(), win.close_at).options(),
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             summary=f"send {win.day} [{s.lo}, {s.hi})",
+            **route,
         )
 
     async def _precedence_holder(self) -> str | None:
@@ -536,4 +589,5 @@ def _phase_end_reason(stop: str) -> str:
         "daily_cap": "daily_cap_phase_ended",
         A.NOT_SENT_MIN_AUDIENCE: A.NOT_SENT_MIN_AUDIENCE,
         P.YIELDING: A.NOT_SENT_YIELDED,
+        **{q: q for q in A.QUOTA_STOPS},  # R-ED-4: the quota's own reason
     }.get(stop, f"{stop}_phase_ended")

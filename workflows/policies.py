@@ -10,6 +10,7 @@ campaign: the workflow halts it with the reason and waits for `resume` or
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -52,6 +53,9 @@ BOOKKEEPING = Limits(start_to_close_timeout=BOOKKEEPING_ATTEMPT, schedule_to_clo
 # The campaign's state row (one UPDATE): an attempt lost with its worker is retried after 30 s, not 10 minutes.
 STATE_ATTEMPT = timedelta(seconds=30)
 STATE = Limits(start_to_close_timeout=STATE_ATTEMPT, schedule_to_close_timeout=BOOKKEEPING_LIMIT)
+# The report refresh after each day (attribution and the report tables, seconds at a 1M shop): a failure
+# past half an hour is logged and left to the next refresh, never a halt (reports are a cache).
+REPORT = Limits(start_to_close_timeout=timedelta(minutes=10), schedule_to_close_timeout=timedelta(minutes=30))
 
 
 def until_window_closes(now: datetime, close_at: datetime, attempt: timedelta = BOOKKEEPING_ATTEMPT) -> Limits:
@@ -62,3 +66,19 @@ def until_window_closes(now: datetime, close_at: datetime, attempt: timedelta = 
 
 def send_limits(now: datetime, close_at: datetime) -> Limits:
     return until_window_closes(now, close_at, attempt=SEND_ATTEMPT)
+
+
+def error_rate_halt(outcomes: Sequence[tuple[int, int]], window: int, threshold: float) -> str | None:
+    """Why a campaign should halt itself, from its finished slices' (sent, failed) counts, oldest first:
+    over the most recent slices holding at least `window` sends (sent + failed), a failed share above
+    `threshold`. None while fewer than `window` sends are known or the share is at most the threshold.
+    Suppressed, held-out and still-unknown recipients are no sends: they never count."""
+    sent = failed = 0
+    for s, f in reversed(outcomes):
+        sent, failed = sent + s, failed + f
+        if sent + failed >= window:
+            break
+    total = sent + failed
+    if total < window or total == 0 or failed / total <= threshold:
+        return None
+    return f"error rate {failed / total:.1%} over the last {total:,} sends passed the threshold {threshold:.1%}"

@@ -10,9 +10,10 @@ from __future__ import annotations
 import uuid
 from datetime import time, timedelta
 
-from sluice.activities.channels import ChannelRegistry, OutboxChannel
-from sluice.activities.http_channel import HttpGatewayChannel
 from sluice.api.service import start_campaign
+from sluice.channels.outbox import OutboxChannel
+from sluice.channels.registry import ChannelRegistry
+from sluice.channels.sms import SmsGatewayChannel
 from sluice.kinds.oldcust import OldCustomerSpec
 from sluice.schemas.campaign import Channel
 from sluice.schemas.settings import Settings
@@ -33,7 +34,7 @@ async def test_provider_chaos_exactly_once_per_recipient(clean_db, ts_env):
     rejected = {f"138{c:08d}" for c in (7, 70, 700)}
     gw = Gateway(Chaos(throttle=0.08, fail_before=0.08, fail_after=0.1, hang_after=0.08, hang_s=1.0,
                        reject_numbers=rejected, seed=11)).start()
-    sms = HttpGatewayChannel("sms", gw.url, timeout_s=0.4, batch_size=50)
+    sms = SmsGatewayChannel("sms", gw.url, timeout_s=0.4, batch_size=50)
     channels = ChannelRegistry({"sms": sms, "chat": OutboxChannel(pool, "chat")})
     settings = Settings(SLUICE_TASK_QUEUE=f"chaos-{uuid.uuid4().hex[:6]}")
     spec = OldCustomerSpec(kind="K-OLDCUST", shop_id="s1", campaign_id="sms1", scene="x", card_text="hi",

@@ -1,53 +1,14 @@
-"""The channel interface and the outbox channel.
+"""The outbox: a provider inbox in sluice's own database, for platforms that dispatch messages themselves.
 
-A channel takes deliveries that the ledger has already committed as
-`reserved` and hands them to a provider. It must be idempotent per delivery
-key: after a crash the same reserved delivery is offered again, and the
-channel answers with the provider's reference instead of sending twice.
-Real providers (SMS gateway, SMTP, chat) implement the same Protocol.
+A chunk sent to an outbox channel commits its delivery rows `sent` together with
+their outbox batch in one transaction (activities/send.py): no moment exists in
+which the ledger and the hand-off disagree.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date
-from typing import Literal, Protocol
-
 import asyncpg
-from sluice.activities import errors
-
-
-@dataclass(frozen=True, slots=True)
-class Outbound:
-    campaign_id: int
-    phase: int
-    consumer_id: int
-    day: date
-    channel: str
-    address: str
-    body: str
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    consumer_id: int
-    state: Literal["sent", "failed", "unknown"]
-    provider_ref: str | None = None
-    reason: str | None = None
-
-
-class Channel(Protocol):
-    name: str
-
-    async def send(self, messages: list[Outbound]) -> list[Outcome]:
-        """Hand messages to the provider; one Outcome per message, in any order.
-        Raise activities.http_channel.ChannelUnavailable when the outcome is unknown."""
-        ...
-
-    async def reconcile(self, messages: list[Outbound]) -> list[Outcome]:
-        """Ask the provider which of these it already has, by delivery reference;
-        returns outcomes only for the ones it knows."""
-        ...
+from sluice.channels.base import Outbound, Outcome
 
 
 class InDatabaseChannel:
@@ -132,42 +93,3 @@ def _batches(messages: list[Outbound]) -> dict[tuple, list[Outbound]]:
     for m in messages:
         groups.setdefault((m.campaign_id, m.phase, m.day, m.body), []).append(m)
     return groups
-
-
-CHANNELS = ("chat", "sms", "email", "inbox")
-
-
-class ChannelRegistry:
-    def __init__(self, channels: dict[str, Channel]):
-        self._channels = channels
-
-    def get(self, name: str) -> Channel:
-        try:
-            return self._channels[name]
-        except KeyError:
-            raise errors.not_configured(name) from None
-
-    @classmethod
-    def outbox_for_all(cls, pool: asyncpg.Pool) -> ChannelRegistry:
-        return cls({name: OutboxChannel(pool, name) for name in CHANNELS})
-
-    @classmethod
-    def from_settings(cls, pool: asyncpg.Pool, settings) -> ChannelRegistry:
-        """The outbox for every channel, except those SLUICE_GATEWAY_CHANNELS hands to the gateway."""
-        registry = cls.outbox_for_all(pool)
-        if settings.gateway_url:
-            from sluice.activities.http_channel import HttpGatewayChannel
-
-            for name in (n.strip() for n in settings.gateway_channels.split(",") if n.strip()):
-                if name not in CHANNELS:
-                    raise ValueError(f"SLUICE_GATEWAY_CHANNELS: unknown channel {name!r} (one of {', '.join(CHANNELS)})")
-                registry._channels[name] = HttpGatewayChannel(
-                    name, settings.gateway_url, timeout_s=settings.gateway_timeout_s
-                )
-        return registry
-
-    async def aclose(self) -> None:
-        for channel in self._channels.values():
-            close = getattr(channel, "aclose", None)
-            if close:
-                await close()

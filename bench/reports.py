@@ -1,0 +1,270 @@
+"""Reports at the 1M bench shop (docs/benchmarks.md, "Reports"; goal: a phase report and the dashboard <= 1 s).
+
+`python -m bench.reports [--admin-dsn DSN]`:
+
+A shop of 1,000,000 customers and 1,500,000 orders, built set-based; a campaign of two phases (preheat
+sends to every customer, 1% failed; promote to half of them), its outbox batches of 2,000, 1,000,000
+`opened` and 50,000 `replied` outcome events, 30,000 orders after the reach; and 50 small earlier
+campaigns of the shop (1,000 deliveries each) for the dashboard. Then, through the real API in process
+(httpx over ASGI, real Postgres):
+
+- the refresh of the big campaign (POST .../report/refresh: attribution, then the report tables), and
+  the materialisation alone;
+- GET .../report (the phase report), GET /dashboard, a page of recipients, a page of failures, and the
+  whole CSV (rows/s). Read timings are the median of 5 after one warm-up.
+
+Figures go to bench/results.json under "reports" (other keys are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results.json"
+DOCS = ROOT / "docs" / "benchmarks.md"
+DB_NAME = "sluice_bench_reports"
+SHOP = "bench-rep"
+START = "<!-- bench:reports:start (written by `python -m bench.reports`) -->"
+END = "<!-- bench:reports:end -->"
+GOALS = {"report_s": 1.0, "dashboard_s": 1.0}
+
+
+class NoTemporal:
+    """The app's Temporal client here: report routes never call Temporal."""
+
+
+async def _database(admin_dsn: str) -> str:
+    from sluice.db.embedded import dsn_with_database
+    from sluice.db.migrate import migrate
+
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+    finally:
+        await conn.close()
+    dsn = dsn_with_database(admin_dsn, DB_NAME)
+    await migrate(dsn)
+    return dsn
+
+
+async def _build(conn: asyncpg.Connection, customers: int, orders: int, now: datetime) -> dict:
+    """The shop, its customers and orders, the big campaign's ledger, outbox and events; its campaign id."""
+    d0, d1 = (now - timedelta(days=3)).date(), (now - timedelta(days=1)).date()
+    at0, at1 = now - timedelta(days=3), now - timedelta(days=1)
+    await conn.execute("INSERT INTO shops (shop_id, name, timezone, industry) VALUES ($1, $1, 'Asia/Shanghai', 'beauty')", SHOP)
+    await conn.execute("INSERT INTO consumers (consumer_id) SELECT g FROM generate_series(1, $1) g", customers)
+    await conn.execute("INSERT INTO shop_customers (shop_id, consumer_id, chat_id) SELECT $1, g, 'tb' || g"
+                       " FROM generate_series(1, $2) g", SHOP, customers)  # fmt: skip
+    # The shop's order history: `orders` orders over the last year, none after the first reach.
+    await conn.execute(
+        "INSERT INTO orders (order_id, shop_id, consumer_id, created_at, paid_at, amount, status)"
+        "  SELECT g, $1, 1 + (g::bigint * 7919) % $2, $3::timestamptz - (g % 360 + 4) * interval '1 day',"
+        "  $3::timestamptz - (g % 360 + 4) * interval '1 day',"
+        " 20 + g % 200, 'paid' FROM generate_series(1, $4) g",
+        SHOP, customers, now, orders,
+    )  # fmt: skip
+    cid = await conn.fetchval(
+        "INSERT INTO campaigns (shop_id, campaign_ref, workflow_id, kind, spec, state, phase_names)"
+        " VALUES ($1, 'big', $1 || '.big', 'K-PHASED', '{}', 'completed', '{preheat,promote}') RETURNING id", SHOP
+    )
+    for phase, day, when, every in ((0, d0, at0, 1), (1, d1, at1, 2)):
+        # Batches of 2,000 recipients in the outbox, one body each; the ledger rows name their batch.
+        await conn.execute(
+            "INSERT INTO outbox (id, campaign_id, phase, day, channel, body, consumer_ids, addresses)"
+            " SELECT $2::int * 1000000 + b, $1, $2::int, $3, 'chat', 'Spring sale, phase ' || $2::int, array_agg(c ORDER BY c),"
+            " array_agg('tb' || c ORDER BY c)"
+            " FROM (SELECT c, c / 2000 AS b FROM generate_series(1, $4) c WHERE c % $5 = 0) x GROUP BY b",
+            cid, phase, day, customers, every,
+        )  # fmt: skip
+        await conn.execute(
+            "INSERT INTO deliveries (campaign_id, phase, consumer_id, day, channel, shop_id, template_group, fatigue_day,"
+            " state, reason, provider_ref, decided_at, cost)"
+            " SELECT $1, $2::int, c, $3, 'chat', $4, 'g', $3,"
+            "  CASE WHEN c % 100 = 0 THEN 'failed' ELSE 'sent' END, CASE WHEN c % 100 = 0 THEN 'rejected_by_provider' END,"
+            "  CASE WHEN c % 100 = 0 THEN NULL ELSE 'outbox:' || ($2::int * 1000000 + c / 2000) END, $5,"
+            "  CASE WHEN c % 100 = 0 THEN NULL ELSE 0.03 END"
+            " FROM generate_series(1, $6) c WHERE c % $7 = 0",
+            cid, phase, day, SHOP, when, customers, every,
+        )  # fmt: skip
+    # 1M opened and 50,000 replied events, 30,000 orders after the reach (some refunded in part).
+    await conn.execute(
+        "INSERT INTO outcome_events (shop_id, event_id, kind, consumer_id, campaign_id, occurred_at)"
+        " SELECT $1, 'o' || c, 'opened', c, $2, $3::timestamptz + interval '1 hour' FROM generate_series(1, $4) c",
+        SHOP, cid, at0, customers,
+    )  # fmt: skip
+    await conn.execute(
+        "INSERT INTO outcome_events (shop_id, event_id, kind, consumer_id, occurred_at)"
+        " SELECT $1, 'r' || c, 'replied', c, $2::timestamptz + interval '2 hours' FROM generate_series(20, $3, 20) c",
+        SHOP, at0, customers,
+    )  # fmt: skip
+    await conn.execute(
+        "INSERT INTO orders (order_id, shop_id, consumer_id, created_at, paid_at, amount, refunded_amount, status)"
+        "  SELECT $4 + c, $1, c, $2::timestamptz + interval '5 hours', $2::timestamptz + interval '5 hours', 99,"
+        "  CASE WHEN c % 330 = 0 THEN 10 ELSE 0 END,"
+        "  CASE WHEN c % 330 = 0 THEN 'refunded' ELSE 'paid' END FROM generate_series(33, $3, 33) c",
+        SHOP, at0, customers, orders,
+    )  # fmt: skip
+    # 50 small earlier campaigns: 1,000 sent deliveries each, over the last months (the dashboard's split).
+    for i in range(50):
+        small = await conn.fetchval(
+            "INSERT INTO campaigns (shop_id, campaign_ref, workflow_id, kind, spec, state, phase_names)"
+            " VALUES ($1, $2, $1 || '.' || $2, 'K-OLDCUST', '{}', 'completed', '{reach}') RETURNING id", SHOP, f"old{i}"
+        )
+        when = now - timedelta(days=5 + i * 6)
+        await conn.execute(
+            "INSERT INTO deliveries (campaign_id, phase, consumer_id, day, channel, shop_id, template_group, fatigue_day,"
+            " state, decided_at, cost) SELECT $1, 0, c, $2, 'sms', $3, 'g', $2, 'sent', $4, 0.05"
+            " FROM generate_series($5, $5 + 999) c",
+            small, when.date(), SHOP, when, 1 + i * 1000,
+        )  # fmt: skip
+    await conn.execute("VACUUM (ANALYZE) shops, consumers, shop_customers, orders, campaigns, outbox, deliveries, outcome_events")
+    n = await conn.fetchval("SELECT count(*) FROM deliveries WHERE campaign_id = $1", cid)
+    return {"campaign_db_id": cid, "deliveries": n}
+
+
+async def _median(fn, n: int = 5) -> tuple[float, object]:
+    await fn()  # warm-up
+    times, last = [], None
+    for _ in range(n):
+        t0 = time.perf_counter()
+        last = await fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), last
+
+
+async def main(args) -> dict:
+    from sluice.api.http import create_app
+    from sluice.api.keys import create_key
+    from sluice.db.pool import create_pool
+    from sluice.reports.refresh import refresh
+    from sluice.schemas.settings import Settings
+
+    from bench.stack import machine, say
+
+    now = datetime.now(UTC)
+    dsn = await _database(args.admin_dsn)
+    say(f"building the shop ({args.customers:,} customers, {args.orders:,} orders) and its campaigns ...")
+    t0 = time.perf_counter()
+    conn = await asyncpg.connect(dsn)
+    try:
+        built = await _build(conn, args.customers, args.orders, now)
+        version = await conn.fetchval("SHOW server_version")
+    finally:
+        await conn.close()
+    say(f"  built in {time.perf_counter() - t0:.0f}s: {built['deliveries']:,} deliveries in the big campaign")
+    cid = built["campaign_db_id"]
+    pool = await create_pool(dsn, size=4)
+    try:
+        async with pool.acquire() as c:
+            for (small,) in await c.fetch("SELECT id FROM campaigns WHERE shop_id = $1 AND id <> $2", SHOP, cid):
+                await refresh(c, small)
+        key = (await create_key(pool, SHOP)).key
+        app = create_app(Settings(DATABASE_URL=dsn), pool=pool, client=NoTemporal())
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://sluice", headers={"Authorization": f"Bearer {key}"},
+            timeout=600,
+        ) as http:  # fmt: skip
+            wf = f"{SHOP}.big"
+            t0 = time.perf_counter()
+            r = await http.post(f"/campaigns/{wf}/report/refresh")
+            refresh_s = time.perf_counter() - t0
+            r.raise_for_status()
+            rep = r.json()
+            async with pool.acquire() as c:
+                t0 = time.perf_counter()
+                await refresh(c, cid, attribution=False)
+                materialise_s = time.perf_counter() - t0
+
+            async def get(path, **params):
+                resp = await http.get(path, params=params)
+                resp.raise_for_status()
+                return resp
+
+            report_s, _ = await _median(lambda: get(f"/campaigns/{wf}/report"))
+            dashboard_s, dash = await _median(lambda: get("/dashboard"))
+            page_s, _ = await _median(lambda: get(f"/campaigns/{wf}/recipients", limit=100))
+            fail_page_s, fails = await _median(lambda: get(f"/campaigns/{wf}/recipients", failures="true", limit=100))
+            t0 = time.perf_counter()
+            rows = 0
+            async with http.stream("GET", f"/campaigns/{wf}/recipients.csv") as resp:
+                async for line in resp.aiter_lines():
+                    rows += bool(line)
+            csv_s = time.perf_counter() - t0
+    finally:
+        await pool.close()
+    rows -= 1  # the header
+    result = {
+        "measured_at": now.isoformat(timespec="seconds"),
+        "machine": {**machine(), "postgres": version},
+        "customers": args.customers, "orders": args.orders + args.customers // 33,
+        "campaign_deliveries": built["deliveries"],
+        "report": {k: rep["totals"][k] for k in ("sent", "reached", "replied", "converted", "orders", "revenue")},
+        "refresh_s": round(refresh_s, 3), "materialise_s": round(materialise_s, 3),
+        "report_s": round(report_s, 4), "dashboard_s": round(dashboard_s, 4),
+        "recipients_page_s": round(page_s, 4), "failures_page_s": round(fail_page_s, 4),
+        "failures_page_rows": len(fails.json()["recipients"]),
+        "dashboard_months": len(dash.json()["months"]),
+        "csv_rows": rows, "csv_s": round(csv_s, 2), "csv_rows_per_s": round(rows / csv_s),
+        "goals": GOALS,
+        "goals_met": report_s <= GOALS["report_s"] and dashboard_s <= GOALS["dashboard_s"],
+    }  # fmt: skip
+    for k in ("refresh_s", "materialise_s", "report_s", "dashboard_s", "recipients_page_s", "failures_page_s", "csv_rows_per_s"):
+        say(f"  {k}: {result[k]}")
+    if not args.no_record:
+        data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        data["reports"] = result  # the other keys stay as they are
+        RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+        _docs(result)
+    return result
+
+
+def _docs(r: dict) -> None:
+    """The figures as a table between this benchmark's markers in docs/benchmarks.md (the rest is prose)."""
+    m = r["machine"]
+    lines = [
+        START,
+        f"Last run: {r['measured_at']}; {m['cpus']} cores ({m['cpu_model']}), {m['ram_gb']} GB RAM, PostgreSQL "
+        f"{m['postgres']}, load average before {m['load_avg_before']}.",
+        "",
+        "| figure | value | goal |",
+        "|---|---|---|",
+        f"| shop | {r['customers']:,} customers, {r['orders']:,} orders; campaign of {r['campaign_deliveries']:,} "
+        f"deliveries in 2 phases, 50 earlier campaigns | |",
+        f"| refresh: attribution + report tables (POST .../report/refresh) | {r['refresh_s']:.2f} s | |",
+        f"| report tables alone | {r['materialise_s']:.2f} s | |",
+        f"| GET .../report (phases, totals, trend), median of 5 | {r['report_s'] * 1000:.1f} ms | <= 1 s |",
+        f"| GET /dashboard, median of 5 | {r['dashboard_s'] * 1000:.1f} ms | <= 1 s |",
+        f"| GET .../recipients, first page of 100 | {r['recipients_page_s'] * 1000:.1f} ms | |",
+        f"| GET .../recipients?failures=true, first page of 100 | {r['failures_page_s'] * 1000:.1f} ms | |",
+        f"| GET .../recipients.csv, every row | {r['csv_rows']:,} rows in {r['csv_s']:.1f} s "
+        f"({r['csv_rows_per_s']:,} rows/s) | |",
+        END,
+    ]
+    text = DOCS.read_text()
+    block = "\n".join(lines)
+    if START in text and END in text:
+        text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n## Reports\n\n" + block + "\n"
+    DOCS.write_text(text)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(prog="python -m bench.reports", description=__doc__.split("\n\n")[0])
+    p.add_argument("--admin-dsn", default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    p.add_argument("--customers", type=int, default=1_000_000)
+    p.add_argument("--orders", type=int, default=1_500_000)
+    p.add_argument("--no-record", action="store_true", help="do not write bench/results.json nor docs/benchmarks.md")
+    asyncio.run(main(p.parse_args()))
