@@ -358,6 +358,19 @@ CustomFilter = Annotated[Filter, BeforeValidator(_bounded)]
 _ADAPTER: TypeAdapter[Node] = TypeAdapter(CustomFilter, config=ConfigDict(title="custom audience filter"))
 
 
+def checked_filter(raw: dict | None, rule: str) -> dict | None:
+    """A spec's custom filter, unchanged when it parses; refused under the kind's rule id when it does not
+    (the field validator every kind with a custom audience uses)."""
+    if raw is not None:
+        from sluice.schemas.rules import rule_error
+
+        try:
+            parse_filter(raw)
+        except ValueError as exc:
+            raise rule_error(rule, f"the custom filter is invalid: {str(exc)[:400]}") from None
+    return raw
+
+
 def parse_filter(raw: Any) -> Node:
     """The validated filter of a JSON value (dict) or JSON text; raises pydantic.ValidationError."""
     if isinstance(raw, str | bytes):

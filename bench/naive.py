@@ -107,24 +107,28 @@ class NaiveActivities:
                 new_shop = 0
                 if reason is None:
                     g = await conn.fetchrow(
-                        "INSERT INTO fatigue_day (consumer_id, day) VALUES ($1, $2) ON CONFLICT (consumer_id, day)"
-                        " DO UPDATE SET sent = fatigue_day.sent RETURNING sent, shops",
+                        "INSERT INTO fatigue_day (consumer_id, day, channel) VALUES ($1, $2, $3)"
+                        " ON CONFLICT (consumer_id, day, channel) DO UPDATE SET sent = fatigue_day.sent RETURNING sent, shops",
                         cid,
                         j.fatigue_day,
+                        j.channel,
                     )
                     shop_sent = await conn.fetchval(
-                        "SELECT coalesce((per_shop ->> $3)::int, 0) FROM fatigue_day WHERE consumer_id = $1 AND day = $2",
+                        "SELECT coalesce((per_shop ->> $3)::int, 0) FROM fatigue_day"
+                        " WHERE consumer_id = $1 AND day = $2 AND channel = $4",
                         cid,
                         j.fatigue_day,
                         j.shop_id,
+                        j.channel,
                     )
                     template = await conn.fetchval(
                         "SELECT coalesce(sum((per_template ->> $2)::int), 0)::int FROM fatigue_day"
-                        " WHERE consumer_id = $1 AND day > $3::date - $4::int AND day <= $3::date",
+                        " WHERE consumer_id = $1 AND day > $3::date - $4::int AND day <= $3::date AND channel = $5",
                         cid,
                         template_key(j.shop_id, j.template_group),
                         j.fatigue_day,
                         j.template_days,
+                        j.channel,
                     )
                     if g["sent"] >= rules.GLOBAL_DAY_MAX:
                         reason = SUPPRESS_GLOBAL_DAY
@@ -158,12 +162,13 @@ class NaiveActivities:
                 await conn.execute(
                     "UPDATE fatigue_day SET sent = sent + 1, shops = shops + $3, per_shop = fatigue_increment(per_shop, $4),"
                     " per_template = fatigue_increment(per_template, $5)"
-                    " WHERE consumer_id = $1 AND day = $2",
+                    " WHERE consumer_id = $1 AND day = $2 AND channel = $6",
                     cid,
                     j.fatigue_day,
                     new_shop,
                     j.shop_id,
                     template_key(j.shop_id, j.template_group),
+                    j.channel,
                 )
         # Committed before the provider call, as the real send path does; the outbox is idempotent per delivery key.
         channel = self.channels.get(j.channel)

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Literal
 import asyncpg
 from pydantic import Field, StrictBool, ValidationInfo, field_validator, model_validator
 from sluice.audiences import CUSTOM, WITH_INDUSTRY_VALUE
-from sluice.audiences.custom import parse_filter
+from sluice.audiences.custom import checked_filter
 from sluice.audiences.filters import NON_MEMBERS_NON_BUYERS
 from sluice.content.render import TemplateError, compile_template
 from sluice.kinds.base import Kind, Shop, SpecBase
@@ -96,12 +96,7 @@ class AcquireSpec(SpecBase):
     @field_validator("custom_filter")
     @classmethod
     def _filter(cls, v: dict | None) -> dict | None:
-        if v is not None:
-            try:
-                parse_filter(v)
-            except ValueError as exc:
-                raise rule_error("R-AQ-1", f"the custom filter is invalid: {str(exc)[:400]}") from None
-        return v
+        return checked_filter(v, "R-AQ-1")
 
     @field_validator("industry_value")
     @classmethod

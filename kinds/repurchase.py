@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Literal
 import asyncpg
 from pydantic import Field, StrictBool, ValidationInfo, field_validator, model_validator
 from sluice.audiences import CUSTOM, TAGS, WITH_INDUSTRY_VALUE
-from sluice.audiences.custom import parse_filter
+from sluice.audiences.custom import checked_filter
 from sluice.audiences.tags import MAX_TAGS, parse_tags
 from sluice.audiences.tags import describe as describe_tags
 from sluice.content.render import TemplateError, compile_template
@@ -119,12 +119,7 @@ class RepurchaseSpec(SpecBase):
     @field_validator("custom_filter")
     @classmethod
     def _filter(cls, v: dict | None) -> dict | None:
-        if v is not None:
-            try:
-                parse_filter(v)
-            except ValueError as exc:
-                raise rule_error("R-RP-3", f"the custom filter is invalid: {str(exc)[:400]}") from None
-        return v
+        return checked_filter(v, "R-RP-3")
 
     @field_validator("industry_value")
     @classmethod

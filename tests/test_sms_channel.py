@@ -71,10 +71,16 @@ async def test_sms_segments_costs_credits_and_refusals(clean_db, ts_env):
     by = {r["consumer_id"]: r for r in rows}
     assert len(rows) == len(ids)
     assert by[3]["state"] == by[33]["state"] == "failed" and by[3]["reason"] == INVALID_CONTACT
-    assert by[8]["state"] == by[80]["state"] == "failed" and by[8]["reason"] == OPTED_OUT_AT_PROVIDER
+    # The opted-out numbers fail at the provider when a credit paid for their message; which messages the
+    # credits paid for depends on the order the chaos' retries settle in: one of the two outcomes, never sent.
+    for c in (8, 80):
+        assert (by[c]["state"], by[c]["reason"]) in {("failed", OPTED_OUT_AT_PROVIDER), ("suppressed", SUPPRESS_NO_CREDIT)}
+    assert any(by[c]["state"] == "failed" for c in (8, 80)), "no opted-out number reached the gateway"
     sent = [r for r in rows if r["state"] == "sent"]
     no_credit = [r for r in rows if r["state"] == "suppressed" and r["reason"] == SUPPRESS_NO_CREDIT]
-    assert sent and no_credit and len(sent) + len(no_credit) + 4 == len(ids)
+    failed = [r for r in rows if r["state"] == "failed"]
+    assert {r["reason"] for r in failed} <= {INVALID_CONTACT, OPTED_OUT_AT_PROVIDER}
+    assert sent and no_credit and len(sent) + len(no_credit) + len(failed) == len(ids)
 
     # The text as the gateway received it: industry signature + title + card + unsubscribe text; billed
     # by the gateway's own count (R-AQ-4).

@@ -49,6 +49,13 @@ ALLOWED_INTERPOLATIONS = {
     ("activities/send.py", "personal_columns"): "constant columns (item, nick) chosen by a bool",
     ("activities/send.py", "benefits"): "the $n of the benefits array, an int constant chosen by a bool (12 or 16)",
     ("activities/send.py", "benefits + 1"): "the $n after the benefits array, an int constant chosen by a bool",
+    ("audiences/repurchase.py", "_CATEGORY_PRODUCTS.format(category='p.category')"):
+        "a constant subquery with a constant column",
+    ("audiences/repurchase.py", "_PURCHASES_OF.format(products='ARRAY(SELECT f.product_id FROM offered f)')"):
+        "a constant purchases query over a constant array expression",
+    ("audiences/repurchase.py",
+     "_PURCHASES_OF.format(products=_CATEGORY_PRODUCTS.format(category='ANY(ARRAY(SELECT fb.category FROM fallback fb))'))"):
+        "a constant purchases query over a constant category subquery",
     ("activities/send.py", "A.HELD_OUT"): "the held-out state's name, a constant of schemas/activities.py",
     # audiences/custom.py: the merchant's filter compiled from allow-listed fragments; every value is `p(...)`,
     # which appends it to the bound parameters and returns its "$n".
@@ -103,6 +110,7 @@ ALLOWED_SQL_ARGUMENTS = {
     ("audiences/preview.py", "CAPS_READ"): "a module constant of activities/send.py",
     ("activities/send.py", "SHOP_BENEFITS"): "a module constant of schemas/benefits.py",
     ("kinds/repurchase.py", "SHOP_BENEFITS"): "a module constant of schemas/benefits.py",
+    ("kinds/acquire.py", "SHOP_BENEFITS"): "a module constant of schemas/benefits.py",
     ("audiences/preview.py", "TEMPLATE_WINDOW"): "a module constant of activities/send.py",
     ("audiences/preview.py", "days_sql"): "SNAPSHOT_DAYS or SNAPSHOT_DAYS_NON_CUSTOMERS, module constants built above",
     ("activities/send.py", "_WRITE_HANDED_OFF if handoff else _WRITE_RESERVED"):

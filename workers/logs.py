@@ -58,6 +58,9 @@ def _trace_ids(_logger, _name, event_dict: dict) -> dict:
     return event_dict
 
 
+# The third-party loggers routed through structlog (their records become masked JSON lines).
+THIRD_PARTY_LOGGERS = ("temporalio", "asyncpg", "uvicorn", "uvicorn.error", "uvicorn.access", "httpx")
+
 def configure_logging(level: str = "INFO", stream=None) -> None:
     stream = stream or sys.stderr
     stamp = [
@@ -86,6 +89,13 @@ def configure_logging(level: str = "INFO", stream=None) -> None:
         old.close()
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # The libraries' own loggers reach the root handler whatever configured them before (a dictConfig with
+    # disable_existing_loggers, uvicorn's own handlers): no handler of their own, propagating, enabled.
+    for name in THIRD_PARTY_LOGGERS:
+        lib = logging.getLogger(name)
+        for old in lib.handlers[:]:
+            lib.removeHandler(old)
+        lib.propagate, lib.disabled = True, False
     structlog.configure(
         processors=[*stamp, *render],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
