@@ -29,6 +29,7 @@ from pathlib import Path
 
 import asyncpg
 from sluice.ingest.kinds import STAGE, Kind, Outcome, Refusal, apply, create_stage, stage, stage_tuple, validate
+from sluice.workers.metrics import count_load_rows
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 LIST_SEPARATOR = "|"
@@ -146,6 +147,7 @@ async def load_file(conn: asyncpg.Connection, kind: Kind, shop_id: str, path: Pa
                              f"{refused:,} refused ({result.rows / elapsed:,.0f} rows/s)")
         note(total.refused, None)
     total.refused = sorted(python_refused + total.refused, key=lambda r: r.row)
+    count_load_rows(kind.name, accepted=total.accepted, duplicate=total.duplicate, refused=total.refused_rows)
     result.outcome = total
     result.seconds = time.perf_counter() - t0
     result.refused_path = refused_path

@@ -31,6 +31,7 @@ import asyncpg
 from pydantic import ValidationError
 from sluice.ingest import records as R
 from sluice.schemas.rules import error_details
+from sluice.workers.metrics import count_load_rows
 
 STAGE = "stage"
 
@@ -316,4 +317,5 @@ async def load_batch(conn: asyncpg.Connection, kind: Kind, shop_id: str, raws: l
             await stage(conn, kind, rows)
         out = await apply(conn, kind, shop_id)
     out.refused = sorted(refused + out.refused, key=lambda r: r.row)
+    count_load_rows(kind.name, accepted=out.accepted, duplicate=out.duplicate, refused=out.refused_rows)
     return out

@@ -248,3 +248,17 @@ def test_a_customer_field_is_accepted_only_when_it_follows_its_rule(value, field
     elif field == "tags":
         raise AssertionError(f"tags accepted {value!r}")  # none of the generated values is a list
     assert got == value
+
+
+async def test_loaded_rows_are_counted_on_the_metrics_page(s1):
+    from sluice.workers import metrics
+
+    def count(outcome: str) -> float:
+        return metrics.LOAD_ROWS.labels(kind="customers", outcome=outcome)._value.get()
+
+    before = {o: count(o) for o in (metrics.LOAD_ACCEPTED, metrics.LOAD_DUPLICATE, metrics.LOAD_REFUSED)}
+    await _post(s1, "customers", [_customer(c) for c in (901, 902)])
+    await _post(s1, "customers", [_customer(901), {"consumer_id": "not a number"}])
+    assert count(metrics.LOAD_ACCEPTED) - before[metrics.LOAD_ACCEPTED] == 2
+    assert count(metrics.LOAD_DUPLICATE) - before[metrics.LOAD_DUPLICATE] == 1
+    assert count(metrics.LOAD_REFUSED) - before[metrics.LOAD_REFUSED] == 1
