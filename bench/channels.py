@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
 import threading
@@ -23,6 +22,8 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from bench.stack import record_results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -201,10 +202,7 @@ async def main(args) -> None:
         results["email"] = await _email(args.email, args.connections)
     if args.sms_recipients:
         results["sms"] = await _sms(args.dsn, args.sms_recipients, args.slice_size, args.chunk_size, args.concurrency)
-    path = ROOT / "bench" / "results.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data["channels"] = results
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    record_results(ROOT / "bench" / "results.json", "channels", results)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,17 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.stack import ROOT, Postgres, WorkerProcess, machine, say, start_temporal, wait_for_pollers
+from bench.stack import (
+    ROOT,
+    Postgres,
+    WorkerProcess,
+    machine,
+    record_results,
+    replace_docs_block,
+    say,
+    start_temporal,
+    wait_for_pollers,
+)
 
 RESULTS_KEY = "fairness"
 GOAL_FIRST_SEND_S = 5.0
@@ -151,9 +161,7 @@ async def run(args) -> dict:
 
 def save(result: dict, results_path: Path | None, docs_path: Path | None) -> None:
     if results_path:
-        data = json.loads(results_path.read_text()) if results_path.exists() else {}
-        data[RESULTS_KEY] = result
-        results_path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        record_results(results_path, RESULTS_KEY, result)
     if docs_path and docs_path.exists():
         begin, end = "<!-- fairness:begin -->", "<!-- fairness:end -->"
         r = result
@@ -167,13 +175,7 @@ def save(result: dict, results_path: Path | None, docs_path: Path | None) -> Non
             f" of {r['big_recipients']:,} | <= {r['goal_first_send_s']:.0f} s: {'met' if r['goal_met'] else 'NOT met'} |",
             end,
         ])  # fmt: skip
-        text = docs_path.read_text()
-        if begin in text:
-            text = text[: text.index(begin)] + table + text[text.index(end) + len(end):]
-        else:
-            title = "## Fairness: a small shop during a 1M day (`python -m bench.fairness`)"
-            text = text.rstrip("\n") + f"\n\n{title}\n\n{table}\n"
-        docs_path.write_text(text)
+        replace_docs_block(docs_path, begin, end, table, "## Fairness: a small shop during a 1M day (`python -m bench.fairness`)")
 
 
 def main() -> None:

@@ -17,14 +17,13 @@ docs/benchmarks.md.
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 
-from bench.stack import ROOT, Postgres, machine, say
+from bench.stack import ROOT, Postgres, machine, record_results, replace_docs_block, say
 
 RESULTS_KEY = "load"
 GOAL_RATIO = 0.5
@@ -134,9 +133,7 @@ async def run_load(customers: int, data_dir: Path, admin_dsn: str | None, result
     say(f"load {results['load_rows_per_s']:,} rows/s against plain COPY {results['copy_rows_per_s']:,} rows/s: "
         f"ratio {results['ratio']} [{'ok' if results['goal_met'] else 'MISSED'}: >= {GOAL_RATIO}]")
     if results_path:
-        data = json.loads(results_path.read_text()) if results_path.exists() else {}
-        data[RESULTS_KEY] = results  # the other keys stay as they are
-        results_path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        record_results(results_path, RESULTS_KEY, results)
         say(f"wrote {results_path} [{RESULTS_KEY!r}]")
     if docs_path:
         update_docs(docs_path, results)
@@ -165,13 +162,7 @@ def table(r: dict) -> str:
 
 
 def update_docs(path: Path, results: dict) -> None:
-    block = table(results)
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        path.write_text(head + block + rest.split(END, 1)[1])
-    else:
-        path.write_text(text.rstrip() + "\n\n## Loading data (`python -m bench load`)\n\n" + block + "\n")
+    replace_docs_block(path, START, END, table(results), "## Loading data (`python -m bench load`)")
 
 
 def main(argv: list[str]) -> int:

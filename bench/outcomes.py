@@ -28,16 +28,14 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from bench.stack import NoTemporal, fresh_database, record_results
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results.json"
 DB_NAME = "sluice_bench_outcomes"
 EV_SHOP, ATT_SHOP = "bench-ev", "bench-att"
 KINDS_CYCLE = ["delivered", "opened", "clicked", "replied", "opened", "coupon_claimed", "product_clicked", "order_created",
                "order_paid", "order_refunded"]  # fmt: skip
-
-
-class NoTemporal:
-    """The API server's Temporal client in this benchmark: /events never calls Temporal."""
 
 
 def serve(dsn: str, port: int) -> None:
@@ -48,21 +46,6 @@ def serve(dsn: str, port: int) -> None:
     settings = Settings(DATABASE_URL=dsn, SLUICE_DB_POOL=8)
     uvicorn.run(create_app(settings, client=NoTemporal()), host="127.0.0.1", port=port, log_level="warning",
                 access_log=False)  # fmt: skip
-
-
-async def _database(admin_dsn: str) -> str:
-    from sluice.db.embedded import dsn_with_database
-    from sluice.db.migrate import migrate
-
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-    finally:
-        await conn.close()
-    dsn = dsn_with_database(admin_dsn, DB_NAME)
-    await migrate(dsn)
-    return dsn
 
 
 async def _customers(conn: asyncpg.Connection, shop: str, n: int, offset: int) -> None:
@@ -215,14 +198,8 @@ async def bench_attribution(dsn: str, deliveries: int, orders: int) -> dict:
             "attribute_best_s": min(runs), "attributed_orders": done.orders, "attributed_revenue": str(done.revenue)}  # fmt: skip
 
 
-def _record(key: str, value: dict) -> None:
-    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    data[key] = value
-    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
-
-
 async def main(args: argparse.Namespace) -> dict:
-    dsn = await _database(args.admin_dsn)
+    dsn = await fresh_database(args.admin_dsn, DB_NAME)
     ingest = await bench_ingest(dsn, args.events, args.batch, args.clients, args.customers) if args.events else None
     print("ingest:", json.dumps(ingest), flush=True)
     att = await bench_attribution(dsn, args.deliveries, args.orders) if args.deliveries else None
@@ -237,7 +214,7 @@ async def main(args: argparse.Namespace) -> dict:
         "goals_met": ingest["events_per_s"] >= 20_000 and att["attribute_best_s"] <= 10,
     }  # fmt: skip
     if not args.no_record:
-        _record("outcomes", result)
+        record_results(RESULTS, "outcomes", result)
     return result
 
 

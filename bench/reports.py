@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import time
@@ -30,6 +29,8 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from bench.stack import NoTemporal, fresh_database, record_results, replace_docs_block
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results.json"
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -38,25 +39,6 @@ SHOP = "bench-rep"
 START = "<!-- bench:reports:start (written by `python -m bench.reports`) -->"
 END = "<!-- bench:reports:end -->"
 GOALS = {"report_s": 1.0, "dashboard_s": 1.0}
-
-
-class NoTemporal:
-    """The app's Temporal client here: report routes never call Temporal."""
-
-
-async def _database(admin_dsn: str) -> str:
-    from sluice.db.embedded import dsn_with_database
-    from sluice.db.migrate import migrate
-
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-    finally:
-        await conn.close()
-    dsn = dsn_with_database(admin_dsn, DB_NAME)
-    await migrate(dsn)
-    return dsn
 
 
 async def _build(conn: asyncpg.Connection, customers: int, orders: int, now: datetime) -> dict:
@@ -154,7 +136,7 @@ async def main(args) -> dict:
     from bench.stack import machine, say
 
     now = datetime.now(UTC)
-    dsn = await _database(args.admin_dsn)
+    dsn = await fresh_database(args.admin_dsn, DB_NAME)
     say(f"building the shop ({args.customers:,} customers, {args.orders:,} orders) and its campaigns ...")
     t0 = time.perf_counter()
     conn = await asyncpg.connect(dsn)
@@ -223,9 +205,7 @@ async def main(args) -> dict:
     for k in ("refresh_s", "materialise_s", "report_s", "dashboard_s", "recipients_page_s", "failures_page_s", "csv_rows_per_s"):
         say(f"  {k}: {result[k]}")
     if not args.no_record:
-        data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        data["reports"] = result  # the other keys stay as they are
-        RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+        record_results(RESULTS, "reports", result)
         _docs(result)
     return result
 
@@ -252,13 +232,7 @@ def _docs(r: dict) -> None:
         f"({r['csv_rows_per_s']:,} rows/s) | |",
         END,
     ]
-    text = DOCS.read_text()
-    block = "\n".join(lines)
-    if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n## Reports\n\n" + block + "\n"
-    DOCS.write_text(text)
+    replace_docs_block(DOCS, START, END, "\n".join(lines), "## Reports")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ from bench.stack import (
     Postgres,
     WorkerProcess,
     machine,
+    record_results,
+    replace_docs_block,
     say,
     settle,
     start_temporal,
@@ -298,9 +300,7 @@ async def run_repurchase(cfg: BenchConfig) -> dict:
         say(line)
     if cfg.results_path:
         path = Path(cfg.results_path)
-        data = json.loads(path.read_text()) if path.exists() else {}
-        data[REPURCHASE_RESULTS_KEY] = results  # the other keys (the K-PHASED run) stay as they are
-        path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        record_results(path, REPURCHASE_RESULTS_KEY, results)  # the other keys (the K-PHASED run) stay
         say(f"\nwrote {path} [{REPURCHASE_RESULTS_KEY!r}]")
     with (cfg.data_dir / "runs.jsonl").open("a") as log:
         log.write(json.dumps({"kind": REPURCHASE_RESULTS_KEY, **results}, default=str) + "\n")
@@ -366,10 +366,4 @@ def table(r: dict) -> str:
 
 
 def update_docs(path: Path, results: dict) -> None:
-    block = table(results)
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        path.write_text(head + block + rest.split(END, 1)[1])
-    else:
-        path.write_text(text.rstrip() + "\n\n## K-REPURCHASE (`python -m bench --kind K-REPURCHASE`)\n\n" + block + "\n")
+    replace_docs_block(path, START, END, table(results), "## K-REPURCHASE (`python -m bench --kind K-REPURCHASE`)")

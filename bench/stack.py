@@ -10,6 +10,7 @@ with the search attributes registered. The worker runs as its own process
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -385,3 +386,42 @@ async def settle(seconds: float) -> dict:
     say(f"  settled {seconds:.0f}s after seeding (kernel dirty page cache {out['dirty_mb_before']:,} MB"
         f" -> {out['dirty_mb_after']:,} MB)")  # fmt: skip
     return out
+
+
+# ------------------------------------------------------------------ what every benchmark records
+
+
+def record_results(path: Path, key: str, value) -> None:
+    """`value` under `key` of the results file; every other key stays (each benchmark owns its key)."""
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[key] = value
+    path.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+
+
+def replace_docs_block(path: Path, start: str, end: str, block: str, heading: str) -> None:
+    """`block` (which begins with `start` and ends with `end`) in place of the text between those markers in
+    the docs page, the prose around it untouched; appended under `heading` the first time."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + f"\n\n{heading}\n\n{block}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+async def fresh_database(admin_dsn: str, name: str) -> str:
+    """An empty, migrated database `name` (dropped first if it exists); its DSN."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    dsn = dsn_with_database(admin_dsn, name)
+    await migrate(dsn)
+    return dsn
+
+
+class NoTemporal:
+    """The API's Temporal client in a benchmark whose routes never call Temporal."""

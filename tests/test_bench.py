@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -168,3 +169,20 @@ async def test_bench_repurchase_small_run_measures_the_three_figures(admin_dsn, 
     assert day["outbox_messages"] == day["recipients"] and day["outbox_batches_without_bodies"] == 0
     assert day["ledger_check"]["exact"]
     assert r["preview_s"] > 0 and r["recipients_per_s"] > 0
+
+
+def test_each_benchmark_records_its_own_key_and_its_own_docs_block(tmp_path):
+    from bench.stack import record_results, replace_docs_block
+
+    results = tmp_path / "results.json"
+    record_results(results, "a", {"x": 1})
+    record_results(results, "b", {"when": datetime(2026, 11, 30, tzinfo=UTC), "text": "满100减15"})
+    record_results(results, "a", {"x": 2})
+    data = json.loads(results.read_text())
+    assert data == {"a": {"x": 2}, "b": {"when": "2026-11-30 00:00:00+00:00", "text": "满100减15"}}
+
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n\nprose before\n")
+    replace_docs_block(docs, "<!-- s -->", "<!-- e -->", "<!-- s -->\n| 1 |\n<!-- e -->", "## Mine")
+    replace_docs_block(docs, "<!-- s -->", "<!-- e -->", "<!-- s -->\n| 2 |\n<!-- e -->", "## Mine")
+    assert docs.read_text() == "# Benchmarks\n\nprose before\n\n## Mine\n\n<!-- s -->\n| 2 |\n<!-- e -->\n"
