@@ -37,25 +37,16 @@ READ_NO_REPLY = "edm_read_no_reply_60d"  # within 60 days
 _SITE_KINDS_SQL = ", ".join(f"'{k}'" for k in SITE_KINDS)
 _INTENT_KINDS_SQL = ", ".join(f"'{k}'" for k in INTENT_KINDS)
 
-# R-ED-1: active on the shop's pages; one statement per window (the days are literals: SQL is constant text).
-_ACTIVE_7D = f"""
+# R-ED-1: active on the shop's pages within `days`; one statement per window (the days are literals: SQL is
+# constant text).
+def _active_within(days: int) -> str:
+    return f"""
         SELECT DISTINCT e.consumer_id FROM behaviour_events e
         WHERE e.shop_id = $1 AND e.kind IN ({_SITE_KINDS_SQL})
-          AND e.occurred_at >= $2::timestamptz - interval '7 days' AND e.occurred_at < $2::timestamptz
+          AND e.occurred_at >= $2::timestamptz - interval '{int(days)} days' AND e.occurred_at < $2::timestamptz
           AND $3::timestamptz IS NOT NULL  -- every audience takes the same three parameters
     """
-_ACTIVE_30D = f"""
-        SELECT DISTINCT e.consumer_id FROM behaviour_events e
-        WHERE e.shop_id = $1 AND e.kind IN ({_SITE_KINDS_SQL})
-          AND e.occurred_at >= $2::timestamptz - interval '30 days' AND e.occurred_at < $2::timestamptz
-          AND $3::timestamptz IS NOT NULL  -- every audience takes the same three parameters
-    """
-_ACTIVE_90D = f"""
-        SELECT DISTINCT e.consumer_id FROM behaviour_events e
-        WHERE e.shop_id = $1 AND e.kind IN ({_SITE_KINDS_SQL})
-          AND e.occurred_at >= $2::timestamptz - interval '90 days' AND e.occurred_at < $2::timestamptz
-          AND $3::timestamptz IS NOT NULL  -- every audience takes the same three parameters
-    """
+
 
 _L1_POTENTIAL = f"""
         SELECT DISTINCT e.consumer_id FROM behaviour_events e
@@ -84,9 +75,9 @@ _READ_NO_REPLY = """
 
 # name -> SQL; registered in audiences.AUDIENCES.
 AUDIENCES: dict[str, str] = {
-    ACTIVE_7D: _ACTIVE_7D,
-    ACTIVE_30D: _ACTIVE_30D,
-    ACTIVE_90D: _ACTIVE_90D,
+    ACTIVE_7D: _active_within(7),
+    ACTIVE_30D: _active_within(30),
+    ACTIVE_90D: _active_within(90),
     L1_POTENTIAL: _L1_POTENTIAL,
     READ_NO_REPLY: _READ_NO_REPLY,
 }

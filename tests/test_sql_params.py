@@ -57,6 +57,7 @@ ALLOWED_INTERPOLATIONS = {
      "_PURCHASES_OF.format(products=_CATEGORY_PRODUCTS.format(category='ANY(ARRAY(SELECT fb.category FROM fallback fb))'))"):
         "a constant purchases query over a constant category subquery",
     ("activities/send.py", "A.HELD_OUT"): "the held-out state's name, a constant of schemas/activities.py",
+    ("audiences/edm.py", "int(days)"): "an int: the window's days, literals 7/30/90 of the module",
     # audiences/custom.py: the merchant's filter compiled from allow-listed fragments; every value is `p(...)`,
     # which appends it to the bound parameters and returns its "$n".
     ("audiences/custom.py", "source"): "a constant table expression of the counted leaf (events or orders)",
