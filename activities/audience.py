@@ -116,6 +116,18 @@ def exclusion_branches(channel: str, non_customers: bool = False) -> str:
                  WHEN c.{unsub} THEN 'unsubscribed'
                  WHEN NOT ({has_contact}) THEN 'no_contact'"""
 
+# The recipient's zone (R-FAT-DAY, R-WIN-1): the shop's record of the customer, else the platform's. `z` is
+# joined once per refresh over the platform's consumers that have a zone (a hash join: a probe per recipient at
+# send time doubled the chunk read); the snapshot keeps it, NULL when no zone is known (the platform's).
+RECIPIENT_ZONE = "coalesce(c.timezone, z.timezone)"
+_ZONE_ROW = "LEFT JOIN consumers z ON z.consumer_id = {consumer} AND z.timezone IS NOT NULL"
+
+
+def zone_row(consumer: str) -> str:
+    """The join giving `z`, the platform's record of the recipient's zone, for RECIPIENT_ZONE."""
+    return _ZONE_ROW.replace("{consumer}", consumer)
+
+
 def refresh_sql(
     audience_sql: str, yields_item: bool, channel: str, filters: list[str] | tuple[str, ...] = (),
     non_customers: bool = False,
@@ -137,19 +149,20 @@ def refresh_sql(
           AND $3::timestamptz IS NOT NULL  -- typed here: an audience may not use the campaign's start (a custom filter)
     ),
     flagged AS (
-        SELECT m.consumer_id, m.item,
+        SELECT m.consumer_id, m.item, {RECIPIENT_ZONE} AS zone,
             CASE {exclusion_branches(channel, non_customers)}
                  WHEN $7::bool AND EXISTS (SELECT 1 FROM deliveries d
                               WHERE d.campaign_id = $4 AND d.phase = $5 AND d.consumer_id = m.consumer_id
                                 AND d.state IN ('reserved', 'sent', 'unknown', 'held_out')) THEN 'already_reached'
                  {branches}
             END AS reason
-        FROM matched m {rows}
+        FROM matched m {rows} {zone_row("m.consumer_id")}
         {joins}
     ),
     ins AS (
-        INSERT INTO audience_snapshots (campaign_id, phase, day, seq, consumer_id, item)
-        SELECT $4, $5, $6, ((row_number() OVER (ORDER BY consumer_id) - 1) * $8::int + $9::int)::int, consumer_id, item
+        INSERT INTO audience_snapshots (campaign_id, phase, day, seq, consumer_id, item, timezone)
+        SELECT $4, $5, $6, ((row_number() OVER (ORDER BY consumer_id) - 1) * $8::int + $9::int)::int, consumer_id, item,
+               zone
         FROM flagged WHERE reason IS NULL
     )
     SELECT coalesce(reason, 'eligible') AS reason, count(*)::int AS n FROM flagged GROUP BY 1

@@ -37,7 +37,7 @@ from sluice.activities.audience import exclusion_branches, recipient_address, re
 from sluice.activities.context import bind_activity_context
 from sluice.activities.offers import HELD, RELEASED
 from sluice.activities.quota import hold_quota, take_quota
-from sluice.channels import sms
+from sluice.channels import chat, sms
 from sluice.channels.base import Outbound, Outcome, send_and_settle
 from sluice.channels.outbox import InDatabaseChannel
 from sluice.channels.registry import ChannelRegistry
@@ -50,6 +50,7 @@ from sluice.schemas.campaign import PERSONAL_PLACEHOLDERS
 from sluice.schemas.fatigue import FatiguePolicy, policy_for
 from sluice.schemas.rules import template_key
 from sluice.workers import metrics
+from sluice.workflows.calendar import local_day
 from temporalio import activity
 
 _LIVE_STATES = ("reserved", "unknown")
@@ -107,18 +108,23 @@ def _body(inp: SendSliceInput) -> str:
     return f"{inp.title}\n{inp.text}" if inp.title else inp.text
 
 
-def fatigue_day_sql(instant: str, platform_tz: str, consumer: str) -> str:
-    """R-FAT-DAY: the recipient's natural day at `instant`, per row: the local date in their zone at the
-    shop (`c.timezone`, the row of `recipient_rows`), else the platform's record of them
-    (`consumers.timezone`, a primary-key probe only when the shop's is unknown), else the platform's.
+def fatigue_day_sql(instant: str, platform_day: str) -> str:
+    """R-FAT-DAY: the recipient's natural day at `instant`, per snapshot row `s`: the local date in the zone
+    the refresh resolved for them (audience_snapshots.timezone, activities/audience.py RECIPIENT_ZONE), else
+    `platform_day`, the platform's date at the instant, computed once per statement (`platform_day_of`).
     The one definition for the send path and the preview."""
-    zone = f"coalesce(c.timezone, (SELECT z.timezone FROM consumers z WHERE z.consumer_id = {consumer}), {platform_tz}::text)"
-    return f"({instant}::timestamptz AT TIME ZONE {zone})::date"
+    local = f"({instant}::timestamptz AT TIME ZONE s.timezone)::date"
+    return f"CASE WHEN s.timezone IS NULL THEN {platform_day}::date ELSE {local} END"
+
+
+def platform_day_of(instant: datetime, platform_tz: str) -> date:
+    """The platform's calendar date at `instant`: the natural day of a recipient whose zone is unknown (R-FAT-DAY)."""
+    return local_day(instant, platform_tz)
 
 
 def _chunk_sql(channel: str, probe: bool, personal: bool = False, non_customers: bool = False) -> str:
     """The chunk's snapshot rows with what send time needs: exclusions, address, earlier decision,
-    and each recipient's own fatigue day (`fday`) at the hand-off instant $7 (platform zone $8).
+    and each recipient's own fatigue day (`fday`) at the hand-off instant $7 (the platform's date at it: $8).
 
     `probe` reads each row's earlier decision in the ledger. A chunk no attempt has decided
     has none, so the first reading skips it: if another attempt did decide some row, the
@@ -144,7 +150,7 @@ def _chunk_sql(channel: str, probe: bool, personal: bool = False, non_customers:
     return f"""
         SELECT s.seq, s.consumer_id, {recipient_address(channel, non_customers)} AS address, {prior} AS prior,
                CASE {exclusion_branches(channel, non_customers)} END AS excluded{personal_columns},
-               {fatigue_day_sql("$7", "$8", "s.consumer_id")} AS fday
+               {fatigue_day_sql("$7", "$8")} AS fday
         FROM audience_snapshots s
         {recipient_rows("$4", "s.consumer_id", non_customers)}
         WHERE s.campaign_id = $1 AND s.phase = $2 AND s.day = $3 AND s.seq >= $5 AND s.seq < $6
@@ -225,7 +231,8 @@ def _write_sql(handoff: bool) -> str:
     [$12 live ids, $13 their addresses (both in the order of $9), $14 body, $15 each live row's own
     body (per-recipient content) or NULL], then ($12, or $16 with `handoff`) each row's member benefit
     (R-RP-4), in the order of $9, or NULL, and next each row's cost (deliveries.cost: an SMS's price,
-    R-AQ-5), in the order of $9, or NULL.
+    R-AQ-5), in the order of $9, or NULL, and next each row's sender agent (R-PH-5, channels/chat.py), in the
+    order of $9, or NULL; with `handoff`, $19 the live rows' agents (in the order of $12) or NULL.
     """
     benefits = 16 if handoff else 12
     ref = "CASE WHEN u.reason IS NULL THEN 'outbox:' || (SELECT id FROM b) END" if handoff else "NULL"
@@ -233,8 +240,8 @@ def _write_sql(handoff: bool) -> str:
     outbox = (
         """b AS (SELECT nextval('outbox_id_seq') AS id),
     o AS (
-        INSERT INTO outbox (id, campaign_id, phase, day, channel, body, consumer_ids, addresses, bodies)
-        SELECT (SELECT id FROM b), $1, $2, $3, $4, $14, $12::bigint[], $13::text[], $15::text[]
+        INSERT INTO outbox (id, campaign_id, phase, day, channel, body, consumer_ids, addresses, bodies, senders)
+        SELECT (SELECT id FROM b), $1, $2, $3, $4, $14, $12::bigint[], $13::text[], $15::text[], $19::text[]
         WHERE cardinality($12::bigint[]) > 0
     ),"""
         if handoff
@@ -242,12 +249,12 @@ def _write_sql(handoff: bool) -> str:
     )
     return f"""
     WITH {outbox} u AS (SELECT * FROM unnest($9::bigint[], $10::text[], ${benefits}::text[], ${benefits + 1}::numeric[],
-                                             $7::date[]) AS u(id, reason, benefit, cost, fday))
+                                             $7::date[], ${benefits + 2}::text[]) AS u(id, reason, benefit, cost, fday, agent))
     INSERT INTO deliveries (campaign_id, phase, consumer_id, day, channel, shop_id, template_group,
-                            fatigue_day, state, reason, provider_ref, decided_at, benefit_id, cost)
+                            fatigue_day, state, reason, provider_ref, decided_at, benefit_id, cost, sender_agent)
     SELECT $1, $2, u.id, $3, $4, $5, $6, u.fday,
            CASE WHEN u.reason IS NULL THEN $11 WHEN u.reason = '{A.HELD_OUT}' THEN u.reason ELSE 'suppressed' END,
-           nullif(u.reason, '{A.HELD_OUT}'), {ref}, $8, u.benefit, u.cost
+           nullif(u.reason, '{A.HELD_OUT}'), {ref}, $8, u.benefit, u.cost, CASE WHEN u.reason IS NULL THEN u.agent END
     FROM u
 """
 
@@ -573,11 +580,12 @@ class SendActivities:
         # must be valid at it (R-OC-9), and an offer's countdown starts here. Never before the slice was
         # scheduled (the time-skipping test server runs ahead of the wall clock).
         handed_at = max(self.clock(), inp.decided_at)
-        args = [inp.campaign_db_id, inp.phase_index, inp.day, inp.shop_id, lo, hi, handed_at, self.platform_timezone]
+        args = [inp.campaign_db_id, inp.phase_index, inp.day, inp.shop_id, lo, hi, handed_at,
+                platform_day_of(handed_at, self.platform_timezone)]
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(_chunk_sql(ch, probe, personal is not None, inp.reaches_non_customers),
                                     *args, *([ch] if probe else []))  # fmt: skip
-            # R-FAT-DAY: each recipient's own natural day, computed per row by the chunk's statement.
+            # R-FAT-DAY: each recipient's own natural day, in the zone the refresh resolved for them.
             fdays = {r["consumer_id"]: r["fday"] for r in rows}
             out = ChunkOutcome(next_seq=hi)
             # An SMS is sent and billed with the industry signature and the unsubscribe text (R-AQ-4, R-AQ-6).
@@ -619,6 +627,10 @@ class SendActivities:
                     out.suppressed["already_decided"] += 1
             if not decisions:
                 return out
+            # ---- R-PH-5 (channels/chat.py): each live chat delivery's sender agent, chosen in this transaction;
+            # who has no online agent of the set gets no message (no_agent_online), before any cap is taken.
+            senders = await chat.choose_senders(conn, inp, decisions) if inp.sender_agents is not None else {}
+            # ---- end R-PH-5
 
             # Lock order: ascending consumer id, the same in every transaction.
             ids = sorted(decisions)
@@ -684,6 +696,9 @@ class SendActivities:
                          [bodies[c] for c in live_now] if bodies is not None else None]  # fmt: skip
             args.append([benefits[c].benefit_id if c in benefits else None for c in ids] if benefits else None)
             args.append([debit.cost.get(c) for c in ids] if debit is not None and debit.cost else None)
+            args.append([senders.get(c) for c in ids] if senders else None)  # R-PH-5: deliveries.sender_agent
+            if handoff:
+                args.append([senders[c] for c in live_now] if senders else None)  # R-PH-5: outbox.senders
             await conn.execute(_WRITE_HANDED_OFF if handoff else _WRITE_RESERVED, *args)
             if quota is not None and live_now:
                 await take_quota(conn, inp.quota, quota, inp.shop_id, (inp.campaign_db_id, inp.phase_index, inp.day, ch),
@@ -711,7 +726,8 @@ class SendActivities:
                 out.handed_off = len(live_now)
             else:
                 out.to_send.extend(
-                    self._outbound(inp, c, addresses[c], bodies[c] if bodies is not None else shared_body) for c in live_now
+                    self._outbound(inp, c, addresses[c], bodies[c] if bodies is not None else shared_body, senders.get(c))
+                    for c in live_now
                 )
         # Committed: what this transaction itself decided (workers/metrics.py).
         decided = Counter(r for r in reasons if r is not None)
@@ -796,7 +812,7 @@ class SendActivities:
             await conn.execute(_TAKE_STOCK, coupons, [back[c] for c in coupons])
 
     @staticmethod
-    def _outbound(inp: SendSliceInput, consumer_id: int, address: str, body: str) -> Outbound:
+    def _outbound(inp: SendSliceInput, consumer_id: int, address: str, body: str, sender: str | None = None) -> Outbound:
         return Outbound(
             campaign_id=inp.campaign_db_id,
             phase=inp.phase_index,
@@ -805,6 +821,7 @@ class SendActivities:
             channel=inp.channel.value,
             address=address,
             body=body,
+            sender=sender,  # R-PH-5
         )
 
     async def _record(self, key: LedgerDay, outcomes: list[Outcome]) -> None:

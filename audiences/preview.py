@@ -20,10 +20,9 @@ from datetime import datetime
 
 import asyncpg
 from pydantic import BaseModel, Field
-from sluice.activities.audience import checked_refresh_sql, count_reasons, recipient_rows, refresh_args
+from sluice.activities.audience import checked_refresh_sql, count_reasons, refresh_args
 from sluice.activities.quota import quota_left
-from sluice.activities.send import CAPS_READ, TEMPLATE_WINDOW, cap_verdict, fatigue_day_sql
-from sluice.audiences import reaches_non_customers
+from sluice.activities.send import CAPS_READ, TEMPLATE_WINDOW, cap_verdict, fatigue_day_sql, platform_day_of
 from sluice.schemas import activities as A
 from sluice.schemas.activities import RefreshAudienceInput
 from sluice.schemas.campaign import CampaignPlan, PhasePlan
@@ -35,18 +34,13 @@ from sluice.workflows.calendar import day_window, first_open_day
 CHUNK = 10_000
 
 
-def _snapshot_days_sql(non_customers: bool) -> str:
-    """The snapshot's consumers in send order, each with their own fatigue day at the instant $4 (platform zone
-    $5), as the send path's chunk statement computes it (R-FAT-DAY). $1 campaign, $2 phase, $3 day, $6 shop."""
-    return f"""
-        SELECT s.consumer_id, {fatigue_day_sql("$4", "$5", "s.consumer_id")} AS fday
-        FROM audience_snapshots s {recipient_rows("$6", "s.consumer_id", non_customers)}
-        WHERE s.campaign_id = $1 AND s.phase = $2 AND s.day = $3 ORDER BY s.seq"""
-
-
-# The snapshot's primary-key range, one probe of shop_customers (and consumers) per row.
-SNAPSHOT_DAYS = _snapshot_days_sql(False)
-SNAPSHOT_DAYS_NON_CUSTOMERS = _snapshot_days_sql(True)
+# The snapshot's consumers in send order, each with their own fatigue day at the instant $4 (the platform's date at
+# it: $5), as the send path's chunk statement computes it (R-FAT-DAY). $1 campaign, $2 phase, $3 day. A primary-key
+# range over the snapshot, nothing joined.
+SNAPSHOT_DAYS = f"""
+    SELECT s.consumer_id, {fatigue_day_sql("$4", "$5")} AS fday
+    FROM audience_snapshots s
+    WHERE s.campaign_id = $1 AND s.phase = $2 AND s.day = $3 ORDER BY s.seq"""
 
 
 class PhasePreview(BaseModel):
@@ -104,10 +98,8 @@ async def _phase(conn, plan: CampaignPlan, index: int, campaign_db_id: int, *, n
     eligible, removed = count_reasons(await conn.fetch(statement.sql, *args))
     matched = eligible + sum(removed.values())
     # Each consumer's own fatigue day at the instant the run would hand off (R-FAT-DAY).
-    days_sql = SNAPSHOT_DAYS_NON_CUSTOMERS if reaches_non_customers(phase.audience, phase.audience_params) else SNAPSHOT_DAYS
-    days = dict(await conn.fetch(
-        days_sql, campaign_db_id, index, win.day, max(now, win.send_at), platform_tz, plan.shop_id,
-    ))  # fmt: skip
+    at = max(now, win.send_at)
+    days = dict(await conn.fetch(SNAPSHOT_DAYS, campaign_db_id, index, win.day, at, platform_day_of(at, platform_tz)))
     verdicts: Counter[str] = Counter(removed)
     if phase.below_minimum(eligible, removed.get(A.EXCLUDED_ALREADY_REACHED, 0)):
         verdicts[A.NOT_SENT_MIN_AUDIENCE] += eligible

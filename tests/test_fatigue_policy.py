@@ -10,11 +10,12 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
+from sluice.activities.audience import AudienceActivities
 from sluice.activities.send import SendActivities, cap_verdict
 from sluice.channels.registry import ChannelRegistry
 from sluice.schemas import activities as A
 from sluice.schemas import rules
-from sluice.schemas.activities import SendSliceInput
+from sluice.schemas.activities import RefreshAudienceInput, SendSliceInput
 from sluice.schemas.campaign import Channel
 from sluice.schemas.fatigue import CHAT, EMAIL, NO_LIMIT, POLICIES, SMS, FatiguePolicy, policy_for
 from sluice.workflows.calendar import local_day, local_instant
@@ -76,6 +77,16 @@ async def _snapshot(pool, cid: int, day: date, ids: list[int]) -> None:
     )  # fmt: skip
 
 
+async def _refresh(pool, cid: int, shop: str, day: date, tz: str) -> None:
+    """The day's snapshot by the real refresh: it resolves each recipient's zone (R-FAT-DAY)."""
+    at = local_instant(day, time(0), tz)
+    inp = RefreshAudienceInput(
+        campaign_db_id=cid, shop_id=shop, kind="K-PHASED", phase_index=0, audience="shop_all", channel="chat",
+        day=day, snapshot_at=at, campaign_started_at=at,
+    )  # fmt: skip
+    await ActivityEnvironment().run(AudienceActivities(pool, parts=2).refresh_audience, inp)
+
+
 async def test_a_new_york_shop_counts_on_each_consumers_own_day(clean_db):
     """Six chat messages of one New York shop over two of its days (EDT, 12 hours behind Shanghai): 08:00,
     08:30, 20:30 and 21:00 on D, 08:00 and 21:00 on D+1. The last two of D fall on Shanghai's D+1.
@@ -103,8 +114,8 @@ async def test_a_new_york_shop_counts_on_each_consumers_own_day(clean_db):
                           clock=lambda: datetime(2000, 1, 1, tzinfo=UTC))  # fmt: skip
     for i, (day, at) in enumerate(sends):
         cid = await make_campaign(pool, shop, f"ny-{i}", state="sending")
-        await _snapshot(pool, cid, day, ids)
-        await ActivityEnvironment().run(send.send_slice, _input(cid, shop, "chat", day, local_instant(day, at, NY), len(ids)))
+        await _refresh(pool, cid, shop, day, NY)
+        await ActivityEnvironment().run(send.send_slice, _input(cid, shop, "chat", day, local_instant(day, at, NY), len(ids) + 1))
 
     rows = await pool.fetch(
         "SELECT d.consumer_id, c.campaign_ref, d.state, d.reason, d.fatigue_day, d.decided_at FROM deliveries d"

@@ -49,6 +49,7 @@ ALLOWED_INTERPOLATIONS = {
     ("activities/send.py", "personal_columns"): "constant columns (item, nick) chosen by a bool",
     ("activities/send.py", "benefits"): "the $n of the benefits array, an int constant chosen by a bool (12 or 16)",
     ("activities/send.py", "benefits + 1"): "the $n after the benefits array, an int constant chosen by a bool",
+    ("activities/send.py", "benefits + 2"): "the $n of the sender agents array (R-PH-5), an int constant chosen by a bool",
     ("audiences/repurchase.py", "_CATEGORY_PRODUCTS.format(category='p.category')"):
         "a constant subquery with a constant column",
     ("audiences/repurchase.py", "_PURCHASES_OF.format(products='ARRAY(SELECT f.product_id FROM offered f)')"):
@@ -96,12 +97,10 @@ ALLOWED_INTERPOLATIONS = {
     ("db/seed.py", "', '.join(SEEDED_TABLES)"): "ANALYZE over a constant list of table names",
     ("audiences/filters.py", "EXCLUDED_MEMBER"): "a reason constant of schemas/activities.py (R-AQ-1)",
     ("audiences/filters.py", "EXCLUDED_BUYER"): "a reason constant of schemas/activities.py (R-AQ-1)",
-    ("activities/send.py", "consumer"): "fatigue_day_sql: a constant column name ('s.consumer_id') of its callers",
-    ("activities/send.py", "platform_tz"): "fatigue_day_sql: a constant placeholder ($8, $5) of its callers",
-    ("activities/send.py", "fatigue_day_sql('$7', '$8', 's.consumer_id')"): "R-FAT-DAY: placeholders and a column",
-    ("audiences/preview.py", "fatigue_day_sql('$4', '$5', 's.consumer_id')"): "R-FAT-DAY: placeholders and a column",
-    ("audiences/preview.py", "recipient_rows('$6', 's.consumer_id', non_customers)"):
-        "constant joins of shop_customers (and consumers) with a placeholder",
+    ("activities/send.py", "fatigue_day_sql('$7', '$8')"): "R-FAT-DAY: placeholders",
+    ("audiences/preview.py", "fatigue_day_sql('$4', '$5')"): "R-FAT-DAY: placeholders",
+    ("activities/audience.py", "RECIPIENT_ZONE"): "a constant expression over the joined rows (R-FAT-DAY)",
+    ("activities/audience.py", "zone_row('m.consumer_id')"): "a constant join of consumers with a constant column",
 }
 # (file, first argument of a query call): why it is safe.
 ALLOWED_SQL_ARGUMENTS = {
@@ -113,7 +112,7 @@ ALLOWED_SQL_ARGUMENTS = {
     ("kinds/repurchase.py", "SHOP_BENEFITS"): "a module constant of schemas/benefits.py",
     ("kinds/acquire.py", "SHOP_BENEFITS"): "a module constant of schemas/benefits.py",
     ("audiences/preview.py", "TEMPLATE_WINDOW"): "a module constant of activities/send.py",
-    ("audiences/preview.py", "days_sql"): "SNAPSHOT_DAYS or SNAPSHOT_DAYS_NON_CUSTOMERS, module constants built above",
+    ("audiences/preview.py", "SNAPSHOT_DAYS"): "a module constant built from fatigue_day_sql('$4', '$5'), allowed above",
     ("activities/send.py", "_WRITE_HANDED_OFF if handoff else _WRITE_RESERVED"):
         "_write_sql(True/False) at import: built only from the allowed interpolations above",
     ("activities/audience.py", "sql"): "refresh_sql(): built only from the allowed interpolations above",
