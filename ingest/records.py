@@ -20,6 +20,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from sluice.audiences.custom import BEHAVIOUR_KINDS
+from sluice.schemas.campaign import DATE_MAX, DATE_MIN
 from sluice.schemas.rules import is_iana_zone, rule_error
 from sluice.schemas.text import text_problem
 
@@ -78,6 +79,9 @@ def _timestamp(value):
             raise rule_error(RULE_VALUE, "not an ISO 8601 time (2025-03-01T10:00:00+08:00)") from None
     if isinstance(value, datetime) and value.tzinfo is None:
         raise rule_error(RULE_VALUE, "a time needs its UTC offset (+08:00 or Z)")
+    # Bounded, so every accepted instant is one PostgreSQL and asyncpg can hold (year 1 at +05:00 is not).
+    if isinstance(value, datetime) and not DATE_MIN <= value.date() <= DATE_MAX:
+        raise rule_error(RULE_VALUE, f"a time between {DATE_MIN} and {DATE_MAX}")
     return value
 
 

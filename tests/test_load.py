@@ -114,6 +114,21 @@ async def test_bad_rows_are_refused_with_field_and_reason_and_nothing_half_writt
     assert await clean_db.fetchval("SELECT kind FROM behaviour_events WHERE event_id = 'ev-1'") == "view"
 
 
+async def test_a_time_outside_what_postgresql_holds_is_refused_not_a_500(s1, clean_db):
+    """Year 1 at +05:00 is before year 1 in UTC: no database can hold it. Refused per row, the rest written."""
+    answer = await _post(s1, "customers", [_customer(1)])
+    assert answer["accepted"] == 1
+    orders = await _post(s1, "orders", [
+        {"order_id": 20, "consumer_id": 1, "created_at": "0001-01-01T00:00:00+05:00", "amount": 1},
+        {"order_id": 21, "consumer_id": 1, "created_at": "9999-12-31T23:00:00-05:00", "amount": 1},
+        {"order_id": 22, "consumer_id": 1, "created_at": T0, "amount": 1},
+    ])  # fmt: skip
+    assert (orders["inserted"], orders["refused"]) == (1, 2), orders
+    assert {(e["row"], e["field"], e["rule"]) for e in orders["errors"]} == {(0, "created_at", R.RULE_VALUE),
+                                                                            (1, "created_at", R.RULE_VALUE)}
+    assert [r["order_id"] for r in await _table(clean_db, "SELECT order_id FROM orders")] == [22]
+
+
 async def test_a_shops_key_cannot_write_another_shop(app, s1, clean_db):
     other_key = await shop_key(clean_db, "s2")
     async with client(app, other_key) as s2:
