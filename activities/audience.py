@@ -34,6 +34,7 @@ from sluice.audiences import filters as F
 from sluice.audiences.tags import describe as describe_tags
 from sluice.audiences.tags import narrowed_by_tags, parse_tags
 from sluice.schemas.activities import RefreshAudienceInput, RefreshAudienceResult
+from sluice.schemas.settings import DEFAULT_REFRESH_PARTS
 from temporalio import activity
 
 # Per channel (R-EXC-1): the opt-out column, the address column and the column saying the address is
@@ -128,13 +129,11 @@ def zone_row(consumer: str) -> str:
     return _ZONE_ROW.replace("{consumer}", consumer)
 
 
-def refresh_sql(
-    audience_sql: str, yields_item: bool, channel: str, filters: list[str] | tuple[str, ...] = (),
-    non_customers: bool = False,
+def _flagged_sql(
+    audience_sql: str, yields_item: bool, channel: str, filters: list[str] | tuple[str, ...], non_customers: bool,
 ) -> str:
-    """The refresh statement of one part: the audience, the exclusions (R-EXC-1), whom the phase already
-    reached, then the plan's named filters (audiences/filters.py), in this order of precedence.
-    `non_customers`: the audience may yield consumers without a shop row (Audience.reaches_non_customers)."""
+    """The CTEs `matched` and `flagged` of one part: the audience, then each recipient's first reason not to be
+    reached (NULL: eligible) and their zone. The one definition for the refresh and the preview."""
     branches, joins = F.sql(filters)
     rows = recipient_rows("$1", "m.consumer_id", non_customers)
     item = "a.item" if yields_item else "NULL::bigint"
@@ -158,7 +157,18 @@ def refresh_sql(
             END AS reason
         FROM matched m {rows} {zone_row("m.consumer_id")}
         {joins}
-    ),
+    )"""
+
+
+def refresh_sql(
+    audience_sql: str, yields_item: bool, channel: str, filters: list[str] | tuple[str, ...] = (),
+    non_customers: bool = False,
+) -> str:
+    """The refresh statement of one part: the audience, the exclusions (R-EXC-1), whom the phase already
+    reached, then the plan's named filters (audiences/filters.py), in this order of precedence; the eligible
+    numbered into the snapshot, (reason, n) returned.
+    `non_customers`: the audience may yield consumers without a shop row (Audience.reaches_non_customers)."""
+    return f"""{_flagged_sql(audience_sql, yields_item, channel, filters, non_customers)},
     ins AS (
         INSERT INTO audience_snapshots (campaign_id, phase, day, seq, consumer_id, item, timezone)
         SELECT $4, $5, $6, ((row_number() OVER (ORDER BY consumer_id) - 1) * $8::int + $9::int)::int, consumer_id, item,
@@ -166,6 +176,38 @@ def refresh_sql(
         FROM flagged WHERE reason IS NULL
     )
     SELECT coalesce(reason, 'eligible') AS reason, count(*)::int AS n FROM flagged GROUP BY 1
+    """
+
+
+# The preview's rows of candidates the caps may stop (PREVIEW_CANDIDATE rows of `preview_count_sql`).
+PREVIEW_CANDIDATE = "fatigue_candidate"
+# The preview's count of eligible consumers per zone of their own (R-WIN-1: when their window opens).
+PREVIEW_ZONE = "zone"
+
+
+def preview_count_sql(
+    audience_sql: str, channel: str, filters: list[str] | tuple[str, ...], non_customers: bool, window_param: int,
+) -> str:
+    """The preview's statement of one part (audiences/preview.py): the refresh's `flagged` without writing the
+    snapshot, (reason, n, NULL, NULL) rows, then (PREVIEW_CANDIDATE, 0, consumer, zone) for each eligible
+    consumer with a fatigue row on the channel in the last ${window_param} days before the day $6: the only
+    consumers a cap can stop (a consumer without one has all counts 0). A primary-key range probe per eligible
+    consumer (fatigue_day leads with consumer_id); the channel is a constant of CHANNELS. Last, (PREVIEW_ZONE, n,
+    NULL, zone) for each zone of eligible consumers who have one (R-WIN-1)."""
+    if channel not in CHANNELS:
+        raise errors.invalid_input("channel", f"unknown channel {channel!r}")
+    window = int(window_param)
+    return f"""{_flagged_sql(audience_sql, False, channel, filters, non_customers)}
+    SELECT coalesce(reason, 'eligible') AS reason, count(*)::int AS n, NULL::bigint AS consumer_id, NULL::text AS zone
+    FROM flagged GROUP BY 1
+    UNION ALL
+    SELECT '{PREVIEW_CANDIDATE}', 0, f.consumer_id, f.zone FROM flagged f
+    WHERE f.reason IS NULL
+      AND EXISTS (SELECT 1 FROM fatigue_day d WHERE d.consumer_id = f.consumer_id AND d.day >= $6::date - ${window}::int
+                    AND d.channel = '{channel}')
+    UNION ALL
+    SELECT '{PREVIEW_ZONE}', count(*)::int, NULL, f.zone FROM flagged f WHERE f.reason IS NULL AND f.zone IS NOT NULL
+    GROUP BY f.zone
     """
 
 
@@ -179,8 +221,18 @@ class RefreshStatement:
     audience_args: list  # bound from $11 on
 
 
-def checked_refresh_sql(inp: RefreshAudienceInput) -> RefreshStatement:
-    """The refresh statement for the input's audience, channel and filters; unknown names are bad input."""
+@dataclass(frozen=True)
+class _CheckedAudience:
+    sql: str
+    args: list  # bound from $11 on
+    yields_item: bool
+    non_customers: bool
+
+
+def _checked_audience(inp: RefreshAudienceInput, choose_items: bool = True) -> _CheckedAudience:
+    """The input's audience as SQL with its arguments; unknown names are bad input. Without `choose_items` a custom
+    audience's product choice (R-RP-10) is left out: it gives every recipient one product and removes no one, so
+    counts are the same without it."""
     unknown = set(inp.filters) - F.NAMES
     if unknown:
         raise errors.invalid_input("filters", f"unknown audience filters {sorted(unknown)} (one of {sorted(F.NAMES)})")
@@ -193,11 +245,11 @@ def checked_refresh_sql(inp: RefreshAudienceInput) -> RefreshStatement:
         if tags:  # R-RP-3: tags narrow the audience
             audience_sql = narrowed_by_tags(audience_sql, FIRST_AUDIENCE_PARAM + len(args))
             args = [*args, tags]
-        coupons = inp.audience_params.get("coupon_ids")
+        coupons = inp.audience_params.get("coupon_ids") if choose_items else None
         if coupons:  # the products of these coupons are pushed, one per recipient (R-RP-10)
             audience_sql = with_item_choice(audience_sql, FIRST_AUDIENCE_PARAM + len(args))
             args = [*args, list(coupons)]
-        return RefreshStatement(refresh_sql(audience_sql, bool(coupons), inp.channel.value, inp.filters, non_customers), args)
+        return _CheckedAudience(audience_sql, args, bool(coupons), non_customers)
     aud = AUDIENCES.get(inp.audience)
     if aud is None:
         raise errors.invalid_input("audience", f"unknown audience {inp.audience!r} (one of {', '.join(sorted(names()))})")
@@ -209,7 +261,22 @@ def checked_refresh_sql(inp: RefreshAudienceInput) -> RefreshStatement:
     if tags:  # R-RP-3: tags narrow any audience
         audience_sql = narrowed_by_tags(audience_sql, FIRST_AUDIENCE_PARAM + len(args))
         args = [*args, tags]
-    return RefreshStatement(refresh_sql(audience_sql, aud.yields_item, inp.channel.value, inp.filters, non_customers), args)
+    return _CheckedAudience(audience_sql, args, aud.yields_item, non_customers)
+
+
+def checked_refresh_sql(inp: RefreshAudienceInput) -> RefreshStatement:
+    """The refresh statement for the input's audience, channel and filters; unknown names are bad input."""
+    a = _checked_audience(inp)
+    return RefreshStatement(refresh_sql(a.sql, a.yields_item, inp.channel.value, inp.filters, a.non_customers), a.args)
+
+
+def checked_preview_sql(inp: RefreshAudienceInput, window_days: int) -> RefreshStatement:
+    """The preview's count statement (`preview_count_sql`) for the input; its last argument, after the audience's,
+    is how many days back a fatigue row makes a consumer a candidate of the caps."""
+    a = _checked_audience(inp, choose_items=False)
+    window_param = FIRST_AUDIENCE_PARAM + len(a.args)
+    sql = preview_count_sql(a.sql, inp.channel.value, inp.filters, a.non_customers, window_param)
+    return RefreshStatement(sql, [*a.args, int(window_days)])
 
 
 def checked_tags(params: dict) -> list[str] | None:
@@ -266,13 +333,15 @@ async def refresh_args(conn: asyncpg.Connection, inp: RefreshAudienceInput, stat
 
 
 def count_reasons(rows) -> tuple[int, dict[str, int]]:
-    """(eligible, excluded per reason) from the refresh statement's (reason, n) rows."""
-    counts: Counter[str] = Counter(dict(rows))
+    """(eligible, excluded per reason) from the (reason, n) rows of a refresh statement, its parts' rows summed."""
+    counts: Counter[str] = Counter()
+    for reason, n in rows:
+        counts[reason] += n
     return counts.pop("eligible", 0), dict(counts)
 
 
 class AudienceActivities:
-    def __init__(self, pool: asyncpg.Pool, *, parts: int = 2):
+    def __init__(self, pool: asyncpg.Pool, *, parts: int = DEFAULT_REFRESH_PARTS):
         self.pool = pool
         self.parts = parts
 
@@ -328,14 +397,26 @@ class AudienceActivities:
         return RefreshAudienceResult(matched=matched, eligible=eligible, excluded=excluded, seq_end=seq_end)
 
     async def _refresh_part(self, sql: str, args: list) -> dict[str, int]:
-        async with self.pool.acquire() as conn, conn.transaction():
-            # The refresh reads the shop's whole customer base: hash joins are always right here.
-            # A shop whose rows are newer than the statistics (a new shop, a fresh import) is
-            # estimated at one row, and nested loops over it went quadratic: 30,000 customers
-            # took minutes instead of 0.2 s (docs/design.md, "Statistics that do not know today").
-            # Numbering a 1M-recipient day sorts ~20 MB: in memory rather than in temp files.
-            # JIT off: with nested loops off, PostgreSQL 15/16 add a huge cost to every nested loop that is
-            # left, which pushes even an empty shop's repurchase statement over the JIT thresholds (about
-            # 1.5 s of compiling, measured on PostgreSQL 15, for a statement that runs in milliseconds).
-            await conn.execute("SET LOCAL enable_nestloop = off; SET LOCAL work_mem = '64MB'; SET LOCAL jit = off")
-            return {r["reason"]: r["n"] for r in await conn.fetch(sql, *args)}
+        return {r["reason"]: r["n"] for r in await run_part(self.pool, sql, args, REFRESH_SETTINGS)}
+
+
+# The refresh reads the shop's whole customer base: hash joins are always right here.
+# A shop whose rows are newer than the statistics (a new shop, a fresh import) is
+# estimated at one row, and nested loops over it went quadratic: 30,000 customers
+# took minutes instead of 0.2 s (docs/design.md, "Statistics that do not know today").
+# Numbering a 1M-recipient day sorts ~20 MB: in memory rather than in temp files.
+# JIT off: with nested loops off, PostgreSQL 15/16 add a huge cost to every nested loop that is
+# left, which pushes even an empty shop's repurchase statement over the JIT thresholds (about
+# 1.5 s of compiling, measured on PostgreSQL 15, for a statement that runs in milliseconds).
+REFRESH_SETTINGS = "SET LOCAL enable_nestloop = off; SET LOCAL work_mem = '64MB'; SET LOCAL jit = off"
+# The preview's count statement: the refresh's memory for its sorts and hashes; nested loops allowed (its
+# fatigue candidates are primary-key probes), JIT off (a statement of about a second compiles for longer).
+PREVIEW_SETTINGS = "SET LOCAL work_mem = '64MB'; SET LOCAL jit = off"
+
+
+async def run_part(pool: asyncpg.Pool, sql: str, args: list, settings: str) -> list:
+    """One part of a refresh or preview statement on a connection of its own, in its own transaction with the
+    settings (REFRESH_SETTINGS or PREVIEW_SETTINGS): the parts of a statement run at once, one core each."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(settings)
+        return await conn.fetch(sql, *args)

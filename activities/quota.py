@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from decimal import Decimal
 
 import asyncpg
 from sluice.activities import errors
@@ -25,6 +26,7 @@ from sluice.schemas.quota import EDM_QUOTA, Account, QuotaPlan, costs, remaining
 _ACCOUNT_READ = {EDM_QUOTA: "SELECT balance, daily_limit FROM edm_accounts WHERE shop_id = $1"}
 _ACCOUNT_LOCK = {EDM_QUOTA: "SELECT balance, daily_limit FROM edm_accounts WHERE shop_id = $1 FOR UPDATE"}
 _ACCOUNT_DEBIT = {EDM_QUOTA: "UPDATE edm_accounts SET balance = balance - $2, updated_at = now() WHERE shop_id = $1"}
+_ACCOUNT_CREDIT = {EDM_QUOTA: "UPDATE edm_accounts SET balance = balance + $2, updated_at = now() WHERE shop_id = $1"}
 # The shop's counter of the day, created and locked in one primary-key upsert.
 _DAY_LOCK = """
     INSERT INTO quota_day AS q (shop_id, quota, day) VALUES ($1, $2, $3)
@@ -33,6 +35,8 @@ _DAY_LOCK = """
 """
 _DAY_READ = "SELECT used FROM quota_day WHERE shop_id = $1 AND quota = $2 AND day = $3"
 _DAY_TAKE = "UPDATE quota_day SET used = used + $4, cost = cost + $5 WHERE shop_id = $1 AND quota = $2 AND day = $3"
+# Failed deliveries' units and costs given back. Primary key.
+_DAY_GIVE_BACK = "UPDATE quota_day SET used = used - $4, cost = cost - $5 WHERE shop_id = $1 AND quota = $2 AND day = $3"
 # Each live delivery's price: primary-key updates of rows the same transaction inserted.
 _DELIVERY_COST = """
     UPDATE deliveries d SET cost = u.cost
@@ -64,16 +68,34 @@ async def hold_quota(conn: asyncpg.Connection, plan: QuotaPlan, shop_id: str, da
 
 async def take_quota(
     conn: asyncpg.Connection, plan: QuotaPlan, hold: QuotaHold, shop_id: str, ledger: tuple, ids: list[int]
-) -> None:
+) -> Decimal:
     """Count the chunk's live deliveries `ids` against the day, price each (the day's first free), and debit
-    the account. `ledger`: (campaign, phase, day, channel) of their rows."""
+    the account. `ledger`: (campaign, phase, day, channel) of their rows. Returns what they cost together."""
     prices = costs(plan, hold.used, len(ids))
-    total = sum(prices)
+    total = sum(prices, Decimal(0))
     campaign, phase, day, channel = ledger
     await conn.execute(_DAY_TAKE, shop_id, plan.name, day, len(ids), total)
     await conn.execute(_DELIVERY_COST, campaign, phase, day, channel, ids, prices)
     if total:
         await conn.execute(_account(plan, _ACCOUNT_DEBIT), shop_id, total)
+    return total
+
+
+async def give_back_quota(
+    conn: asyncpg.Connection, plan: QuotaPlan, shop_id: str, day: date, n: int, cost: Decimal
+) -> None:
+    """`n` deliveries of the shop's `day` that failed (never delivered) give back their units and their `cost`
+    (credited to the account), in the transaction that records them: the account first, then the day
+    counter (hold_quota's order), before any consumer's row."""
+    if cost:
+        await conn.execute(_account(plan, _ACCOUNT_CREDIT), shop_id, cost)
+    if n:
+        await conn.execute(_DAY_GIVE_BACK, shop_id, plan.name, day, n, cost)
+
+
+async def quota_used(conn: asyncpg.Connection, plan: QuotaPlan, shop_id: str, day: date) -> int:
+    """The shop's messages of `day` so far, read without a lock (the preview prices what follows)."""
+    return await conn.fetchval(_DAY_READ, shop_id, plan.name, day) or 0
 
 
 async def quota_left(conn: asyncpg.Connection, plan: QuotaPlan, shop_id: str, day: date) -> tuple[int, str | None]:

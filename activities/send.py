@@ -30,13 +30,16 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 
 import asyncpg
 from sluice.activities import errors
 from sluice.activities.audience import exclusion_branches, recipient_address, recipient_rows
+from sluice.activities.budget import give_back_budget, hold_budget, take_budget
 from sluice.activities.context import bind_activity_context
 from sluice.activities.offers import HELD, RELEASED
-from sluice.activities.quota import hold_quota, take_quota
+from sluice.activities.quota import give_back_quota, hold_quota, take_quota
+from sluice.activities.window import window_deferred_sql
 from sluice.channels import chat, sms
 from sluice.channels.base import Outbound, Outcome, send_and_settle
 from sluice.channels.outbox import InDatabaseChannel
@@ -46,8 +49,10 @@ from sluice.outcomes.holdout import held_out
 from sluice.schemas import activities as A
 from sluice.schemas.activities import ReconcileInput, ReconcileResult, SendSliceInput, SendSliceResult
 from sluice.schemas.benefits import SHOP_BENEFITS, BenefitChoice, MemberBenefit, required_benefit_problem
+from sluice.schemas.budget import within_budget
 from sluice.schemas.campaign import PERSONAL_PLACEHOLDERS
 from sluice.schemas.fatigue import FatiguePolicy, policy_for
+from sluice.schemas.quota import QuotaPlan, costs
 from sluice.schemas.rules import template_key
 from sluice.workers import metrics
 from sluice.workflows.calendar import local_day
@@ -102,6 +107,24 @@ class ChunkOutcome:
     suppressed: Counter = field(default_factory=Counter)
     # Why the chunk stopped before its end and the slice should too (R-ED-4: the shop's quota), or None.
     stopped: str | None = None
+    # R-WIN-1: recipients outside their own window at the hand-off, left undecided for a later pass.
+    deferred: int = 0
+
+
+# How often a chunk is decided again after its transaction rolled back (a probe, then the stock lock, then once more).
+_CHUNK_TRIES = 4
+RERUN_PROBE, RERUN_LOCK_STOCK = "probe", "lock_stock"
+
+
+def _rerun_reason(exc: BaseException) -> str:
+    """How a chunk whose transaction rolled back on `exc` is decided again.
+
+    A ledger key that exists (UniqueViolationError): some row was decided before (an earlier attempt of this slice
+    that crashed after its commit and before its heartbeat, a re-run of the range, an attempt still running):
+    read those decisions from the ledger (probe). The coupon stock raced (StockRaced) or the end-of-chunk coupon
+    lock met a chunk that took the coupons first and now waits for a row this one holds (DeadlockDetectedError,
+    PostgreSQL aborts one of the two after deadlock_timeout): take the coupon lock first this time."""
+    return RERUN_PROBE if isinstance(exc, asyncpg.UniqueViolationError) else RERUN_LOCK_STOCK
 
 
 def _body(inp: SendSliceInput) -> str:
@@ -112,19 +135,31 @@ def fatigue_day_sql(instant: str, platform_day: str) -> str:
     """R-FAT-DAY: the recipient's natural day at `instant`, per snapshot row `s`: the local date in the zone
     the refresh resolved for them (audience_snapshots.timezone, activities/audience.py RECIPIENT_ZONE), else
     `platform_day`, the platform's date at the instant, computed once per statement (`platform_day_of`).
-    The one definition for the send path and the preview."""
+    `recipient_fatigue_day` is the same in Python."""
     local = f"({instant}::timestamptz AT TIME ZONE s.timezone)::date"
     return f"CASE WHEN s.timezone IS NULL THEN {platform_day}::date ELSE {local} END"
 
 
+def recipient_fatigue_day(instant: datetime, zone: str | None, platform_tz: str) -> date:
+    """`fatigue_day_sql` in Python, for a few rows (the preview's candidates): the date at `instant` in the
+    recipient's resolved zone, else the platform's."""
+    return local_day(instant, zone or platform_tz)
+
+
 def platform_day_of(instant: datetime, platform_tz: str) -> date:
     """The platform's calendar date at `instant`: the natural day of a recipient whose zone is unknown (R-FAT-DAY)."""
-    return local_day(instant, platform_tz)
+    return recipient_fatigue_day(instant, None, platform_tz)
 
 
-def _chunk_sql(channel: str, probe: bool, personal: bool = False, non_customers: bool = False) -> str:
+def _chunk_sql(
+    channel: str, probe: bool, personal: bool = False, non_customers: bool = False, later_pass: bool = False,
+    zoned_only: bool = False,
+) -> str:
     """The chunk's snapshot rows with what send time needs: exclusions, address, earlier decision,
-    and each recipient's own fatigue day (`fday`) at the hand-off instant $7 (the platform's date at it: $8).
+    each recipient's own fatigue day (`fday`) at the hand-off instant $7 (the platform's date at it: $8),
+    and whether they wait for their own send window then (`deferred`, R-WIN-1, `window_deferred_sql`;
+    `later_pass`: a later pass of the day, where only recipients with a zone are sent; `zoned_only`:
+    only those are read).
 
     `probe` reads each row's earlier decision in the ledger. A chunk no attempt has decided
     has none, so the first reading skips it: if another attempt did decide some row, the
@@ -147,13 +182,14 @@ def _chunk_sql(channel: str, probe: bool, personal: bool = False, non_customers:
     # needs: the product the audience chose (R-RP-10), the customer's nickname and, read now, whether they
     # are a member of the shop (R-RP-4: which member benefit they are told of).
     personal_columns = ", s.item, c.nick, coalesce(c.is_member, false)" if personal else ""
+    zoned = " AND s.timezone IS NOT NULL" if zoned_only else ""
     return f"""
         SELECT s.seq, s.consumer_id, {recipient_address(channel, non_customers)} AS address, {prior} AS prior,
                CASE {exclusion_branches(channel, non_customers)} END AS excluded{personal_columns},
-               {fatigue_day_sql("$7", "$8")} AS fday
+               {fatigue_day_sql("$7", "$8")} AS fday, {window_deferred_sql("$7", later_pass)} AS deferred
         FROM audience_snapshots s
         {recipient_rows("$4", "s.consumer_id", non_customers)}
-        WHERE s.campaign_id = $1 AND s.phase = $2 AND s.day = $3 AND s.seq >= $5 AND s.seq < $6
+        WHERE s.campaign_id = $1 AND s.phase = $2 AND s.day = $3 AND s.seq >= $5 AND s.seq < $6{zoned}
         ORDER BY s.seq
     """
 
@@ -253,7 +289,8 @@ def _write_sql(handoff: bool) -> str:
     INSERT INTO deliveries (campaign_id, phase, consumer_id, day, channel, shop_id, template_group,
                             fatigue_day, state, reason, provider_ref, decided_at, benefit_id, cost, sender_agent)
     SELECT $1, $2, u.id, $3, $4, $5, $6, u.fday,
-           CASE WHEN u.reason IS NULL THEN $11 WHEN u.reason = '{A.HELD_OUT}' THEN u.reason ELSE 'suppressed' END,
+           CASE WHEN u.reason IS NULL THEN $11 WHEN u.reason = '{A.HELD_OUT}' THEN u.reason
+                WHEN u.reason = '{A.NOT_SENT_BUDGET}' THEN 'not_sent' ELSE 'suppressed' END,
            nullif(u.reason, '{A.HELD_OUT}'), {ref}, $8, u.benefit, u.cost, CASE WHEN u.reason IS NULL THEN u.agent END
     FROM u
 """
@@ -266,7 +303,14 @@ _RECORD_OUTCOMES = """
     FROM unnest($6::bigint[], $7::text[], $8::text[], $9::text[]) AS u(id, state, ref, reason)
     WHERE d.campaign_id = $1 AND d.phase = $2 AND d.day = $3 AND d.channel = $4
       AND d.consumer_id = u.id AND d.state = ANY($5::text[])
-    RETURNING d.consumer_id, d.fatigue_day
+    RETURNING d.consumer_id, d.fatigue_day, d.cost
+"""
+# A failed delivery costs nothing (R-AQ-5, R-ED-4, R-COST-BUDGET): its cost leaves the ledger's sums. $1 campaign,
+# $2 phase, $3 day, $4 channel, $5 consumers. Primary-key probes of rows this transaction just updated.
+_FORGET_COST = """
+    UPDATE deliveries SET cost = NULL
+    WHERE campaign_id = $1 AND phase = $2 AND day = $3 AND channel = $4 AND consumer_id = ANY($5::bigint[])
+      AND cost IS NOT NULL
 """
 
 
@@ -280,19 +324,59 @@ _HOLD_OFFERS = """
     SELECT $1, $2, u.id, $3, $4, $5, u.coupon, u.item, $9::timestamptz, $9::timestamptz + make_interval(hours => $10::int)
     FROM unnest($6::bigint[], $7::text[], $8::bigint[]) AS u(id, coupon, item)
 """
-# The usable stock of the chunk's coupons (0 outside their validity at $3), coupon rows locked in coupon
-# order after the consumers' rows (the same order everywhere). $1 coupons (ascending), $2 shop, $3 the
+# The usable stock of the chunk's coupons (0 outside their validity at $3). $1 coupons (ascending), $2 shop, $3 the
 # hand-off instant. Primary-key probes on coupon_id (one to three coupons).
-_LOCK_COUPONS = """
+_COUPON_STOCK = """
     SELECT coupon_id, CASE WHEN valid_from <= $3 AND valid_to > $3 THEN stock ELSE 0 END AS usable
-    FROM coupons WHERE coupon_id = ANY($1::text[]) AND shop_id = $2 ORDER BY coupon_id FOR UPDATE
+    FROM coupons WHERE coupon_id = ANY($1::text[]) AND shop_id = $2 ORDER BY coupon_id
 """
+# The same, the coupon rows locked in coupon order (after the consumers' rows: the same order everywhere). Every
+# chunk of a campaign with offers takes the same one to three rows: taken where the chunk allocates its offers,
+# the lock serialised the chunks for their whole transaction (81% of the whole-shop K-REPURCHASE day's statement
+# time was this statement waiting, 1.5 s per chunk at 1M under load). So a chunk first allocates from
+# `_COUPON_STOCK`, unlocked, and takes this lock only at its end, just before `_TAKE_STOCK` and its commit
+# (`StockTaking`); only a chunk that found the stock raced re-runs with the lock taken first.
+_LOCK_COUPONS = _COUPON_STOCK + " FOR UPDATE"
 # The units allocate_offers granted: $1 coupons, $2 units each.
 _TAKE_STOCK = """
     UPDATE coupons c SET stock = c.stock - u.n
     FROM unnest($1::text[], $2::int[]) AS u(coupon_id, n) WHERE c.coupon_id = u.coupon_id
 """
 # A delivery that was not sent gives its offer's unit back (R-OC-8); a no-op for deliveries without one.
+class StockRaced(Exception):
+    """A chunk's optimistic allocation found, at its end, less stock than it had read: re-run it with the lock."""
+
+
+@dataclass
+class StockTaking:
+    """The coupon units a chunk takes (R-BEN-1, R-RP-5), applied once at its end.
+
+    `locked`: the coupon rows were locked when the stock was read (a re-run after StockRaced); else they were read
+    unlocked and `apply` locks them now, checks what it read still holds, and raises StockRaced if not (the
+    chunk's transaction then rolls back whole)."""
+
+    locked: bool
+    at: datetime
+    taken: Counter = field(default_factory=Counter)
+
+    async def usable(self, conn, coupons: list[str], shop_id: str) -> dict[str, int]:
+        if not coupons:
+            return {}
+        if self.locked:
+            return dict(await conn.fetch(_LOCK_COUPONS, coupons, shop_id, self.at))
+        return dict(await conn.fetch(_COUPON_STOCK, coupons, shop_id, self.at))
+
+    async def apply(self, conn, shop_id: str) -> None:
+        coupons = sorted(c for c, n in self.taken.items() if n)
+        if not coupons:
+            return
+        if not self.locked:
+            now = dict(await conn.fetch(_LOCK_COUPONS, coupons, shop_id, self.at))
+            if any(now.get(c, 0) < self.taken[c] for c in coupons):
+                raise StockRaced(f"coupons {coupons}: {self.taken} wanted, {now} left")
+        await conn.execute(_TAKE_STOCK, coupons, [self.taken[c] for c in coupons])
+
+
 # Answers how many claims it released (a data-modifying CTE runs whether or not the query reads it).
 _RELEASE_OFFERS = """
     WITH r AS (
@@ -390,8 +474,9 @@ class SendActivities:
             log.info("resuming slice from heartbeat", next_seq=result.next_seq)
         channel = self.channels.get(inp.channel.value)
         # An earlier attempt may have committed the chunk after its last heartbeat: read the
-        # ledger for that one. Later chunks were not reached by it (chunks run in order).
-        probe = bool(details) or activity.info().attempt > 1
+        # ledger for that one. Later chunks were not reached by it (chunks run in order). A later pass
+        # of the day (R-WIN-1) reads every chunk with the ledger: most of its rows were decided before.
+        probe = bool(details) or activity.info().attempt > 1 or inp.later_pass
         personal = await self._personal(inp)
         while result.next_seq < inp.seq_hi:
             if result.stopped_reason is not None:  # a chunk found the shop's quota spent (R-ED-4)
@@ -412,7 +497,7 @@ class SendActivities:
             # A chunk runs to its end even when the workflow cancels the slice
             # (pause, 22:00): a reservation is never left without its send.
             chunk = asyncio.ensure_future(self._run_chunk(inp, result, channel, probe, personal))
-            probe = False
+            probe = inp.later_pass
             try:
                 await asyncio.shield(chunk)
             except asyncio.CancelledError:
@@ -428,6 +513,7 @@ class SendActivities:
             sent=result.sent,
             suppressed=result.suppressed,
             stopped=result.stopped_reason,
+            deferred=result.deferred,
         )
         return result
 
@@ -437,22 +523,26 @@ class SendActivities:
         hi = min(result.next_seq + inp.chunk_size, inp.seq_hi)
         handoff = isinstance(channel, InDatabaseChannel)
         budget = inp.budget - result.reserved
-        try:
-            chunk = await self._reserve(inp, result.next_seq, hi, budget, handoff, probe=probe,
-                                        personal=personal)
-        except asyncpg.UniqueViolationError:
-            # Some row of the chunk was decided before: by an earlier attempt of this slice (a
-            # crash after its commit, before its heartbeat), by a re-run of the range, or by an
-            # attempt still running. Our transaction rolled back whole: decide the chunk again,
-            # reading those decisions from the ledger.
-            bind_activity_context(shop_id=inp.shop_id, campaign_db_id=inp.campaign_db_id).info(
-                "chunk decided before; reading it again with the ledger", seq=result.next_seq
-            )
-            chunk = await self._reserve(inp, result.next_seq, hi, budget, handoff, probe=True,
-                                        personal=personal)
+        lock_stock = False
+        for attempt in range(_CHUNK_TRIES):
+            try:
+                chunk = await self._reserve(inp, result.next_seq, hi, budget, handoff, probe=probe, personal=personal,
+                                            lock_stock=lock_stock)  # fmt: skip
+                break
+            except (asyncpg.UniqueViolationError, StockRaced, asyncpg.DeadlockDetectedError) as exc:
+                # The transaction rolled back whole; decide the chunk again (_rerun_reason says how).
+                if attempt == _CHUNK_TRIES - 1:
+                    raise
+                why = _rerun_reason(exc)
+                probe = probe or why == RERUN_PROBE
+                lock_stock = lock_stock or why == RERUN_LOCK_STOCK
+                bind_activity_context(shop_id=inp.shop_id, campaign_db_id=inp.campaign_db_id).info(
+                    "chunk decided again", seq=result.next_seq, why=why, error=type(exc).__name__
+                )
         outcomes = await dispatch(channel, chunk.to_send, chunk.to_reconcile)
         await self._record(
-            LedgerDay(inp.campaign_db_id, inp.phase_index, inp.day, inp.channel.value, inp.shop_id, inp.template_cap),
+            LedgerDay(inp.campaign_db_id, inp.phase_index, inp.day, inp.channel.value, inp.shop_id, inp.template_cap,
+                      inp.quota),
             outcomes,
         )
         result.next_seq = chunk.next_seq
@@ -461,6 +551,7 @@ class SendActivities:
         for o in outcomes:
             setattr(result, o.state, getattr(result, o.state) + 1)
         result.sent += chunk.already_sent + chunk.handed_off
+        result.deferred += chunk.deferred
         for reason, n in chunk.suppressed.items():
             result.suppressed[reason] = result.suppressed.get(reason, 0) + n
 
@@ -493,7 +584,7 @@ class SendActivities:
                 Outbound(inp.campaign_db_id, phase, r["consumer_id"], day, inp.channel.value, r["address"] or "", "")
                 for r in group
             ]
-            key = LedgerDay(inp.campaign_db_id, phase, day, inp.channel.value, inp.shop_id, inp.template_cap)
+            key = LedgerDay(inp.campaign_db_id, phase, day, inp.channel.value, inp.shop_id, inp.template_cap, inp.quota)
             try:
                 known = await channel.reconcile(messages)
             except Exception as exc:  # the provider cannot answer now: keep the caps, try later
@@ -563,7 +654,7 @@ class SendActivities:
 
     async def _reserve(
         self, inp: SendSliceInput, lo: int, hi: int, budget: int, handoff: bool = False,
-        *, probe: bool = True, personal: Personal | None = None,
+        *, probe: bool = True, personal: Personal | None = None, lock_stock: bool = False,
     ) -> ChunkOutcome:
         """Decide the chunk [lo, hi) in one transaction: exclusions, caps, ledger rows, counters.
 
@@ -583,7 +674,8 @@ class SendActivities:
         args = [inp.campaign_db_id, inp.phase_index, inp.day, inp.shop_id, lo, hi, handed_at,
                 platform_day_of(handed_at, self.platform_timezone)]
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(_chunk_sql(ch, probe, personal is not None, inp.reaches_non_customers),
+            rows = await conn.fetch(_chunk_sql(ch, probe, personal is not None, inp.reaches_non_customers, inp.later_pass,
+                                               inp.zoned_only),
                                     *args, *([ch] if probe else []))  # fmt: skip
             # R-FAT-DAY: each recipient's own natural day, in the zone the refresh resolved for them.
             fdays = {r["consumer_id"]: r["fday"] for r in rows}
@@ -601,7 +693,10 @@ class SendActivities:
             # Budget (R-PH-7) counts every delivery this slice stands behind: new
             # candidates, reservations to finish and sends already made.
             committed = 0
-            for seq, consumer, address, prior, excluded in (r[:5] for r in rows):
+            for seq, consumer, address, prior, excluded, waits in ((*r[:5], r["deferred"]) for r in rows):
+                if waits and prior is None:
+                    out.deferred += 1  # R-WIN-1: outside their own window now: undecided, no cap, no budget
+                    continue
                 if excluded is None and prior is None and held_out(inp.campaign_db_id, consumer, inp.holdout_percent):
                     excluded = A.HELD_OUT  # R-HO-1: the control group: decided, never sent, no cap taken
                 live = (excluded is None) if prior is None else prior in _COMMITTED_STATES
@@ -658,12 +753,14 @@ class SendActivities:
                         decisions[r["id"]] = _cap_reason(r, earlier.get(r["id"], 0), cap, policy)
             offered: dict[int, OfferItem] = {}
             benefits: dict[int, MemberBenefit] = {}
+            # The coupon units the chunk's offers take, from stock read unlocked and applied at the end (StockTaking).
+            stock = StockTaking(locked=lock_stock, at=handed_at)
             if inp.offer is not None:
                 offered = await self._take_offer_stock(conn, inp, personal, [c for c in ids if decisions[c] is None],
-                                                       extras, decisions, handed_at)
+                                                       extras, decisions, stock)
             elif inp.benefit is not None:
                 benefits = await self._take_benefit_stock(conn, inp, personal, [c for c in ids if decisions[c] is None],
-                                                          extras, decisions, handed_at)
+                                                          extras, decisions, stock)
 
             reasons = [decisions[c] for c in ids]
             live_now = [c for c, why in zip(ids, reasons, strict=True) if why is None]
@@ -674,6 +771,12 @@ class SendActivities:
                 if personal is not None
                 else None
             )
+            # ---- R-COST-BUDGET (activities/budget.py): a priced chunk of a campaign with a budget locks its spend
+            # row here (after the consumers and coupons, before the SMS credits) and sends the prefix that fits.
+            spend = (await hold_budget(conn, inp.campaign_db_id, inp.campaign_budget)
+                     if inp.campaign_budget is not None and live_now and (signature is not None or quota is not None)
+                     else None)  # fmt: skip
+            over_budget: list[int] = []
             debit = None
             if signature is not None and live_now:
                 # R-AQ-5: each message paid from the shop's credits in this transaction; who cannot be paid for
@@ -682,11 +785,21 @@ class SendActivities:
                     bodies = {c: sms.sms_text(b, signature) for c, b in bodies.items()}
                 debit = await sms.charge(conn, inp.shop_id, {c: bodies[c] if bodies is not None else shared_body
                                                              for c in live_now}, handed_at, inp.campaign_db_id,
-                                         inp.phase_index, inp.day)  # fmt: skip
+                                         inp.phase_index, inp.day, spend.left if spend else None)  # fmt: skip
+                over_budget = debit.over_budget
                 if debit.refused:
-                    await self._unpaid(conn, debit.refused, decisions, offered, benefits)
+                    self._unpaid(debit.refused, decisions, offered, benefits, stock)
                     reasons = [decisions[c] for c in ids]
                     live_now = [c for c, why in zip(ids, reasons, strict=True) if why is None]
+            elif spend is not None:  # R-ED-4's prices: the day's first free, in consumer order (none once exhausted)
+                fits = 0 if spend.exhausted else within_budget(costs(inp.quota, quota.used, len(live_now)), spend.left)
+                over_budget = live_now[fits:]
+            if over_budget:
+                self._unpaid(over_budget, decisions, offered, benefits, stock, A.NOT_SENT_BUDGET)
+                reasons = [decisions[c] for c in ids]
+                live_now = [c for c, why in zip(ids, reasons, strict=True) if why is None]
+                out.stopped = A.NOT_SENT_BUDGET
+            # ---- end R-COST-BUDGET
             args = [
                 inp.campaign_db_id, inp.phase_index, inp.day, ch, inp.shop_id, cap.group if cap else "",
                 [fdays[c] for c in ids], inp.decided_at, ids, reasons, "sent" if handoff else "reserved",
@@ -700,9 +813,13 @@ class SendActivities:
             if handoff:
                 args.append([senders[c] for c in live_now] if senders else None)  # R-PH-5: outbox.senders
             await conn.execute(_WRITE_HANDED_OFF if handoff else _WRITE_RESERVED, *args)
+            quota_cost = Decimal(0)
             if quota is not None and live_now:
-                await take_quota(conn, inp.quota, quota, inp.shop_id, (inp.campaign_db_id, inp.phase_index, inp.day, ch),
-                                 live_now)
+                quota_cost = await take_quota(conn, inp.quota, quota, inp.shop_id,
+                                              (inp.campaign_db_id, inp.phase_index, inp.day, ch), live_now)  # fmt: skip
+            if spend is not None:  # R-COST-BUDGET: the chunk's committed costs, in its own transaction
+                chunk_cost = sum(debit.cost.values(), Decimal(0)) if debit is not None else quota_cost
+                await take_budget(conn, inp.campaign_db_id, chunk_cost, bool(over_budget))
             if offered and live_now:
                 await conn.execute(
                     _HOLD_OFFERS, inp.campaign_db_id, inp.phase_index, inp.day, ch, inp.shop_id, live_now,
@@ -722,6 +839,8 @@ class SendActivities:
             unused = sorted(reserved.difference(live_now))
             if unused:
                 await release_reservations(conn, unused, [fdays[c] for c in unused], inp.shop_id, ch, cap)
+            # Last: the coupon rows' lock is held only from here to the commit (StockTaking).
+            await stock.apply(conn, inp.shop_id)
             if handoff:
                 out.handed_off = len(live_now)
             else:
@@ -732,6 +851,7 @@ class SendActivities:
         # Committed: what this transaction itself decided (workers/metrics.py).
         decided = Counter(r for r in reasons if r is not None)
         metrics.count_deliveries(ch, A.HELD_OUT, decided.pop(A.HELD_OUT, 0))  # the control group's own state (R-HO-1)
+        metrics.count_deliveries(ch, metrics.NOT_SENT, decided.pop(A.NOT_SENT_BUDGET, 0))  # R-COST-BUDGET: not_sent
         metrics.count_suppressed(ch, decided)
         if handoff:
             metrics.count_deliveries(ch, metrics.SENT, len(live_now))
@@ -741,14 +861,13 @@ class SendActivities:
     @staticmethod
     async def _take_offer_stock(
         conn, inp: SendSliceInput, personal: Personal | None, live: list[int], extras: dict, decisions: dict,
-        at: datetime,
+        stock: StockTaking,
     ) -> dict[int, OfferItem]:
-        """R-BEN-1 / R-SC-2: every live consumer's message carries one unit of its coupon, taken now under
-        the coupon rows' locks (after the consumers' rows: the same order everywhere), in consumer order
-        while it lasts. A countdown offer's coupon is the one of the product chosen for the consumer
-        (R-RP-5 / R-RP-10); a shared coupon is the same for everyone (K-OLDCUST). Who has no product with a
-        coupon, or whose coupon ran out or is not valid at `at` (R-OC-9), gets no message
-        (benefit_unavailable)."""
+        """R-BEN-1 / R-SC-2: every live consumer's message carries one unit of its coupon, taken by the chunk's
+        StockTaking (applied at the end of its transaction), in consumer order while it lasts. A countdown
+        offer's coupon is the one of the product chosen for the consumer (R-RP-5 / R-RP-10); a shared coupon
+        is the same for everyone (K-OLDCUST). Who has no product with a coupon, or whose coupon ran out or is
+        not valid at the hand-off instant (R-OC-9), gets no message (benefit_unavailable)."""
         if inp.offer.shared:
             # No product: every consumer's item is None, and None's coupon is the shared one.
             item_of: dict[int, int | None] = dict.fromkeys(live)
@@ -757,31 +876,29 @@ class SendActivities:
             item_of = {c: extras[c][0] for c in live}
             catalog = personal.catalog
         coupons = sorted({catalog[i].coupon_id for i in item_of.values() if i in catalog})
-        usable = dict(await conn.fetch(_LOCK_COUPONS, coupons, inp.shop_id, at)) if coupons else {}
-        offered, taken = allocate_offers(live, item_of, catalog, usable)
+        offered, taken = allocate_offers(live, item_of, catalog, await stock.usable(conn, coupons, inp.shop_id))
         for c in live:
             if c not in offered:
                 decisions[c] = A.SUPPRESS_BENEFIT
-        if taken:
-            await conn.execute(_TAKE_STOCK, list(taken), list(taken.values()))
+        stock.taken.update(taken)
         return offered
 
     @staticmethod
     async def _take_benefit_stock(
-        conn, inp: SendSliceInput, personal: Personal, live: list[int], extras: dict, decisions: dict, at: datetime,
+        conn, inp: SendSliceInput, personal: Personal, live: list[int], extras: dict, decisions: dict, stock: StockTaking,
     ) -> dict[int, MemberBenefit]:
         """R-RP-4: each live consumer's member benefit, by their membership read in the chunk's statement: the
         shop's benefit in force at `at` for members or for the others (BenefitChoice). A limited one (naming a
-        coupon) takes one unit of that coupon now, like an exclusive offer (allocate_offers: in consumer order
-        while it lasts, the coupon rows locked after the consumers'). Who has no benefit in force, or whose
+        coupon) takes one unit of that coupon, like an exclusive offer (allocate_offers: in consumer order
+        while it lasts, through the chunk's StockTaking). Who has no benefit in force, or whose
         coupon ran out or is not valid at `at`, gets no message (benefit_unavailable, R-BEN-1)."""
-        choice = BenefitChoice.of(inp.benefit, personal.benefits, at)
+        choice = BenefitChoice.of(inp.benefit, personal.benefits, stock.at)
         chosen = choice.per_recipient({c: extras[c][2] for c in live})
         limited = {c: b for c, b in chosen.items() if b is not None and b.coupon_id is not None}
         # A limited benefit is a catalog entry of its own: the consumer's "item" is the benefit id.
         catalog = {b.benefit_id: OfferItem(b.coupon_id, b.title, "") for b in limited.values()}
         coupons = sorted({item.coupon_id for item in catalog.values()})
-        usable = dict(await conn.fetch(_LOCK_COUPONS, coupons, inp.shop_id, at)) if coupons else {}
+        usable = await stock.usable(conn, coupons, inp.shop_id)
         order = [c for c in live if c in limited]
         granted, taken = allocate_offers(order, {c: limited[c].benefit_id for c in order}, catalog, usable)
         benefits: dict[int, MemberBenefit] = {}
@@ -791,25 +908,24 @@ class SendActivities:
                 decisions[c] = A.SUPPRESS_BENEFIT
             else:
                 benefits[c] = b
-        if taken:
-            await conn.execute(_TAKE_STOCK, list(taken), list(taken.values()))
+        stock.taken.update(taken)
         return benefits
 
     @staticmethod
-    async def _unpaid(conn, refused: list[int], decisions: dict, offered: dict, benefits: dict) -> None:
-        """R-AQ-5: consumers the shop's SMS credits cannot pay for get no message; the coupon units the
-        chunk took for them go back (their caps go back with the other unused reservations)."""
-        back: Counter = Counter()
+    def _unpaid(
+        refused: list[int], decisions: dict, offered: dict, benefits: dict, stock: StockTaking,
+        reason: str = A.SUPPRESS_NO_CREDIT,
+    ) -> None:
+        """R-AQ-5: consumers the shop's SMS credits cannot pay for get no message (or R-COST-BUDGET: the
+        campaign's budget, `reason` NOT_SENT_BUDGET); the coupon units the chunk took for them go back (their
+        caps go back with the other unused reservations)."""
         for c in refused:
-            decisions[c] = A.SUPPRESS_NO_CREDIT
+            decisions[c] = reason
             item = offered.pop(c, None)
             benefit = benefits.pop(c, None)
             coupon = item.coupon_id if item is not None else benefit.coupon_id if benefit is not None else None
             if coupon is not None:
-                back[coupon] -= 1
-        if back:
-            coupons = sorted(back)
-            await conn.execute(_TAKE_STOCK, coupons, [back[c] for c in coupons])
+                stock.taken[coupon] -= 1
 
     @staticmethod
     def _outbound(inp: SendSliceInput, consumer_id: int, address: str, body: str, sender: str | None = None) -> Outbound:
@@ -844,16 +960,9 @@ class SendActivities:
             failed = {o.consumer_id for o in outcomes if o.state == "failed"}
             # Each delivery's caps go back on the day they were counted on (its own, R-FAT-DAY).
             day_of = {r["consumer_id"]: r["fatigue_day"] for r in changed if r["consumer_id"] in failed}
-            released = sorted(day_of)
             released_claims = 0
-            if released:
-                await release_reservations(conn, released, [day_of[c] for c in released], key.shop_id, key.channel,
-                                           key.template_cap)  # fmt: skip
-                released_claims = await conn.fetchval(
-                    _RELEASE_OFFERS, key.campaign_id, key.phase, key.day, key.channel, released
-                )
-                if key.channel == "sms":  # R-AQ-5: only what is sent is billed
-                    await sms.refund(conn, key.shop_id, key.campaign_id, key.phase, key.day, released)
+            if day_of:
+                released_claims = await give_back_failed(conn, key, [r for r in changed if r["consumer_id"] in day_of])
         # Committed: the rows this transaction settled (workers/metrics.py); `unknown` is not settled.
         state_of = {o.consumer_id: o.state for o in outcomes}
         settled = Counter(state_of[r["consumer_id"]] for r in changed)
@@ -872,6 +981,8 @@ class LedgerDay:
     channel: str
     shop_id: str
     template_cap: object | None
+    # R-ED-4: the quota the rows held (a failed one gives its unit back), or None.
+    quota: QuotaPlan | None = None
 
 
 async def dispatch(channel, fresh: list[Outbound], uncertain: list[Outbound]) -> list[Outcome]:
@@ -883,6 +994,28 @@ async def dispatch(channel, fresh: list[Outbound], uncertain: list[Outbound]) ->
     if to_send:
         outcomes += await send_and_settle(channel, to_send)
     return outcomes
+
+
+async def give_back_failed(conn, key: LedgerDay, failed: list) -> int:
+    """What deliveries of `key` that failed (were never delivered) held goes back, in the transaction that
+    records them `failed`: their caps on the day each was counted on (R-OC-8), their offers' units, their
+    quota units (R-ED-4), their costs (out of the ledger's sums, back to the campaign's budget, R-COST-BUDGET,
+    and to the account: an SMS's credits, R-AQ-5; an email's EDM balance). `failed`: their ledger rows
+    (consumer_id, fatigue_day, cost). The locks in the send path's order: the quota's rows before the
+    consumers', the campaign's spend after the coupons and before the SMS credits. Returns the claims released."""
+    failed = sorted(failed, key=lambda r: r["consumer_id"])
+    ids = [r["consumer_id"] for r in failed]
+    cost = sum((r["cost"] for r in failed if r["cost"]), Decimal(0))
+    if key.quota is not None:
+        await give_back_quota(conn, key.quota, key.shop_id, key.day, len(ids), cost)
+    await release_reservations(conn, ids, [r["fatigue_day"] for r in failed], key.shop_id, key.channel, key.template_cap)
+    released = await conn.fetchval(_RELEASE_OFFERS, key.campaign_id, key.phase, key.day, key.channel, ids)
+    await give_back_budget(conn, key.campaign_id, cost)
+    if key.channel == "sms":  # R-AQ-5: only what is sent is billed (its credits back, its cost NULL)
+        await sms.refund(conn, key.shop_id, key.campaign_id, key.phase, key.day, ids)
+    elif any(r["cost"] is not None for r in failed):
+        await conn.execute(_FORGET_COST, key.campaign_id, key.phase, key.day, key.channel, ids)
+    return released
 
 
 async def release_reservations(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -90,6 +91,9 @@ def demo(customers: Annotated[int, typer.Option(help="customers in the demo shop
         r = asyncio.run(
             seed_shop(env["DATABASE_URL"], shop_id=shop_id, customers=customers, timezone=tz, now=now, consumer_id_offset=offset)
         )
+        # The seed gives a few customers a zone of their own; R-WIN-1 would send them hours later in their own
+        # window. The demo's customers all live in the shop's zone, whose window is open now.
+        asyncio.run(D.same_zone_as_shop(env["DATABASE_URL"], shop_id, tz))
         console.print(
             f"seeded shop [bold]{shop_id}[/] ({tz}, local time {now.astimezone(D.zone(tz)):%H:%M}): "
             f"{r.customers:,} customers, {r.orders:,} orders, {r.events:,} events in {r.seconds:.1f}s"
@@ -148,6 +152,49 @@ def worker() -> None:
     from sluice.workers.worker import run_worker
 
     asyncio.run(run_worker(_settings()))
+
+
+@app.command()
+def dispatch(
+    once: Annotated[bool, typer.Option("--once", help="drain what is due now, print the counts and exit")] = False,
+) -> None:
+    """Drain the outbox into the providers of SLUICE_DISPATCH_CHANNELS (docs/channels.md); Ctrl-C stops."""
+    import signal
+
+    from sluice.channels.registry import ChannelRegistry, dispatch_adapters
+    from sluice.db.pool import create_pool
+    from sluice.workers.logs import configure_logging
+    from sluice.workers.worker import build_dispatcher
+
+    settings = _settings()
+    if not settings.database_url:
+        _fail("DATABASE_URL is not set and no `sluice dev` is running")
+    try:
+        adapters = dispatch_adapters(settings)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    if not adapters:
+        _fail("SLUICE_DISPATCH_CHANNELS names no channel to dispatch (e.g. SLUICE_DISPATCH_CHANNELS=sms)", 2)
+    configure_logging(settings.log_level)
+
+    async def run():
+        pool = await create_pool(settings.database_url, size=settings.dispatch_batches * len(adapters) + 2)
+        try:
+            dispatcher = build_dispatcher(pool, adapters, settings)
+            if once:
+                return await dispatcher.run_once()
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await dispatcher.run(stop, idle_s=settings.dispatch_idle_s)
+        finally:
+            await ChannelRegistry(adapters).aclose()
+            await pool.close()
+
+    stats = asyncio.run(run())
+    if stats is not None:
+        print(json.dumps(dataclasses.asdict(stats)))
 
 
 @app.command()

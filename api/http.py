@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sluice.activities import offers
-from sluice.api import docs, health, load, service, ui
+from sluice.api import agents, docs, health, load, service, ui
 from sluice.api import metrics as metrics_api
 from sluice.api.deps import ErrorBody, KeyShop, WorkflowId
 from sluice.api.errors import DATABASE_UNAVAILABLE, RETRY_AFTER_S, error_response, unavailable
@@ -125,6 +125,7 @@ def create_app(settings: Settings | None = None, *, pool=None, client: Client | 
     app.include_router(reports_router(settings))
     app.include_router(ui.router)  # the report page's static files (public; its data needs the key)
     app.include_router(events_api.router)
+    app.include_router(agents.router)  # R-PH-5: chat agents' presence
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError):

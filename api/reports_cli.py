@@ -51,7 +51,8 @@ def report(
     refresh: Annotated[bool, typer.Option("--refresh", help="attribute and materialise the report first")] = False,
     output: Output = "table",
 ) -> None:
-    """A campaign's report: per phase sent, reached, inquiry and conversion rates, revenue, cost, ROI; the trend."""
+    """A campaign's report: per phase sent, reached, inquiry and conversion rates, revenue, cost, ROI; the trend;
+    the funnel (R-ED-5) for a kind with one."""
     from sluice.api.cli import _fail, console
     from sluice.reports import queries
     from sluice.reports.refresh import refresh as materialise
@@ -83,6 +84,10 @@ def report(
                   f"{f.replied:,}", _pct(f.inquiry_rate), f"{f.converted:,}", _pct(f.conversion_rate), f"{f.orders:,}",
                   _money(f.revenue), _money(f.cost), _pct(f.roi))  # fmt: skip
     console.print(t)
+    if rep.budget:  # R-COST-BUDGET
+        b = rep.budget
+        console.print(f"budget {_money(b.budget)}: spent {_money(b.spent)}, left {_money(b.left)}"
+                      + (f"; exhausted at {b.exhausted_at:%Y-%m-%d %H:%M:%S} UTC" if b.exhausted else ""))
     trend = Table(title="daily trend (reached: first reached that day)")
     for col in ("phase", "day", "sent", "failed", "reached", "replied", "converted", "orders", "revenue", "cost"):
         trend.add_column(col, justify="left" if col in ("phase", "day") else "right")
@@ -91,6 +96,16 @@ def report(
         trend.add_row(names.get(d.phase, str(d.phase)), str(d.day), f"{d.sent:,}", f"{d.failed:,}", f"{d.reached:,}",
                       f"{d.replied:,}", f"{d.converted:,}", f"{d.orders:,}", _money(d.revenue), _money(d.cost))  # fmt: skip
     console.print(trend)
+    if rep.funnel:
+        ft = Table(title="funnel (R-ED-5; conversion: over the stage before)")
+        ft.add_column("stage")
+        for col in ("campaign", *(f"{c.name} ({c.channel or '-'})" for c in rep.funnel.channels)):
+            ft.add_column(col, justify="right")
+            ft.add_column("conversion", justify="right")
+        for i, s in enumerate(rep.funnel.stages):
+            cells = [(s.count, s.conversion), *((c.stages[i].count, c.stages[i].conversion) for c in rep.funnel.channels)]
+            ft.add_row(s.stage, *(x for n, conv in cells for x in (f"{n:,}", _pct(conv))))
+        console.print(ft)
     failures = [(p.name, k, n) for p in rep.phases for k, n in p.states.items() if ":" in k]
     if failures:
         ft = Table(title="decisions with a reason (GET /campaigns/{id}/recipients?failures=true)")

@@ -1,12 +1,16 @@
 """The reachable-count preview (R-PRE-1): whom a campaign would reach, before it starts.
 
 For each phase, its first day that is still to come: the audience refresh's
-own statement (the audience, the exclusions of R-EXC-1, the plan's filters)
-and the send path's own cap reading (`CAPS_READ`, `TEMPLATE_WINDOW` and the
-pure `cap_verdict`, which is the test `_RESERVE` applies), then the
-campaign's own limits (the minimum audience of R-OC-4, the provider quota
-of R-ED-4, the daily cap of R-PH-7, the coupon's stock). It runs in one transaction that is rolled back:
-nothing is written, no cap is taken and no consumer row is locked, so a
+own statement without its snapshot (the audience, the exclusions of R-EXC-1,
+the plan's filters; activities/audience.py `preview_count_sql`), in parts at
+once like the refresh, and for the few eligible consumers with a fatigue row
+in the cap's window the send path's own cap reading (`CAPS_READ`, `TEMPLATE_WINDOW` and the
+pure `cap_verdict`, which is the test `_RESERVE` applies; each on the fatigue day of the
+instant their own send window lets the run hand off, R-WIN-1, and whose window does not open that day
+removed as `outside_recipient_window`), then the campaign's own limits (the minimum audience of R-OC-4, the provider quota
+of R-ED-4, the daily cap of R-PH-7, the coupon's stock, the budget of
+R-COST-BUDGET, each message priced as the run would price it). It runs in
+one transaction that is rolled back: nothing is written, no cap is taken and no consumer row is locked, so a
 preview never holds up a running campaign. What it counts is what the run
 would decide on the same data at the same instant
 (tests/test_preview.py runs both).
@@ -14,33 +18,39 @@ would decide on the same data at the same instant
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 import asyncpg
 from pydantic import BaseModel, Field
-from sluice.activities.audience import checked_refresh_sql, count_reasons, refresh_args
-from sluice.activities.quota import quota_left
-from sluice.activities.send import CAPS_READ, TEMPLATE_WINDOW, cap_verdict, fatigue_day_sql, platform_day_of
+from sluice.activities.audience import (
+    PREVIEW_CANDIDATE,
+    PREVIEW_SETTINGS,
+    PREVIEW_ZONE,
+    checked_preview_sql,
+    count_reasons,
+    refresh_args,
+    run_part,
+)
+from sluice.activities.quota import quota_left, quota_used
+from sluice.activities.send import CAPS_READ, TEMPLATE_WINDOW, _body, cap_verdict, recipient_fatigue_day
+from sluice.channels import sms
 from sluice.schemas import activities as A
 from sluice.schemas.activities import RefreshAudienceInput
-from sluice.schemas.campaign import CampaignPlan, PhasePlan
+from sluice.schemas.budget import within_budget
+from sluice.schemas.campaign import CampaignPlan, Channel, PhasePlan
 from sluice.schemas.fatigue import policy_for
+from sluice.schemas.quota import costs
 from sluice.schemas.rules import template_key
-from sluice.workflows.calendar import day_window, first_open_day
+from sluice.schemas.settings import DEFAULT_REFRESH_PARTS
+from sluice.workflows.calendar import day_window, first_open, first_open_day
 
 # Cap readings per statement: about 10 ms per 10,000 consumers (primary-key probes).
 CHUNK = 10_000
-
-
-# The snapshot's consumers in send order, each with their own fatigue day at the instant $4 (the platform's date at
-# it: $5), as the send path's chunk statement computes it (R-FAT-DAY). $1 campaign, $2 phase, $3 day. A primary-key
-# range over the snapshot, nothing joined.
-SNAPSHOT_DAYS = f"""
-    SELECT s.consumer_id, {fatigue_day_sql("$4", "$5")} AS fday
-    FROM audience_snapshots s
-    WHERE s.campaign_id = $1 AND s.phase = $2 AND s.day = $3 ORDER BY s.seq"""
 
 
 class PhasePreview(BaseModel):
@@ -58,14 +68,13 @@ class Preview(BaseModel):
     phases: list[PhasePreview]
 
 
-async def preview(pool: asyncpg.Pool, plan: CampaignPlan, *, now: datetime, platform_tz: str) -> Preview:
+async def preview(
+    pool: asyncpg.Pool, plan: CampaignPlan, *, now: datetime, platform_tz: str, parts: int = DEFAULT_REFRESH_PARTS,
+) -> Preview:
     async with pool.acquire() as conn:
         tx = conn.transaction()
         await tx.start()
         try:
-            # The refresh's own memory for its sorts (activities/audience.py): a whole-shop audience's
-            # product choice and numbering otherwise spill to temporary files (4 MB by default).
-            await conn.execute("SET LOCAL work_mem = '64MB'")
             # A campaigns row of its own (never committed): the overlap filter sees the shop's
             # campaigns started before it, as a campaign started now would.
             campaign_db_id = await conn.fetchval(
@@ -73,8 +82,11 @@ async def preview(pool: asyncpg.Pool, plan: CampaignPlan, *, now: datetime, plat
                 " VALUES ($1, $2, $3, $4, '{}'::jsonb, 'preview') RETURNING id",
                 plan.shop_id, f"preview-{uuid.uuid4().hex}", f"preview-{uuid.uuid4().hex}", plan.kind,
             )  # fmt: skip
+            # R-COST-BUDGET: what the budget leaves, phase after phase (the run spends it in the plan's order).
+            budget = _BudgetLeft(plan.budget) if plan.budget is not None else None
             phases = [
-                await _phase(conn, plan, i, campaign_db_id, now=now, platform_tz=platform_tz)
+                await _phase(pool, conn, plan, i, campaign_db_id, now=now, platform_tz=platform_tz, parts=parts,
+                             budget=budget)
                 for i in range(len(plan.phases))
             ]
         finally:
@@ -82,7 +94,15 @@ async def preview(pool: asyncpg.Pool, plan: CampaignPlan, *, now: datetime, plat
     return Preview(workflow_id=plan.workflow_id, phases=phases)
 
 
-async def _phase(conn, plan: CampaignPlan, index: int, campaign_db_id: int, *, now, platform_tz) -> PhasePreview:
+@dataclass
+class _BudgetLeft:
+    left: Decimal
+
+
+async def _phase(
+    pool, conn, plan: CampaignPlan, index: int, campaign_db_id: int, *, now, platform_tz, parts: int,
+    budget: _BudgetLeft | None = None,
+) -> PhasePreview:
     phase = plan.phases[index]
     # The phase's first day still to come (its last day when none is).
     day = min(first_open_day(now, plan.timezone, phase.start_date), phase.end_date)
@@ -93,19 +113,40 @@ async def _phase(conn, plan: CampaignPlan, index: int, campaign_db_id: int, *, n
         day=win.day,
         snapshot_at=win.snapshot_at, campaign_started_at=now,
     )  # fmt: skip
-    statement = checked_refresh_sql(inp)
-    args = (await refresh_args(conn, inp, statement, 1))(0)
-    eligible, removed = count_reasons(await conn.fetch(statement.sql, *args))
+    # The refresh's own statement without its snapshot: counts, and the eligible consumers with a fatigue row in the
+    # template window (a day of slack on each side: their own day is within one of the shop's), the only ones a
+    # cap can stop. Its parts run at once on connections of their own: they read only committed data (the
+    # preview's campaigns row has nothing to find), the overlap filter's campaigns being bound from here.
+    cap = phase.template_cap
+    statement = checked_preview_sql(inp, (cap.days if cap else 1) + 1)
+    part_args = await refresh_args(conn, inp, statement, parts)
+    outcomes = await asyncio.gather(*(run_part(pool, statement.sql, part_args(p), PREVIEW_SETTINGS) for p in range(parts)))
+    rows = [r for part in outcomes for r in part]
+    eligible, removed = count_reasons(
+        (r["reason"], r["n"]) for r in rows if r["reason"] not in (PREVIEW_CANDIDATE, PREVIEW_ZONE)
+    )
     matched = eligible + sum(removed.values())
-    # Each consumer's own fatigue day at the instant the run would hand off (R-FAT-DAY).
+    # Each candidate's own fatigue day at the instant the run would hand off (R-FAT-DAY), as the send path computes it.
     at = max(now, win.send_at)
-    days = dict(await conn.fetch(SNAPSHOT_DAYS, campaign_db_id, index, win.day, at, platform_day_of(at, platform_tz)))
+    # R-WIN-1: one with a zone of their own is handed off when their window is first open from then on (the run's
+    # later pass), or not that day when it does not open before the shop's next day.
+    zoned: Counter[str] = Counter()
+    for r in rows:
+        if r["reason"] == PREVIEW_ZONE:
+            zoned[r["zone"]] += r["n"]
+    hand_off = {z: first_open(z, at, win.end_at) for z in zoned}
+    outside = sum(n for z, n in zoned.items() if hand_off[z] is None)
+    days = {
+        r["consumer_id"]: recipient_fatigue_day(hand_off[r["zone"]] if r["zone"] else at, r["zone"], platform_tz)
+        for r in rows if r["reason"] == PREVIEW_CANDIDATE and (r["zone"] is None or hand_off[r["zone"]] is not None)
+    }
     verdicts: Counter[str] = Counter(removed)
     if phase.below_minimum(eligible, removed.get(A.EXCLUDED_ALREADY_REACHED, 0)):
         verdicts[A.NOT_SENT_MIN_AUDIENCE] += eligible
         allowed = 0
     else:
-        allowed = await _after_caps(conn, plan, phase, days, verdicts)
+        verdicts[A.NOT_SENT_RECIPIENT_WINDOW] += outside
+        allowed = eligible - outside - await _stopped_by_caps(conn, plan, phase, days, verdicts)
         if phase.quota is not None:  # R-ED-4: what the shop's provider quota leaves on the day (read, not held)
             left, reason = await quota_left(conn, phase.quota, plan.shop_id, win.day)
             if allowed > left:
@@ -122,6 +163,12 @@ async def _phase(conn, plan: CampaignPlan, index: int, campaign_db_id: int, *, n
             if stock is not None and allowed > stock:
                 verdicts[A.SUPPRESS_BENEFIT] += allowed - stock
                 allowed = stock
+        if budget is not None and allowed:  # R-COST-BUDGET: the messages the budget pays for, in send order
+            prices = await _prices(conn, plan, phase, win.day, at, allowed)
+            fits = within_budget(prices, budget.left)
+            verdicts[A.NOT_SENT_BUDGET] += len(prices) - fits
+            allowed -= len(prices) - fits
+            budget.left -= sum(prices[:fits], Decimal(0))
     removed_all = {k: v for k, v in sorted(verdicts.items()) if v}
     return PhasePreview(
         phase=phase.name, day=win.day.isoformat(), audience=phase.audience, matched=matched, removed=removed_all,
@@ -129,15 +176,29 @@ async def _phase(conn, plan: CampaignPlan, index: int, campaign_db_id: int, *, n
     )  # fmt: skip
 
 
-async def _after_caps(conn, plan: CampaignPlan, phase: PhasePlan, days: dict, verdicts: Counter) -> int:
-    """How many of the consumers `days` ({consumer: their fatigue day}) the channel's fatigue caps let through;
-    the others counted by their cap."""
+async def _prices(conn, plan: CampaignPlan, phase: PhasePlan, day, at: datetime, n: int) -> list[Decimal]:
+    """What `n` messages of the phase would cost one after another at `at`, as the send path prices them: an
+    SMS its segments (R-AQ-4; a per-recipient text is estimated by its template) from the shop's credits in
+    the order they are spent (R-AQ-5; one the credits cannot pay is not sent and costs nothing: left out
+    here), an email past the day's free quota (R-ED-4). A message of any other channel costs nothing: []."""
+    if phase.channel == Channel.sms:
+        text = sms.sms_text(_body(phase), await sms.signature_of(conn, plan.shop_id))
+        debit = sms.plan_debit(await sms.balances(conn, plan.shop_id, at), [(i, sms.segments(text)) for i in range(n)])
+        return [debit.cost[i] for i in range(n) if i in debit.cost]
+    if phase.quota is not None:
+        return costs(phase.quota, await quota_used(conn, phase.quota, plan.shop_id, day), n)
+    return []
+
+
+async def _stopped_by_caps(conn, plan: CampaignPlan, phase: PhasePlan, days: dict, verdicts: Counter) -> int:
+    """How many of the consumers `days` ({consumer: their fatigue day}) the channel's fatigue caps stop, each counted
+    by their cap in `verdicts`: the send path's reading and verdict (CAPS_READ, TEMPLATE_WINDOW, cap_verdict)."""
     cap = phase.template_cap
     tkey = template_key(plan.shop_id, cap.group if cap else "")
     ch = phase.channel.value
     policy = policy_for(ch)
     ids = list(days)
-    allowed = 0
+    stopped = 0
     for i in range(0, len(ids), CHUNK):
         chunk = ids[i : i + CHUNK]
         fdays = [days[c] for c in chunk]
@@ -146,8 +207,7 @@ async def _after_caps(conn, plan: CampaignPlan, phase: PhasePlan, days: dict, ve
         )
         for row in await conn.fetch(CAPS_READ, chunk, plan.shop_id, fdays, tkey, ch):
             reason = cap_verdict(row, earlier.get(row["id"], 0), cap, policy)
-            if reason is None:
-                allowed += 1
-            else:
+            if reason is not None:
                 verdicts[reason] += 1
-    return allowed
+                stopped += 1
+    return stopped

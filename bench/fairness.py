@@ -54,7 +54,7 @@ def _spec(shop: str, day, campaign: str):
 async def run(args) -> dict:
     from sluice.api.service import start_campaign
     from sluice.db.pool import create_pool
-    from sluice.db.seed import seed_shop
+    from sluice.db.seed import seed_shop, zones_into
     from sluice.workers.demo import open_window_zone
     from sluice.workflows.calendar import local_day
 
@@ -71,6 +71,8 @@ async def run(args) -> dict:
             await conn.execute("TRUNCATE outbox, deliveries, fatigue_day, audience_snapshots, audience_refreshes,"
                                " campaign_day_reports, campaigns RESTART IDENTITY CASCADE")  # fmt: skip
             await conn.execute("UPDATE shops SET timezone = $1", tz)
+            for shop in (BIG, SMALL):  # a reused database: its customers' own zones follow the shop's
+                await zones_into(conn, shop, tz)
         finally:
             await conn.close()
         if have != args.recipients:
@@ -81,6 +83,9 @@ async def run(args) -> dict:
                             consumer_id_offset=args.recipients)  # fmt: skip
             conn = await asyncpg.connect(dsn)
             try:
+                # R-WIN-1: customers with a zone of their own would be sent hours later in their own window.
+                for shop in (BIG, SMALL):
+                    await zones_into(conn, shop, tz)
                 await conn.execute("VACUUM (ANALYZE)")
             finally:
                 await conn.close()

@@ -14,6 +14,11 @@ campaigns of the shop (1,000 deliveries each) for the dashboard. Then, through t
   whole CSV (rows/s). Read timings are the median of 5 after one warm-up.
 
 Figures go to bench/results.json under "reports" (other keys are kept).
+
+`--funnel`: the big campaign is a K-EDM one instead (an in-site message to every customer, then an email to
+half of them, 30-day windows, the phases' audience refreshes, and a second order for one in three of the
+buyers who ordered), so the refresh materialises its funnel (R-ED-5) too; the funnel's statement is also
+timed alone (median of 5). Figures go under "reports_funnel".
 """
 
 from __future__ import annotations
@@ -38,11 +43,17 @@ DB_NAME = "sluice_bench_reports"
 SHOP = "bench-rep"
 START = "<!-- bench:reports:start (written by `python -m bench.reports`) -->"
 END = "<!-- bench:reports:end -->"
+FUNNEL_START = "<!-- bench:reports-funnel:start (written by `python -m bench.reports --funnel`) -->"
+FUNNEL_END = "<!-- bench:reports-funnel:end -->"
 GOALS = {"report_s": 1.0, "dashboard_s": 1.0}
 
 
-async def _build(conn: asyncpg.Connection, customers: int, orders: int, now: datetime) -> dict:
-    """The shop, its customers and orders, the big campaign's ledger, outbox and events; its campaign id."""
+async def _build(conn: asyncpg.Connection, customers: int, orders: int, now: datetime, funnel: bool = False) -> dict:
+    """The shop, its customers and orders, the big campaign's ledger, outbox and events; its campaign id.
+    funnel: the big campaign is K-EDM's (inbox then email) with its windows, refreshes and repeat orders."""
+    from sluice.kinds.edm import ATTRIBUTION_DAYS, Edm
+    from sluice.kinds.phased import Phased
+
     d0, d1 = (now - timedelta(days=3)).date(), (now - timedelta(days=1)).date()
     at0, at1 = now - timedelta(days=3), now - timedelta(days=1)
     await conn.execute("INSERT INTO shops (shop_id, name, timezone, industry) VALUES ($1, $1, 'Asia/Shanghai', 'beauty')", SHOP)
@@ -59,27 +70,32 @@ async def _build(conn: asyncpg.Connection, customers: int, orders: int, now: dat
     )  # fmt: skip
     cid = await conn.fetchval(
         "INSERT INTO campaigns (shop_id, campaign_ref, workflow_id, kind, spec, state, phase_names)"
-        " VALUES ($1, 'big', $1 || '.big', 'K-PHASED', '{}', 'completed', '{preheat,promote}') RETURNING id", SHOP
-    )
+        " VALUES ($1, 'big', $1 || '.big', $2, '{}', 'completed', $3) RETURNING id",
+        SHOP, Edm.name if funnel else Phased.name, ["inbox", "email"] if funnel else ["preheat", "promote"],
+    )  # fmt: skip
+    channels = ("inbox", "email") if funnel else ("chat", "chat")
     for phase, day, when, every in ((0, d0, at0, 1), (1, d1, at1, 2)):
         # Batches of 2,000 recipients in the outbox, one body each; the ledger rows name their batch.
         await conn.execute(
             "INSERT INTO outbox (id, campaign_id, phase, day, channel, body, consumer_ids, addresses)"
-            " SELECT $2::int * 1000000 + b, $1, $2::int, $3, 'chat', 'Spring sale, phase ' || $2::int, array_agg(c ORDER BY c),"
+            " SELECT $2::int * 1000000 + b, $1, $2::int, $3, $6, 'Spring sale, phase ' || $2::int, array_agg(c ORDER BY c),"
             " array_agg('tb' || c ORDER BY c)"
             " FROM (SELECT c, c / 2000 AS b FROM generate_series(1, $4) c WHERE c % $5 = 0) x GROUP BY b",
-            cid, phase, day, customers, every,
+            cid, phase, day, customers, every, channels[phase],
         )  # fmt: skip
         await conn.execute(
             "INSERT INTO deliveries (campaign_id, phase, consumer_id, day, channel, shop_id, template_group, fatigue_day,"
             " state, reason, provider_ref, decided_at, cost)"
-            " SELECT $1, $2::int, c, $3, 'chat', $4, 'g', $3,"
+            " SELECT $1, $2::int, c, $3, $8, $4, 'g', $3,"
             "  CASE WHEN c % 100 = 0 THEN 'failed' ELSE 'sent' END, CASE WHEN c % 100 = 0 THEN 'rejected_by_provider' END,"
             "  CASE WHEN c % 100 = 0 THEN NULL ELSE 'outbox:' || ($2::int * 1000000 + c / 2000) END, $5,"
             "  CASE WHEN c % 100 = 0 THEN NULL ELSE 0.03 END"
             " FROM generate_series(1, $6) c WHERE c % $7 = 0",
-            cid, phase, day, SHOP, when, customers, every,
+            cid, phase, day, SHOP, when, customers, every, channels[phase],
         )  # fmt: skip
+        if funnel:  # the phase's audience before exclusions, as its refresh records it
+            await conn.execute("INSERT INTO audience_refreshes (campaign_id, phase, day, matched, eligible, excluded)"
+                               " VALUES ($1, $2, $3, $4, $5, '{}')", cid, phase, day, customers, customers // every)  # fmt: skip
     # 1M opened and 50,000 replied events, 30,000 orders after the reach (some refunded in part).
     await conn.execute(
         "INSERT INTO outcome_events (shop_id, event_id, kind, consumer_id, campaign_id, occurred_at)"
@@ -98,6 +114,17 @@ async def _build(conn: asyncpg.Connection, customers: int, orders: int, now: dat
         "  CASE WHEN c % 330 = 0 THEN 'refunded' ELSE 'paid' END FROM generate_series(33, $3, 33) c",
         SHOP, at0, customers, orders,
     )  # fmt: skip
+    if funnel:
+        # K-EDM's windows as a start stores them (30 days after the reach), and a second order for one in three of
+        # the buyers who ordered, after the email (the repurchase stage).
+        await conn.execute("INSERT INTO attribution_windows (campaign_id, phase, mode, days)"
+                           " VALUES ($1, 0, 'after_reach', $2), ($1, 1, 'after_reach', $2)", cid, ATTRIBUTION_DAYS)  # fmt: skip
+        await conn.execute(
+            "INSERT INTO orders (order_id, shop_id, consumer_id, created_at, paid_at, amount, status)"
+            "  SELECT $4 + $3 + c, $1, c, $2::timestamptz + interval '49 hours', $2::timestamptz + interval '49 hours', 59,"
+            "  'paid' FROM generate_series(99, $3, 99) c",
+            SHOP, at0, customers, orders,
+        )  # fmt: skip
     # 50 small earlier campaigns: 1,000 sent deliveries each, over the last months (the dashboard's split).
     for i in range(50):
         small = await conn.fetchval(
@@ -136,12 +163,12 @@ async def main(args) -> dict:
     from bench.stack import machine, say
 
     now = datetime.now(UTC)
-    dsn = await fresh_database(args.admin_dsn, DB_NAME)
+    dsn = await fresh_database(args.admin_dsn, f"{DB_NAME}_funnel" if args.funnel else DB_NAME)
     say(f"building the shop ({args.customers:,} customers, {args.orders:,} orders) and its campaigns ...")
     t0 = time.perf_counter()
     conn = await asyncpg.connect(dsn)
     try:
-        built = await _build(conn, args.customers, args.orders, now)
+        built = await _build(conn, args.customers, args.orders, now, funnel=args.funnel)
         version = await conn.fetchval("SHOW server_version")
     finally:
         await conn.close()
@@ -168,6 +195,7 @@ async def main(args) -> dict:
                 t0 = time.perf_counter()
                 await refresh(c, cid, attribution=False)
                 materialise_s = time.perf_counter() - t0
+                funnel_s = await _funnel_alone(c, cid) if args.funnel else None
 
             async def get(path, **params):
                 resp = await http.get(path, params=params)
@@ -190,7 +218,7 @@ async def main(args) -> dict:
     result = {
         "measured_at": now.isoformat(timespec="seconds"),
         "machine": {**machine(), "postgres": version},
-        "customers": args.customers, "orders": args.orders + args.customers // 33,
+        "customers": args.customers, "orders": args.orders + args.customers // 33 + (args.customers // 99 if args.funnel else 0),
         "campaign_deliveries": built["deliveries"],
         "report": {k: rep["totals"][k] for k in ("sent", "reached", "replied", "converted", "orders", "revenue")},
         "refresh_s": round(refresh_s, 3), "materialise_s": round(materialise_s, 3),
@@ -202,25 +230,54 @@ async def main(args) -> dict:
         "goals": GOALS,
         "goals_met": report_s <= GOALS["report_s"] and dashboard_s <= GOALS["dashboard_s"],
     }  # fmt: skip
+    if args.funnel:
+        result["funnel"] = {s["stage"]: s["count"] for s in rep["funnel"]["stages"]}
+        result["funnel_channels"] = {c["name"]: {s["stage"]: s["count"] for s in c["stages"]} for c in rep["funnel"]["channels"]}
+        result["funnel_statement_s"] = round(funnel_s, 3)
+        say(f"  funnel: {result['funnel']}; its statement alone: {result['funnel_statement_s']} s")
     for k in ("refresh_s", "materialise_s", "report_s", "dashboard_s", "recipients_page_s", "failures_page_s", "csv_rows_per_s"):
         say(f"  {k}: {result[k]}")
     if not args.no_record:
-        record_results(RESULTS, "reports", result)
-        _docs(result)
+        record_results(RESULTS, "reports_funnel" if args.funnel else "reports", result)
+        _docs(result, funnel=args.funnel)
     return result
 
 
-def _docs(r: dict) -> None:
+async def _funnel_alone(conn: asyncpg.Connection, cid: int, n: int = 5) -> float:
+    """The funnel's statement (R-ED-5) alone, under the refresh's settings, each run in a transaction rolled back;
+    the median of `n`."""
+    from sluice.reports.definitions import CAMPAIGN_FUNNEL
+    from sluice.reports.refresh import CLEAR_FUNNEL, FUNNEL, SETTINGS
+    from sluice.schemas.campaign import DEFAULT_ATTRIBUTION_DAYS
+
+    async def once() -> float:
+        tr = conn.transaction()
+        await tr.start()
+        try:
+            await conn.execute(SETTINGS)
+            await conn.execute(CLEAR_FUNNEL, cid)
+            t0 = time.perf_counter()
+            await conn.execute(FUNNEL, cid, DEFAULT_ATTRIBUTION_DAYS, CAMPAIGN_FUNNEL)
+            return time.perf_counter() - t0
+        finally:
+            await tr.rollback()
+
+    return statistics.median([await once() for _ in range(n)])
+
+
+def _docs(r: dict, funnel: bool = False) -> None:
     """The figures as a table between this benchmark's markers in docs/benchmarks.md (the rest is prose)."""
     m = r["machine"]
+    start, end = (FUNNEL_START, FUNNEL_END) if funnel else (START, END)
+    kind = "a K-EDM campaign (in-site message to all, email to half)" if funnel else "a campaign"
     lines = [
-        START,
+        start,
         f"Last run: {r['measured_at']}; {m['cpus']} cores ({m['cpu_model']}), {m['ram_gb']} GB RAM, PostgreSQL "
         f"{m['postgres']}, load average before {m['load_avg_before']}.",
         "",
         "| figure | value | goal |",
         "|---|---|---|",
-        f"| shop | {r['customers']:,} customers, {r['orders']:,} orders; campaign of {r['campaign_deliveries']:,} "
+        f"| shop | {r['customers']:,} customers, {r['orders']:,} orders; {kind} of {r['campaign_deliveries']:,} "
         f"deliveries in 2 phases, 50 earlier campaigns | |",
         f"| refresh: attribution + report tables (POST .../report/refresh) | {r['refresh_s']:.2f} s | |",
         f"| report tables alone | {r['materialise_s']:.2f} s | |",
@@ -230,9 +287,15 @@ def _docs(r: dict) -> None:
         f"| GET .../recipients?failures=true, first page of 100 | {r['failures_page_s'] * 1000:.1f} ms | |",
         f"| GET .../recipients.csv, every row | {r['csv_rows']:,} rows in {r['csv_s']:.1f} s "
         f"({r['csv_rows_per_s']:,} rows/s) | |",
-        END,
     ]
-    replace_docs_block(DOCS, START, END, "\n".join(lines), "## Reports")
+    if funnel:
+        f = r["funnel"]
+        lines += [
+            f"| the funnel's statement alone (part of the refresh above), median of 5 | {r['funnel_statement_s']:.2f} s | |",
+            f"| funnel (campaign) | {' -> '.join(f'{k} {v:,}' for k, v in f.items())} | |",
+        ]
+    lines.append(end)
+    replace_docs_block(DOCS, start, end, "\n".join(lines), "## Reports")
 
 
 if __name__ == "__main__":
@@ -240,5 +303,6 @@ if __name__ == "__main__":
     p.add_argument("--admin-dsn", default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
     p.add_argument("--customers", type=int, default=1_000_000)
     p.add_argument("--orders", type=int, default=1_500_000)
+    p.add_argument("--funnel", action="store_true", help="the big campaign is K-EDM's: its refresh materialises the funnel")
     p.add_argument("--no-record", action="store_true", help="do not write bench/results.json nor docs/benchmarks.md")
     asyncio.run(main(p.parse_args()))

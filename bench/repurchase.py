@@ -86,10 +86,13 @@ def _specs(now: datetime, channel: str):
 
 async def _reset(dsn: str) -> None:
     """An empty ledger, no offers, full coupon stock: the next campaign is the day's first."""
-    from sluice.db.seed import REPURCHASE_COUPON_STOCK
+    from sluice.db.seed import REPURCHASE_COUPON_STOCK, zones_into
 
     conn = await asyncpg.connect(dsn)
     try:
+        # Customers with a zone of their own take the shop's, whose window is open now: R-WIN-1 would otherwise send
+        # them hours later, in their own window.
+        await zones_into(conn, SHOP_ID, await conn.fetchval("SELECT timezone FROM shops WHERE shop_id = $1", SHOP_ID))
         await conn.execute(f"TRUNCATE claims, {', '.join(LEDGER_TABLES)} RESTART IDENTITY")
         await conn.execute("UPDATE coupons SET stock = $2 WHERE shop_id = $1 AND product_id IS NOT NULL",
                            SHOP_ID, REPURCHASE_COUPON_STOCK)  # fmt: skip
@@ -256,6 +259,7 @@ async def run_repurchase(cfg: BenchConfig) -> dict:
             preview = await _preview(pool, shop_spec)
             await quiesce(dsn)
             if cfg.pg_stats:
+                await pool.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
                 await pool.execute("SELECT pg_stat_statements_reset()")
             day = await _day(pool, env, shop_spec, cfg, pg, pids, queue, "(c) whole shop, per-recipient text and offers")
             day["top_statements"] = await _top_statements(pool) if cfg.pg_stats else None

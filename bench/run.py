@@ -131,8 +131,12 @@ async def _seed(pg: Postgres, cfg: BenchConfig, now: datetime, tz: str) -> tuple
         await conn.execute(f"ANALYZE {', '.join(LEDGER_TABLES)}")
         await conn.execute("DROP TABLE IF EXISTS bench_deliveries, bench_deliveries_copy")
         if have:
-            # The send window must be open now: move the shop into a zone where it is.
+            # The send window must be open now: move the shop into a zone where it is, and its customers who
+            # have a zone of their own with it (R-WIN-1 sends them in their own window).
+            from sluice.db.seed import zones_into
+
             await conn.execute("UPDATE shops SET timezone = $2 WHERE shop_id = $1", SHOP_ID, tz)
+            await zones_into(conn, SHOP_ID, tz)
             return dsn, {"seeded": False, "customers": have, "seconds": 0.0}
     finally:
         await conn.close()
@@ -142,11 +146,14 @@ async def _seed(pg: Postgres, cfg: BenchConfig, now: datetime, tz: str) -> tuple
     say(f"  seeded in {r.seconds:.1f}s: {r.orders:,} orders, {r.order_items:,} items, {r.events:,} events")
     # A shop's customers were not bulk-loaded a second ago: set hint bits and the visibility map now,
     # so the phase day does not pay for the seed's first read (and every run starts alike).
-    from sluice.db.seed import SEEDED_TABLES
+    from sluice.db.seed import SEEDED_TABLES, zones_into
 
     t0 = time.perf_counter()
     conn = await asyncpg.connect(dsn)
     try:
+        # The seed's customers abroad (and in Shanghai) have zones of their own, whose windows may be closed now:
+        # they take the shop's, open now, as the shop did (R-WIN-1), so the day ends within minutes.
+        await zones_into(conn, SHOP_ID, tz)
         await conn.execute(f"VACUUM (ANALYZE) {', '.join(SEEDED_TABLES)}")
     finally:
         await conn.close()

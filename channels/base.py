@@ -38,6 +38,8 @@ class Outbound:
     channel: str
     address: str
     body: str
+    # R-PH-5: the chat agent the message goes out from (channels/chat.py); None: no agent (the shop's account).
+    sender: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

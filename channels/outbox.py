@@ -73,10 +73,13 @@ class OutboxChannel(InDatabaseChannel):
         return outcomes
 
     async def reconcile(self, messages: list[Outbound]) -> list[Outcome]:
+        """A delivery with an outbox batch was handed off (`sent`), unless the outbox dispatcher has since
+        recorded it `failed` or `unknown` (channels/dispatcher.py): then the dispatcher's answer stands."""
         outcomes: list[Outcome] = []
         for (campaign_id, phase, day, _), group in _batches(messages).items():
             rows = await self.pool.fetch(
-                "SELECT consumer_id, provider_ref FROM deliveries WHERE campaign_id = $1 AND phase = $2"
+                "SELECT consumer_id, provider_ref, state, reason, dispatch_ref IS NOT NULL AND state IN ('failed', 'unknown')"
+                " AS dispatcher_said FROM deliveries WHERE campaign_id = $1 AND phase = $2"
                 " AND day = $3 AND channel = $4 AND consumer_id = ANY($5::bigint[]) AND provider_ref LIKE 'outbox:%'",
                 campaign_id,
                 phase,
@@ -84,7 +87,12 @@ class OutboxChannel(InDatabaseChannel):
                 self.name,
                 [m.consumer_id for m in group],
             )
-            outcomes += [Outcome(r["consumer_id"], "sent", r["provider_ref"]) for r in rows]
+            outcomes += [
+                Outcome(r["consumer_id"], r["state"], r["provider_ref"], r["reason"])
+                if r["dispatcher_said"]
+                else Outcome(r["consumer_id"], "sent", r["provider_ref"])
+                for r in rows
+            ]
         return outcomes
 
 

@@ -1,7 +1,10 @@
 """The channels a worker sends through, by name: the outbox for every channel unless the settings name a
-provider for it (an SMS gateway, an SMTP server)."""
+provider for it (an SMS gateway, an SMTP server); and the providers the outbox dispatcher drains into
+(SLUICE_DISPATCH_CHANNELS: sent through the outbox, then handed to the provider by channels/dispatcher.py)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import asyncpg
 from sluice.activities import errors
@@ -27,24 +30,11 @@ class ChannelRegistry:
 
     @classmethod
     def from_settings(cls, pool: asyncpg.Pool, settings) -> ChannelRegistry:
-        """The outbox for every channel, except SMS through SLUICE_GATEWAY_URL and email through SLUICE_SMTP_HOST."""
+        """The outbox for every channel, except SMS through SLUICE_GATEWAY_URL and email through SLUICE_SMTP_HOST
+        (unless SLUICE_DISPATCH_CHANNELS routes them through the outbox and its dispatcher)."""
         registry = cls.outbox_for_all(pool)
-        if settings.gateway_url:
-            from sluice.channels.sms import SmsGatewayChannel
-
-            for name in (n.strip() for n in settings.gateway_channels.split(",") if n.strip()):
-                if name != "sms":
-                    raise ValueError(f"SLUICE_GATEWAY_CHANNELS: the gateway speaks an SMS API; {name!r} is not sms")
-                registry._channels[name] = SmsGatewayChannel(name, settings.gateway_url, timeout_s=settings.gateway_timeout_s)
-        if settings.smtp_host:
-            from sluice.channels.email import EmailChannel
-
-            registry._channels["email"] = EmailChannel(
-                host=settings.smtp_host, port=settings.smtp_port, sender=settings.smtp_sender,
-                connections=settings.smtp_connections, timeout_s=settings.smtp_timeout_s,
-                unsubscribe_url=settings.unsubscribe_url, start_tls=settings.smtp_start_tls,
-                username=settings.smtp_username, password=settings.smtp_password,
-            )  # fmt: skip
+        dispatched = dispatched_channels(settings)
+        registry._channels.update(provider_channels(settings, lambda name: name not in dispatched))
         return registry
 
     async def aclose(self) -> None:
@@ -52,3 +42,48 @@ class ChannelRegistry:
             close = getattr(channel, "aclose", None)
             if close:
                 await close()
+
+
+def dispatched_channels(settings) -> set[str]:
+    """SLUICE_DISPATCH_CHANNELS: the channels whose messages the send path writes to the outbox and the
+    dispatcher hands to their provider."""
+    names = {n.strip() for n in settings.dispatch_channels.split(",") if n.strip()}
+    unknown = names.difference(CHANNELS)
+    if unknown:
+        raise ValueError(f"SLUICE_DISPATCH_CHANNELS: unknown channel(s) {sorted(unknown)}; the channels are {CHANNELS}")
+    return names
+
+
+def provider_channels(settings, wanted: Callable[[str], bool] = lambda name: True) -> dict[str, Channel]:
+    """The provider adapters the settings configure, by channel (those `wanted`): SMS through SLUICE_GATEWAY_URL,
+    email through SLUICE_SMTP_HOST."""
+    adapters: dict[str, Channel] = {}
+    if settings.gateway_url:
+        from sluice.channels.sms import SmsGatewayChannel
+
+        for name in (n.strip() for n in settings.gateway_channels.split(",") if n.strip()):
+            if name != "sms":
+                raise ValueError(f"SLUICE_GATEWAY_CHANNELS: the gateway speaks an SMS API; {name!r} is not sms")
+            if wanted(name):
+                adapters[name] = SmsGatewayChannel(name, settings.gateway_url, timeout_s=settings.gateway_timeout_s)
+    if settings.smtp_host and wanted("email"):
+        from sluice.channels.email import EmailChannel
+
+        adapters["email"] = EmailChannel(
+            host=settings.smtp_host, port=settings.smtp_port, sender=settings.smtp_sender,
+            connections=settings.smtp_connections, timeout_s=settings.smtp_timeout_s,
+            unsubscribe_url=settings.unsubscribe_url, start_tls=settings.smtp_start_tls,
+            username=settings.smtp_username, password=settings.smtp_password,
+        )  # fmt: skip
+    return adapters
+
+
+def dispatch_adapters(settings) -> dict[str, Channel]:
+    """The outbox dispatcher's adapters: the provider of every channel of SLUICE_DISPATCH_CHANNELS."""
+    names = dispatched_channels(settings)
+    adapters = provider_channels(settings, names.__contains__)
+    missing = names.difference(adapters)
+    if missing:
+        raise ValueError(f"SLUICE_DISPATCH_CHANNELS: no provider configured for {sorted(missing)}"
+                         " (SLUICE_GATEWAY_URL for sms, SLUICE_SMTP_HOST for email)")
+    return adapters

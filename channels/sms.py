@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -125,40 +125,57 @@ class Balance:
 
 @dataclass
 class Debit:
-    """A chunk's charge: cost in yuan per paid consumer, segments taken per recharge and consumer, and
-    the consumers refused for want of credit (R-AQ-5)."""
+    """A chunk's charge: cost in yuan per paid consumer, segments taken per recharge and consumer, the
+    consumers refused for want of credit (R-AQ-5), and those the campaign's budget left out (R-COST-BUDGET)."""
 
     cost: dict[int, Decimal]
     parts: dict[int, list[tuple[int, int]]]
     refused: list[int]
+    over_budget: list[int] = field(default_factory=list)
 
     def taken(self) -> dict[int, int]:
         return {credit: sum(n for _, n in part) for credit, part in self.parts.items()}
 
 
-def plan_debit(balances: list[Balance], needs: list[tuple[int, int]]) -> Debit:
+def plan_debit(balances: list[Balance], needs: list[tuple[int, int]], budget_left: Decimal | None = None) -> Debit:
     """Charge each (consumer, segments) in order against `balances`, the earliest expiry first, a
     message spanning recharges when one runs out inside it. A message the credits left cannot pay for
-    whole is refused (it does not go out); a later, shorter one may still be paid."""
+    whole is refused (it does not go out); a later, shorter one may still be paid. With `budget_left`
+    (yuan, R-COST-BUDGET) the paid messages' costs together stay within it: the first message that does
+    not fit and every later one are left out (`over_budget`), their credits untouched."""
     left = [b.remaining for b in balances]
     total = sum(left)
     debit = Debit({}, {}, [])
+    spent = Decimal(0)
     i = 0
     for consumer, need in needs:
+        if debit.over_budget:
+            debit.over_budget.append(consumer)
+            continue
         if need > total:
             debit.refused.append(consumer)
             continue
+        # The message's segments from the recharges in order, priced before anything is taken.
+        takes, j, rest = [], i, need
+        while rest:
+            while left[j] == 0:
+                j += 1
+            n = min(rest, left[j])
+            takes.append((j, n))
+            rest -= n
+            if rest:
+                j += 1
+        cost = sum((balances[k].price_fen * n for k, n in takes), Decimal(0)) / 100  # fen -> yuan
+        if budget_left is not None and spent + cost > budget_left:
+            debit.over_budget.append(consumer)
+            continue
+        spent += cost
         total -= need
-        cost = Decimal(0)
-        while need:
-            while left[i] == 0:
-                i += 1
-            n = min(need, left[i])
-            left[i] -= n
-            need -= n
-            cost += balances[i].price_fen * n
-            debit.parts.setdefault(balances[i].credit_id, []).append((consumer, n))
-        debit.cost[consumer] = cost / 100  # fen -> yuan
+        for k, n in takes:
+            left[k] -= n
+            debit.parts.setdefault(balances[k].credit_id, []).append((consumer, n))
+        i = j
+        debit.cost[consumer] = cost
     return debit
 
 
@@ -168,6 +185,12 @@ _LOCK_CREDITS = """
     SELECT credit_id, remaining, price_fen FROM sms_credits
     WHERE shop_id = $1 AND expires_at > $2 AND remaining > 0
     ORDER BY expires_at, credit_id FOR UPDATE
+"""
+# The same, read without a lock (the preview prices what a run would charge, R-COST-BUDGET).
+_READ_CREDITS = """
+    SELECT credit_id, remaining, price_fen FROM sms_credits
+    WHERE shop_id = $1 AND expires_at > $2 AND remaining > 0
+    ORDER BY expires_at, credit_id
 """
 # $1 shop, $2 recharges, $3 segments taken from each.
 _DEBIT = """
@@ -218,14 +241,21 @@ async def signature_of(conn, shop_id: str) -> str:
     return industry_signature(await conn.fetchval(_SHOP_TERMS, shop_id))
 
 
+async def balances(conn, shop_id: str, at: datetime) -> list[Balance]:
+    """The shop's recharges with credits left at `at`, in the order they are spent, read without a lock."""
+    return [Balance(r["credit_id"], r["remaining"], r["price_fen"]) for r in await conn.fetch(_READ_CREDITS, shop_id, at)]
+
+
 async def charge(
-    conn, shop_id: str, texts: dict[int, str], at: datetime, campaign_id: int, phase: int, day
+    conn, shop_id: str, texts: dict[int, str], at: datetime, campaign_id: int, phase: int, day,
+    budget_left: Decimal | None = None,
 ) -> Debit:
     """Debit the segments of `texts` (consumer -> message as sent) from the shop's credits valid at `at`,
-    in the caller's transaction (the one that decides the deliveries), consumers in ascending order."""
+    in the caller's transaction (the one that decides the deliveries), consumers in ascending order;
+    `budget_left`: what the campaign's budget leaves (R-COST-BUDGET, plan_debit)."""
     rows = await conn.fetch(_LOCK_CREDITS, shop_id, at)
     balances = [Balance(r["credit_id"], r["remaining"], r["price_fen"]) for r in rows]
-    debit = plan_debit(balances, [(c, segments(texts[c])) for c in sorted(texts)])
+    debit = plan_debit(balances, [(c, segments(texts[c])) for c in sorted(texts)], budget_left)
     if debit.parts:
         taken = debit.taken()
         await conn.execute(_DEBIT, shop_id, list(taken), list(taken.values()))

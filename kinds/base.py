@@ -27,6 +27,7 @@ from typing import ClassVar
 
 import asyncpg
 from pydantic import Field
+from sluice.schemas.budget import Budget
 from sluice.schemas.campaign import (
     DEFAULT_ATTRIBUTION_DAYS,
     MAX_ATTRIBUTION_DAYS,
@@ -54,6 +55,12 @@ class SpecBase(Strict):
         default=None, strict=True, ge=1, le=MAX_ATTRIBUTION_DAYS,
         description="R-ATT-1: count orders created within this many days after the reach; default: the kind's window",
     )
+    budget: Budget | None = Field(
+        default=None,
+        description="R-COST-BUDGET: the most the campaign's deliveries may cost together, in the shop's currency"
+                    " (yuan, above 0, at most 2 decimal places); what it cannot pay for is not sent, and the campaign"
+                    " ends its sending then. None: no cap",
+    )
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,9 @@ class Kind(ABC):
     spec: ClassVar[type[SpecBase]]
     # The audience names the kind's phases may use (each an entry of audiences.AUDIENCES).
     audiences: ClassVar[tuple[str, ...]]
+    # Whether the kind's report carries a funnel (R-ED-5: potential -> reached -> handshake -> ordered ->
+    # repurchased, materialised by reports/refresh.py); a kind without one reports `funnel: null`.
+    funnel: ClassVar[bool] = False
 
     @abstractmethod
     async def check(self, conn: asyncpg.Connection, spec: SpecBase, shop: Shop, now: datetime) -> None:

@@ -29,6 +29,11 @@ Phases: the workflow walks phases one after another, so the in-site message
 (which has no quota to carry over) goes first and only on the campaign's
 first day when email is chosen too; the email phase then starts the same day
 and runs through the last. An in-site-only campaign's phase runs every day.
+
+The report has the funnel (R-ED-5, `funnel`): potential -> reached ->
+handshake (replied) -> ordered -> repurchased, each within the attribution
+window after the reach (30 days, ATTRIBUTION_DAYS), per channel and for the
+campaign (reports/refresh.py, docs/reports.md).
 """
 
 from __future__ import annotations
@@ -175,6 +180,7 @@ class Edm(Kind):
     name: ClassVar[str] = NAME
     spec: ClassVar[type[SpecBase]] = EdmSpec
     audiences: ClassVar[tuple[str, ...]] = AUDIENCES
+    funnel: ClassVar[bool] = True  # R-ED-5: its report has the funnel (docs/reports.md)
 
     async def check(self, conn: asyncpg.Connection, spec: EdmSpec, shop: Shop, now: datetime) -> None:
         _, last = campaign_days(spec, shop.timezone, now)

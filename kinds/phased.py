@@ -20,11 +20,13 @@ from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import asyncpg
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 from sluice.audiences import AUDIENCES
+from sluice.channels.chat import agents_problem
+from sluice.ingest.records import REF_PATTERN
 from sluice.kinds.base import Kind, Shop, SpecBase
 from sluice.schemas import rules
 from sluice.schemas.campaign import (
@@ -33,6 +35,7 @@ from sluice.schemas.campaign import (
     Ident,
     Pacing,
     PhasePlan,
+    SenderAgents,
     SpecDate,
     SpecTime,
     Strict,
@@ -45,6 +48,9 @@ from sluice.workflows.calendar import day_window, first_open_day
 
 NAME = "K-PHASED"
 MAX_PHASE_DAYS = 61
+MAX_SENDER_AGENTS = 1_000  # R-PH-5: agent ids one phase may name
+ALL_AGENTS = "all"
+AgentId = Annotated[str, StringConstraints(pattern=REF_PATTERN)]
 
 
 class PhaseName(StrEnum):
@@ -74,6 +80,12 @@ class PhaseSpec(Strict):
     audience: Ident | None = Field(default=None, description="audience name; default per R-PH-4")
     text: str = Field(min_length=1, max_length=500)
     daily_cap: int | None = Field(default=None, strict=True, ge=1, le=10_000_000, description="R-PH-7: most sends per day")
+    agents: list[AgentId] | Literal["all"] | None = Field(
+        default=None, max_length=MAX_SENDER_AGENTS,
+        description='R-PH-5: the chat agents the messages go out from: agent ids of the shop, or "all"; each message '
+        "from the agent who last served the customer when online and in the set, else an online agent of the set. "
+        "Default: no agent (the shop's own account)",
+    )  # fmt: skip
 
     @field_validator("send_time")
     @classmethod
@@ -84,6 +96,21 @@ class PhaseSpec(Strict):
     @classmethod
     def _text(cls, v: str) -> str:
         return check_text(v, "R-PH-6")
+
+    @field_validator("agents")
+    @classmethod
+    def _agents(cls, v: list[str] | str | None) -> list[str] | str | None:
+        if isinstance(v, list) and not v:
+            raise rule_error("R-PH-5", 'agents names no agent: give agent ids, or "all"')
+        if isinstance(v, list) and len(set(v)) != len(v):
+            raise rule_error("R-PH-5", "agents names an agent twice")
+        return v
+
+    def sender_agents(self) -> SenderAgents | None:
+        """R-PH-5: the plan's agent set (None: no agent)."""
+        if self.agents is None:
+            return None
+        return SenderAgents(ids=None if self.agents == ALL_AGENTS else list(self.agents))
 
     @model_validator(mode="after")
     def _range(self) -> PhaseSpec:
@@ -116,6 +143,8 @@ class PhasedSpec(SpecBase):
         for before, after in zip(self.phases, self.phases[1:], strict=False):
             if before.end_date is not None and after.start_date is not None and after.start_date <= before.end_date:
                 raise rule_error("R-PH-1", f"phase {after.name} starts before phase {before.name} ends")
+        if self.channel != Channel.chat and any(p.agents is not None for p in self.phases):
+            raise rule_error("R-PH-5", f"sender agents are chat agents; the channel is {self.channel.value}")
         return self
 
 
@@ -144,6 +173,9 @@ class Phased(Kind):
             # An unknown name would only fail in the workflow's first audience refresh.
             if phase.audience is not None and phase.audience not in self.audiences:
                 raise RuleViolation(f"phases.{i}.audience", "R-PH-4", f"unknown audience {phase.audience!r}")
+            # R-PH-5: the set names agents of this shop (or "all": the shop has agents).
+            if phase.agents is not None and (problem := await agents_problem(conn, shop.shop_id, phase.sender_agents().ids)):
+                raise RuleViolation(f"phases.{i}.agents", "R-PH-5", problem)
         days = phase_days(spec, shop.timezone, now)
         for i in range(1, len(days)):
             if days[i][0] <= days[i - 1][1]:
@@ -174,6 +206,7 @@ class Phased(Kind):
                 daily_cap=p.daily_cap,
                 pacing_per_hour=spec.pacing.per_hour,
                 attribution=self.attribution(spec),
+                sender_agents=p.sender_agents(),
             )
             for p, (start, end) in zip(spec.phases, phase_days(spec, shop.timezone, now), strict=True)
         ]

@@ -23,6 +23,9 @@ FAILURE_STATES = ("failed", "unknown", "suppressed", "not_sent")
 # The counts a report row carries; the money ones are Decimal.
 COUNTS = ("sent", "failed", "reached", "replied", "converted", "orders")
 MONEY = ("revenue", "cost")
+# R-ED-5: the funnel's stages in order (report_funnels' columns), and the phase of a funnel's campaign row.
+FUNNEL_STAGES = ("potential", "reached", "handshake", "ordered", "repurchased")
+CAMPAIGN_FUNNEL = -1
 # Pages of the per-buyer detail and of the campaign list.
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
@@ -31,6 +34,19 @@ MAX_PAGE = 1000
 def rate(part: int, whole: int) -> float | None:
     """part / whole, or None when there is no whole (nobody reached: no rate, not 0%)."""
     return part / whole if whole > 0 else None
+
+
+def funnel_stages(counts) -> list[tuple[str, int, float | None]]:
+    """(stage, count, conversion) in R-ED-5's order from a mapping of the stages' counts: the conversion is the
+    count over the previous stage's (None for the first stage, or after a stage of nobody). Each stage is counted
+    on its own (docs/reports.md), so a conversion may pass 1 (buyers who ordered without replying)."""
+    out: list[tuple[str, int, float | None]] = []
+    before = None
+    for stage in FUNNEL_STAGES:
+        n = counts[stage]
+        out.append((stage, n, None if before is None else rate(n, before)))
+        before = n
+    return out
 
 
 def roi(revenue: Decimal, cost: Decimal) -> float | None:

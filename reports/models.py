@@ -6,7 +6,7 @@ from datetime import date, datetime
 from decimal import Decimal
 
 from pydantic import BaseModel, Field
-from sluice.reports.definitions import rate, roi
+from sluice.reports.definitions import CAMPAIGN_FUNNEL, funnel_stages, rate, roi
 
 
 class Figures(BaseModel):
@@ -48,6 +48,45 @@ class TrendDay(Figures):
     day: date = Field(description="the shop's calendar day")
 
 
+class FunnelStage(BaseModel):
+    stage: str = Field(description="potential, reached, handshake, ordered or repurchased (R-ED-5), in this order")
+    count: int = Field(description="buyers at this stage (potential: the audience matched before exclusions)")
+    conversion: float | None = Field(
+        description="count / the previous stage's count; null for the first stage or after a stage of nobody"
+    )
+
+    @classmethod
+    def of(cls, row) -> list[FunnelStage]:
+        return [cls(stage=s, count=n, conversion=c) for s, n, c in funnel_stages(row)]
+
+
+class ChannelFunnel(BaseModel):
+    phase: int = Field(description="the phase's index (a K-EDM phase is one channel)")
+    name: str
+    channel: str | None = Field(description="the channel the phase sent on; null before it sent anything")
+    stages: list[FunnelStage]
+
+
+class Funnel(BaseModel):
+    """R-ED-5: potential -> reached -> handshake -> ordered -> repurchased (docs/reports.md, "The funnel")."""
+
+    stages: list[FunnelStage] = Field(description="the campaign: each buyer counted once across its channels")
+    channels: list[ChannelFunnel] = Field(description="per phase, in order")
+
+    @classmethod
+    def of(cls, rows, names: dict[int, str]) -> Funnel | None:
+        """The funnel from report_funnels rows (the campaign's and its phases'), or None without the campaign's."""
+        whole = next((r for r in rows if r["phase"] == CAMPAIGN_FUNNEL), None)
+        if whole is None:
+            return None
+        return cls(
+            stages=FunnelStage.of(whole),
+            channels=[ChannelFunnel(phase=r["phase"], name=names.get(r["phase"], f"phase {r['phase'] + 1}"),
+                                    channel=r["channel"], stages=FunnelStage.of(r))
+                      for r in rows if r["phase"] != CAMPAIGN_FUNNEL],
+        )  # fmt: skip
+
+
 class CampaignSummary(BaseModel):
     workflow_id: str
     campaign_id: str
@@ -64,6 +103,17 @@ class CampaignList(BaseModel):
     next: str | None = Field(description="cursor of the next page (`after`), null on the last page")
 
 
+class BudgetReport(BaseModel):
+    """R-COST-BUDGET: the campaign's budget cap and what its deliveries committed against it, read live."""
+
+    budget: Decimal = Field(description="the cap the spec gave, in the shop's currency")
+    spent: Decimal = Field(description="the costs of the committed deliveries (reserved, unknown, sent); a failed"
+                                       " one gave its cost back")
+    left: Decimal
+    exhausted: bool = Field(description="a message did not fit in what was left: the campaign sent nothing more")
+    exhausted_at: datetime | None
+
+
 class CampaignReport(BaseModel):
     workflow_id: str
     campaign_id: str
@@ -75,6 +125,8 @@ class CampaignReport(BaseModel):
     totals: Figures = Field(description="the campaign: each buyer counted once across its phases")
     phases: list[PhaseReport]
     trend: list[TrendDay] = Field(description="per phase and day, in order")
+    funnel: Funnel | None = Field(default=None, description="R-ED-5, for a kind with a funnel (K-EDM); null otherwise")
+    budget: BudgetReport | None = Field(default=None, description="R-COST-BUDGET: null for a campaign without a budget")
 
 
 class Recipient(BaseModel):

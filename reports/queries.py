@@ -23,11 +23,13 @@ from sluice.reports.definitions import (
     encode_cursor,
 )
 from sluice.reports.models import (
+    BudgetReport,
     CampaignList,
     CampaignReport,
     CampaignSummary,
     Dashboard,
     Figures,
+    Funnel,
     MonthPhase,
     PhaseReport,
     Recipient,
@@ -91,6 +93,14 @@ async def campaign(conn: asyncpg.Connection | asyncpg.Pool, shop_id: str | None,
 REPORT_TOTALS = "SELECT * FROM report_campaigns WHERE campaign_id = $1"
 REPORT_PHASES = "SELECT * FROM report_phases WHERE campaign_id = $1 ORDER BY phase"
 REPORT_DAYS = "SELECT * FROM report_days WHERE campaign_id = $1 ORDER BY phase, day"
+# The funnel's rows (R-ED-5; none for a kind without one): a range of report_funnels' primary key, the campaign's
+# row (phase -1) first.
+REPORT_FUNNEL = "SELECT * FROM report_funnels WHERE campaign_id = $1 ORDER BY phase"
+# R-COST-BUDGET: the campaign's budget (its spend row's, else its spec's) and its spend, live. Primary keys.
+REPORT_BUDGET = """
+SELECT coalesce(s.budget, (c.spec ->> 'budget')::numeric) AS budget, coalesce(s.spent, 0) AS spent, s.exhausted_at
+FROM campaigns c LEFT JOIN campaign_spend s ON s.campaign_id = c.id WHERE c.id = $1
+"""
 
 
 async def read_report(conn: asyncpg.Connection | asyncpg.Pool, row) -> CampaignReport | None:
@@ -100,6 +110,8 @@ async def read_report(conn: asyncpg.Connection | asyncpg.Pool, row) -> CampaignR
         return None
     phases = await conn.fetch(REPORT_PHASES, row["id"])
     days = await conn.fetch(REPORT_DAYS, row["id"])
+    funnel = await conn.fetch(REPORT_FUNNEL, row["id"])
+    spend = await conn.fetchrow(REPORT_BUDGET, row["id"])
     return CampaignReport(
         workflow_id=row["workflow_id"], campaign_id=row["campaign_ref"], shop_id=row["shop_id"], kind=row["kind"],
         state=row["state"], refreshed_at=totals["refreshed_at"], attributed=totals["attributed"],
@@ -110,6 +122,10 @@ async def read_report(conn: asyncpg.Connection | asyncpg.Pool, row) -> CampaignR
             for p in phases
         ],
         trend=[TrendDay(**Figures.of(d).model_dump(), phase=d["phase"], day=d["day"]) for d in days],
+        funnel=Funnel.of(funnel, {p["phase"]: p["name"] for p in phases}),
+        budget=BudgetReport(budget=spend["budget"], spent=spend["spent"], left=max(spend["budget"] - spend["spent"], 0),
+                            exhausted=spend["exhausted_at"] is not None, exhausted_at=spend["exhausted_at"])
+        if spend is not None and spend["budget"] is not None else None,
     )  # fmt: skip
 
 

@@ -5,7 +5,9 @@ after every phase day (activities/report.py) and what POST
 /campaigns/{id}/report/refresh and `sluice report --refresh` run on demand.
 The statements read the whole campaign set-based: the ledger's range of the
 campaign (its primary key's leading column), the campaign's attributions and
-the shop's replies; the definitions are in docs/reports.md.
+the shop's replies; the definitions are in docs/reports.md. A campaign whose kind
+has a funnel (Kind.funnel, R-ED-5) gets its report_funnels rows in the same
+transaction.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import importlib
 from dataclasses import dataclass
 
 import asyncpg
+from sluice.kinds import KINDS
+from sluice.reports.definitions import CAMPAIGN_FUNNEL
+from sluice.schemas.campaign import DEFAULT_ATTRIBUTION_DAYS
 
 # Concurrent refreshes of one campaign (the workflow's and an on-demand one) take turns: each rewrites
 # every row of the campaign. Two-key advisory lock: (this class, the campaign id folded into int4).
@@ -59,7 +64,8 @@ WITH c AS (
            row_number() OVER (PARTITION BY phase, consumer_id ORDER BY ordered_at, order_id) = 1 AS first
     FROM attributions WHERE campaign_id = $1
 ), parts (phase, day, sent, failed, cost, reached, replied, converted, orders, revenue) AS (
-    SELECT phase, day, sum(n) FILTER (WHERE state = 'sent'), sum(n) FILTER (WHERE state = 'failed'), sum(cost),
+    SELECT phase, day, sum(n) FILTER (WHERE state = 'sent'), sum(n) FILTER (WHERE state = 'failed'),
+           sum(cost) FILTER (WHERE state <> 'failed'),  -- a failed delivery costs nothing (its cost went back)
            0, 0, 0, 0, 0
     FROM ledger GROUP BY phase, day
     UNION ALL
@@ -123,6 +129,69 @@ ON CONFLICT (campaign_id) DO UPDATE SET
     cost = EXCLUDED.cost, attributed = EXCLUDED.attributed, refreshed_at = EXCLUDED.refreshed_at
 """
 
+# The funnel (R-ED-5), for a campaign whose kind has one (Kind.funnel): replaced with the report. The kind: one
+# row by primary key.
+CAMPAIGN_KIND = "SELECT kind FROM campaigns WHERE id = $1"
+# Cost: a range of report_funnels' primary key (a row per phase and one for the campaign).
+CLEAR_FUNNEL = "DELETE FROM report_funnels WHERE campaign_id = $1"
+# Per phase and for the campaign (phase CAMPAIGN_FUNNEL, each buyer once): potential -> reached -> handshake ->
+# ordered -> repurchased (docs/reports.md, "The funnel"). It runs after MATERIALISE in the same transaction: reached
+# and ordered are the report's reached and converted, read from the rows just written (one definition each). A
+# reach's window is the phase's attribution window (attribution_windows: K-EDM's 30 days after the reach; $2 days
+# for a phase without a row, as the attribution step). Cost: one more scan of the campaign's sent range of the
+# ledger, keeping only the rows of buyers who replied to the shop or have an attributed order (both hashed: a
+# semi-join, nothing aggregated per reached buyer), the shop's replies (outcome_events_replies), the campaign's
+# attributions, a first sent row per phase (the primary key) and the phases' audience_refreshes rows. At the
+# bench shop: docs/benchmarks.md, "Reports" (the funnel's run).
+FUNNEL = """
+WITH c AS (
+    SELECT id, shop_id FROM campaigns WHERE id = $1
+), potential AS (                   -- each phase's audience before exclusions, on its largest day
+    SELECT phase, max(matched) AS n FROM audience_refreshes WHERE campaign_id = $1 GROUP BY phase
+), att AS MATERIALIZED (            -- the campaign's attributed orders
+    SELECT phase, consumer_id, order_id, ordered_at FROM attributions WHERE campaign_id = $1
+), replies AS MATERIALIZED (        -- the shop's replies
+    SELECT consumer_id, occurred_at FROM outcome_events WHERE shop_id = (SELECT shop_id FROM c) AND kind = 'replied'
+), reach AS MATERIALIZED (          -- the sends to buyers who replied or ordered, each with its window [lo, hi)
+    SELECT d.phase, d.consumer_id, d.decided_at AS lo,
+           CASE WHEN w.mode = 'period' THEN w.to_at
+                ELSE d.decided_at + make_interval(days => coalesce(w.days, $2::int)) END AS hi
+    FROM deliveries d
+    LEFT JOIN attribution_windows w ON w.campaign_id = $1 AND w.phase = d.phase
+    WHERE d.campaign_id = $1 AND d.state = 'sent'
+      AND d.consumer_id IN (SELECT consumer_id FROM replies UNION SELECT consumer_id FROM att)
+), handshake AS MATERIALIZED (      -- reached buyers who replied inside the window of a send
+    SELECT DISTINCT r.phase, r.consumer_id
+    FROM reach r JOIN replies e ON e.consumer_id = r.consumer_id AND e.occurred_at >= r.lo AND e.occurred_at < r.hi
+), first_order AS (                 -- each buyer's first order attributed to each phase
+    SELECT DISTINCT ON (phase, consumer_id) phase, consumer_id, order_id, ordered_at
+    FROM att ORDER BY phase, consumer_id, ordered_at, order_id
+), rebought AS (                    -- ... and another order of the campaign after it, inside the window of a send
+    SELECT DISTINCT f.phase, f.consumer_id
+    FROM first_order f
+    JOIN att a ON a.consumer_id = f.consumer_id AND (a.ordered_at, a.order_id) > (f.ordered_at, f.order_id)
+    JOIN reach r ON r.phase = f.phase AND r.consumer_id = f.consumer_id AND a.ordered_at >= r.lo AND a.ordered_at < r.hi
+), per_phase AS (                   -- the report's phases, just materialised
+    SELECT p.phase,
+           (SELECT d.channel FROM deliveries d WHERE d.campaign_id = $1 AND d.phase = p.phase AND d.state = 'sent'
+            ORDER BY d.consumer_id LIMIT 1) AS channel,  -- ordered: the primary key's first rows, not a scan
+           coalesce(po.n, 0) AS potential, p.reached, coalesce(hn.n, 0) AS handshake, p.converted AS ordered,
+           coalesce(rb.n, 0) AS repurchased
+    FROM report_phases p
+    LEFT JOIN potential po ON po.phase = p.phase
+    LEFT JOIN (SELECT phase, count(*) AS n FROM handshake GROUP BY phase) hn ON hn.phase = p.phase
+    LEFT JOIN (SELECT phase, count(*) AS n FROM rebought GROUP BY phase) rb ON rb.phase = p.phase
+    WHERE p.campaign_id = $1
+)
+INSERT INTO report_funnels (campaign_id, phase, shop_id, channel, potential, reached, handshake, ordered, repurchased)
+SELECT $1, phase, (SELECT shop_id FROM c), channel, potential, reached, handshake, ordered, repurchased FROM per_phase
+UNION ALL                           -- the campaign: each buyer once; bought again = two orders of the campaign
+SELECT $1, $3::smallint, t.shop_id, NULL, coalesce((SELECT max(n) FROM potential), 0), t.reached,
+       (SELECT count(DISTINCT consumer_id) FROM handshake), t.converted,
+       (SELECT count(*) FROM (SELECT consumer_id FROM att GROUP BY consumer_id HAVING count(*) >= 2) twice)
+FROM report_campaigns t WHERE t.campaign_id = $1
+"""
+
 # The attribution step of the outcomes domain, when it is installed: it rebuilds the campaign's
 # attributions rows, which the report then reads.
 ATTRIBUTION_MODULE = "sluice.outcomes.attribution"
@@ -132,6 +201,12 @@ ATTRIBUTION_MODULE = "sluice.outcomes.attribution"
 class Refreshed:
     campaign_db_id: int
     attributed: bool
+
+
+def has_funnel(kind: str | None) -> bool:
+    """Whether the report of a campaign of this kind has the funnel (R-ED-5): the kind registry says so."""
+    found = KINDS.get(kind) if kind else None
+    return found is not None and found.funnel
 
 
 def _attribution():
@@ -159,4 +234,7 @@ async def refresh(conn: asyncpg.Connection, campaign_db_id: int, *, attribution:
         await conn.execute(SETTINGS)
         await conn.execute(CLEAR_DAYS, campaign_db_id)
         await conn.execute(MATERIALISE, campaign_db_id, attribute is not None)
+        await conn.execute(CLEAR_FUNNEL, campaign_db_id)
+        if has_funnel(await conn.fetchval(CAMPAIGN_KIND, campaign_db_id)):
+            await conn.execute(FUNNEL, campaign_db_id, DEFAULT_ATTRIBUTION_DAYS, CAMPAIGN_FUNNEL)
     return Refreshed(campaign_db_id=campaign_db_id, attributed=attribute is not None)

@@ -6,10 +6,12 @@ See docs/design.md, "Recipients never travel through history".
 from __future__ import annotations
 
 from datetime import date, datetime
+from decimal import Decimal
 
 from pydantic import BaseModel, Field, model_validator
 from sluice.schemas.benefits import BenefitPlan
-from sluice.schemas.campaign import Channel, OfferPlan, TemplateCap, legacy_coupon_id
+from sluice.schemas.budget import BUDGET_EXHAUSTED, BUDGET_RULE
+from sluice.schemas.campaign import Channel, OfferPlan, SenderAgents, TemplateCap, legacy_coupon_id
 from sluice.schemas.quota import STOPS as QUOTA_STOPS
 from sluice.schemas.quota import QuotaPlan
 
@@ -24,9 +26,12 @@ SUPPRESS_DELETED = "deleted"  # R-EXC-1
 SUPPRESS_NO_CONTACT = "no_contact"  # R-EXC-1
 SUPPRESS_BENEFIT = "benefit_unavailable"  # R-OC-9 / R-BEN-1
 SUPPRESS_NO_CREDIT = "sms_no_credit"  # R-AQ-5: the shop's SMS credits cannot pay for the message
+SUPPRESS_NO_AGENT = "no_agent_online"  # R-PH-5: no agent of the phase's set was online when the chunk was decided
 NOT_SENT_WINDOW = "window_closed_phase_ended"  # R-PH-2: unsent at 22:00 of the phase's last day
 NOT_SENT_CANCELLED = "campaign_cancelled"
 NOT_SENT_YIELDED = "yielded_to_custom_task"  # R-RP-9: a custom task of the shop ran until the window closed
+# R-WIN-1: the recipient's own 08:00-22:00 did not open between the day's send time and the shop's next day.
+NOT_SENT_RECIPIENT_WINDOW = "outside_recipient_window"
 # Reasons the audience refresh gives (filters and the ledger), and the preview's own.
 EXCLUDED_ALREADY_REACHED = "already_reached"
 EXCLUDED_OVERLAP = "overlap"  # R-OC-6
@@ -39,6 +44,9 @@ NOT_SENT_DAILY_CAP = "daily_cap"  # R-PH-7
 HELD_OUT = "held_out"
 # R-ED-4: the shop's provider quota of the day is spent, its account is in arrears or not configured.
 NOT_SENT_QUOTA, NOT_SENT_ARREARS, NOT_SENT_NO_ACCOUNT = QUOTA_STOPS
+# R-COST-BUDGET (sluice's own rule, schemas/budget.py): the campaign's budget cannot pay for the message; the
+# campaign sends nothing more.
+NOT_SENT_BUDGET = BUDGET_EXHAUSTED
 
 # The rule behind each reason, for the preview and the reports.
 REASON_RULES = {
@@ -52,6 +60,7 @@ REASON_RULES = {
     SUPPRESS_NO_CONTACT: "R-EXC-1",
     SUPPRESS_BENEFIT: "R-BEN-1",
     SUPPRESS_NO_CREDIT: "R-AQ-5",
+    SUPPRESS_NO_AGENT: "R-PH-5",
     EXCLUDED_OVERLAP: "R-OC-6",
     EXCLUDED_LOW_ACTIVITY: "R-OC-7",
     EXCLUDED_MEMBER: "R-AQ-1",
@@ -59,7 +68,9 @@ REASON_RULES = {
     NOT_SENT_MIN_AUDIENCE: "R-OC-4",
     NOT_SENT_DAILY_CAP: "R-PH-7",
     NOT_SENT_YIELDED: "R-RP-9",
+    NOT_SENT_RECIPIENT_WINDOW: "R-WIN-1",
     **dict.fromkeys(QUOTA_STOPS, "R-ED-4"),
+    NOT_SENT_BUDGET: BUDGET_RULE,
 }
 
 
@@ -110,7 +121,21 @@ class SendSliceInput(BaseModel):
         default=False, description="the audience may yield consumers without a shop row (audiences.reaches_non_customers)"
     )
     holdout_percent: float = Field(default=0.0, description="R-HO-1: the campaign's control group share (held out)")
+    later_pass: bool = Field(
+        default=False,
+        description="R-WIN-1: a later pass of the day, for recipients who waited for their own window; one without"
+        " a zone of their own is not sent in it (the shop's window: the first pass decided them, or it has closed)",
+    )
+    zoned_only: bool = Field(
+        default=False, description="read only the snapshot rows with a zone (a later pass of a phase without a daily cap)"
+    )
     quota: QuotaPlan | None = Field(default=None, description="the provider quota each sent delivery holds (R-ED-4)")
+    sender_agents: SenderAgents | None = Field(
+        default=None, description="R-PH-5: the chat agents a message goes out from (channels/chat.py); None: no agent"
+    )
+    campaign_budget: Decimal | None = Field(
+        default=None, description="R-COST-BUDGET: the campaign's budget cap (money); None: no cap (activities/budget.py)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -126,6 +151,9 @@ class SendSliceResult(BaseModel):
     unknown: int = 0
     suppressed: dict[str, int] = Field(default_factory=dict)
     stopped_reason: str | None = None
+    deferred: int = Field(
+        default=0, description="R-WIN-1: recipients outside their own send window at the hand-off, left undecided"
+    )
 
 
 class CloseDayInput(BaseModel):
@@ -139,6 +167,22 @@ class CloseDayInput(BaseModel):
     reason: str | None = Field(
         default=None, description="when set, unsent snapshot rows are recorded as not_sent with it"
     )
+
+
+class WaitingInput(BaseModel):
+    """A phase day's recipients with a zone of their own and no decision yet (R-WIN-1)."""
+
+    campaign_db_id: int
+    phase_index: int
+    day: date
+    channel: Channel
+    shop_id: str = ""
+    template_group: str = ""
+    decided_at: datetime | None = Field(default=None, description="for close_waiting: the decision instant")
+
+
+class WaitingZones(BaseModel):
+    zones: dict[str, int] = Field(default_factory=dict, description="recipients still waiting, per zone")
 
 
 class OffersInput(BaseModel):
@@ -195,6 +239,8 @@ class ReconcileInput(BaseModel):
     channel: Channel
     # A delivery not sent gives its claim's unit back by the claim itself (no coupon named here).
     template_cap: TemplateCap | None = None
+    # R-ED-4: the quota the channel's deliveries held, given back by those that failed; None: none.
+    quota: QuotaPlan | None = None
 
 
 class ReconcileResult(BaseModel):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
 
@@ -144,6 +145,14 @@ class TemplateCap(BaseModel):
 PERSONAL_PLACEHOLDERS = frozenset({"name", "product", "coupon", "ends_at", "benefit"})
 
 
+class SenderAgents(BaseModel):
+    """R-PH-5: the chat agents a phase's messages go out from: the agents `ids` (checked against the shop's
+    agents before the start), or every agent of the shop (`ids` None). Each message's sender is chosen
+    when its delivery is decided (channels/chat.py)."""
+
+    ids: list[str] | None = None
+
+
 class OfferPlan(BaseModel):
     """A coupon every sent delivery carries: one unit of its stock held for the delivery as a `claims` row,
     taken in the transaction that decides it and given back when it is not sent (activities/offers.py).
@@ -239,6 +248,8 @@ class PhasePlan(BaseModel):
     # A provider quota each sent delivery holds (R-ED-4, schemas/quota.py): the shop's daily limit, the
     # free messages and the price of the others, debited from the shop's account in the deciding transaction.
     quota: QuotaPlan | None = None
+    # R-PH-5: the chat agents the phase's messages go out from; None: no sender agent (the shop's own account).
+    sender_agents: SenderAgents | None = None
     # R-ATT-1: the orders that count for this phase; set by the kind's compile (plans written before it:
     # the default week after the reach).
     attribution: AttributionWindow = Field(default_factory=AttributionWindow)
@@ -293,6 +304,8 @@ class CampaignPlan(BaseModel):
     precedence: Precedence | None = None
     # R-HO-1: the share of each phase's audience kept as a control group (held out, never sent), in percent.
     holdout_percent: float = 0.0
+    # R-COST-BUDGET: the most the campaign's deliveries may cost together (schemas/budget.py); None: no cap.
+    budget: Decimal | None = None
 
 
 def workflow_id_for(shop_id: str, campaign_id: str) -> str:

@@ -43,6 +43,10 @@ class QuotaPlan(BaseModel):
 
 
 EDM = QuotaPlan()
+# The quota a channel's priced deliveries hold (K-EDM's email). The outbox dispatcher, which has no plan, gives a
+# failed delivery's unit back to it when the delivery carries a cost: take_quota prices every delivery it counts
+# (0 for the free ones) and nothing else prices an email.
+CHANNEL_QUOTAS = {"email": EDM}
 
 
 @dataclass(frozen=True)

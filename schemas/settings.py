@@ -12,6 +12,9 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Statements a refresh (and a preview) of one audience runs at once, each on its own connection and core.
+DEFAULT_REFRESH_PARTS = 2
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore")
@@ -37,7 +40,7 @@ class Settings(BaseSettings):
     provider_rates: str = Field(default="", alias="SLUICE_PROVIDER_RATES")
     # The audience refresh runs as this many statements at once, each numbering its share of
     # the day's recipients (activities/audience.py); about the database's cores.
-    refresh_parts: int = Field(default=2, ge=1, le=64, alias="SLUICE_REFRESH_PARTS")
+    refresh_parts: int = Field(default=DEFAULT_REFRESH_PARTS, ge=1, le=64, alias="SLUICE_REFRESH_PARTS")
     # How long a workflow waits for its crashed worker's sticky queue before any worker takes it.
     sticky_timeout_s: float = Field(default=5.0, gt=0, alias="SLUICE_STICKY_TIMEOUT_S")
     log_level: str = Field(default="INFO", alias="SLUICE_LOG_LEVEL")
@@ -57,6 +60,15 @@ class Settings(BaseSettings):
     smtp_start_tls: bool | None = Field(default=None, alias="SLUICE_SMTP_STARTTLS")  # None: when offered
     smtp_username: str | None = Field(default=None, alias="SLUICE_SMTP_USERNAME")
     smtp_password: str | None = Field(default=None, alias="SLUICE_SMTP_PASSWORD")
+    # The outbox dispatcher (channels/dispatcher.py): these channels are written to the outbox by the send path
+    # and handed to their provider above by a dispatcher the worker runs (or `sluice dispatch`). Empty: none.
+    dispatch_channels: str = Field(default="", alias="SLUICE_DISPATCH_CHANNELS")
+    dispatch_batches: int = Field(default=4, ge=1, le=64, alias="SLUICE_DISPATCH_BATCHES")  # claimed at once per channel
+    # Messages per provider call and per recorded transaction: larger parts cost fewer round trips; a crash leaves at
+    # most one part per batch in question (settled by lookup on the SMS gateway, `unknown` on SMTP).
+    dispatch_part_size: int = Field(default=500, ge=1, le=10_000, alias="SLUICE_DISPATCH_PART_SIZE")
+    dispatch_lease_s: float = Field(default=60.0, gt=0, alias="SLUICE_DISPATCH_LEASE_S")  # a claim without progress
+    dispatch_idle_s: float = Field(default=1.0, gt=0, alias="SLUICE_DISPATCH_IDLE_S")  # look again when nothing was due
     # Where an email's List-Unsubscribe link points (the delivery key is appended as `d`).
     unsubscribe_url: str = Field(default="http://127.0.0.1:8000/v1/unsubscribe", alias="SLUICE_UNSUBSCRIBE_URL")
     # Observability (docs/observability.md). The worker serves /metrics on this port (unset: no

@@ -12,7 +12,8 @@ class CampaignProgress(BaseModel):
     """Everything the workflow must remember across continue-as-new: small and count-only."""
 
     started_at: datetime
-    state: str = "scheduled"  # scheduled | waiting | sending | yielding | paused | halted | completed | cancelled
+    # scheduled | waiting | sending | yielding | paused | halted | completed | cancelled | budget_exhausted
+    state: str = "scheduled"
     phase_index: int = 0
     next_day: date | None = None
     paused: bool = False
@@ -24,6 +25,9 @@ class CampaignProgress(BaseModel):
     # Why the campaign sends nothing right now though it could: another campaign of the shop takes
     # precedence (R-RP-9). None otherwise.
     yield_reason: str | None = None
+    # Why the campaign ended before its plan's end though nobody cancelled it: its budget is spent
+    # (R-COST-BUDGET, schemas/budget.py); its final state is then "budget_exhausted". None otherwise.
+    end_reason: str | None = None
     totals: dict[str, dict[str, int]] = Field(default_factory=dict, description="per phase name, per count key")
     last_report: dict[str, int] = Field(default_factory=dict)
     current_day: date | None = None

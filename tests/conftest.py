@@ -28,9 +28,11 @@ DATA_TABLES = [
     "report_days",
     "report_phases",
     "report_campaigns",
+    "report_funnels",
     "outbox",
     "sms_debits",
     "sms_credits",
+    "quota_day",  # no foreign key: TRUNCATE ... CASCADE would not reach it
     "deliveries",
     "fatigue_day",
     "audience_snapshots",

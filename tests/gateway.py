@@ -60,6 +60,7 @@ class Gateway:
         self.deliveries = Counter()  # national number -> messages actually handed on to the network
         self.segments = Counter()  # national number -> billed segments handed on
         self.requests = Counter()
+        self.offered = Counter()  # messageId -> batch requests that carried it and were processed (duplicates included)
         self._ids = itertools.count(1)
         self.app = self._build()
         self.port = _free_port()
@@ -78,6 +79,7 @@ class Gateway:
             text = m["text"]
             for d in m["destinations"]:
                 ref, to = d["messageId"], d["to"]
+                self.offered[ref] += 1
                 if ref not in self.accepted:
                     number = national(to)
                     if number in c.reject_numbers or to in c.reject_numbers:

@@ -298,3 +298,16 @@ async def test_2300_recipients_go_2000_on_day_1_and_the_rest_with_joiners_on_day
     assert e2[2] == {A.NOT_SENT_ARREARS: 300}, e2
     assert A.REASON_RULES[A.NOT_SENT_ARREARS] == "R-ED-4"
     assert await pool.fetchval("SELECT count(*) FROM outbox_messages WHERE campaign_id = $1", c2) == 2000
+
+    # The funnel (R-ED-5) of what ran: the largest audience before exclusions (day 2's, with the joiner), the
+    # buyers each channel reached, and the campaign's, each buyer once (the message's 2,312 and the email's 2,301
+    # share all but the email's joiner); nobody replied or ordered.
+    from sluice.reports import queries
+    from sluice.reports.refresh import refresh as materialise
+
+    async with pool.acquire() as conn:
+        await materialise(conn, c1)
+        funnel = (await queries.read_report(conn, await queries.campaign(conn, "e1", plans[0].workflow_id))).funnel
+    assert [(c.name, c.channel, [s.count for s in c.stages]) for c in funnel.channels] == [
+        ("inbox", "inbox", [2314, 2312, 0, 0, 0]), ("email", "email", [2315, 2301, 0, 0, 0])]
+    assert [s.count for s in funnel.stages] == [2315, 2313, 0, 0, 0]

@@ -7,8 +7,10 @@ page, is given the key, opens the campaign, and every number the page shows is
 compared with the JSON the API answers: its data-value must be the JSON value
 and its text that value formatted by the page's rules (written out again here,
 independently). The failures table is paged and filtered like the API's
-recipients route. A full-page screenshot lands in the test's tmp_path and in
-tests/output/report-page.png.
+recipients route. A K-EDM campaign (tests/test_report_funnel.py's) shows its
+funnel (R-ED-5), each stage for the campaign and per channel as the API's. A
+full-page screenshot of each lands in the test's tmp_path and in tests/output/
+(report-page.png, report-page-funnel.png).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from sluice.schemas.activities import NOT_SENT_CANCELLED, SUPPRESS_SHOP_DAY, SUP
 
 from tests.api_helpers import bearer, running_app, serving, shop_key
 from tests.factories import make_campaign
+from tests.test_report_funnel import edm_campaign
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
@@ -38,12 +41,13 @@ pytestmark = pytest.mark.skipif(
 TZ = "Asia/Shanghai"
 SHOP, OTHER = "rp1", "rp2"
 WF = f"{SHOP}.spring"
+EDM = f"{SHOP}.edm"
 OUTPUT = Path(__file__).parent / "output" / "report-page.png"
 
 # The page's number formats (web/report.js), written out again as the test's oracle.
-COUNTS = {"sent", "failed", "reached", "replied", "converted", "orders", "campaigns"}
+COUNTS = {"sent", "failed", "reached", "replied", "converted", "orders", "campaigns", "count"}
 MONEY = {"revenue", "cost"}
-RATES = {"inquiry_rate", "conversion_rate", "roi"}
+RATES = {"inquiry_rate", "conversion_rate", "roi", "conversion"}
 FIGURES = ("sent", "reached", "inquiry_rate", "conversion_rate", "revenue", "cost", "roi")
 MINOR = ("failed", "replied", "converted", "orders")
 DASH = "\u2013"
@@ -199,6 +203,7 @@ async def test_report_page_shows_the_api_numbers(clean_db, ts_env, tmp_path):
     await shop_key(pool, OTHER, TZ)
     await make_campaign(pool, OTHER, "theirs", state="completed")  # never on rp1's page
     await seed(pool)
+    await edm_campaign(pool, SHOP, "edm", OTHER)  # a K-EDM campaign: its report has the funnel
 
     async with running_app(pool, ts_env, worker=False) as app, serving(app) as base:
         async with httpx.AsyncClient(base_url=base, headers=bearer(key)) as http:
@@ -217,6 +222,9 @@ async def test_report_page_shows_the_api_numbers(clean_db, ts_env, tmp_path):
             r = await http.post(f"/campaigns/{WF}/report/refresh")
             assert r.status_code == 200, r.text
             report = (await http.get(f"/campaigns/{WF}/report")).json()
+            r = await http.post(f"/campaigns/{EDM}/report/refresh")
+            assert r.status_code == 200, r.text
+            edm_report = r.json()
             dashboard = (await http.get("/dashboard")).json()
             campaigns = (await http.get("/campaigns")).json()
 
@@ -259,7 +267,7 @@ async def test_report_page_shows_the_api_numbers(clean_db, ts_env, tmp_path):
                 assert {"campaigns", "change.sent", "change.revenue"} <= seen
                 assert {f"months.{i}.revenue" for i in range(len(dashboard["months"]))} <= seen
                 listed = [it["text"] for it in items if it["source"] == "campaigns"]
-                assert listed == [c["workflow_id"] for c in campaigns["campaigns"]] == [f"{SHOP}.summer", WF]
+                assert listed == [c["workflow_id"] for c in campaigns["campaigns"]] == [EDM, f"{SHOP}.summer", WF]
 
                 # The campaign: every number equals the API's.
                 await page.click(f"a[href='#campaign={WF}']")
@@ -272,7 +280,7 @@ async def test_report_page_shows_the_api_numbers(clean_db, ts_env, tmp_path):
                 assert {f"totals.{k}" for k in (*FIGURES, *MINOR)} <= seen
                 assert {f"trend.{i}.{k}" for i in range(len(report["trend"])) for k in ("sent", "reached", "revenue")} <= seen
                 assert [h.strip() for h in await page.locator("#phase-cards h4").all_inner_texts()] == ["warm-up", "offer"]
-                assert await page.is_hidden("#funnel-box") == ("funnel" not in report)
+                assert report["funnel"] is None and await page.is_hidden("#funnel-box")  # a kind without a funnel
 
                 # The chart plots the trend: a point per phase and day, higher values drawn higher.
                 for metric in ("sent", "revenue"):
@@ -311,6 +319,25 @@ async def test_report_page_shows_the_api_numbers(clean_db, ts_env, tmp_path):
                 # Reloaded, the tab keeps its key and its campaign; "Forget key" drops it.
                 await page.reload()
                 await page.wait_for_selector(f"body[data-campaign='{WF}']")
+
+                # The K-EDM campaign: its funnel, for the campaign and per channel, is the API's, stage by stage.
+                await page.click("#report-close")
+                await page.click(f"a[href='#campaign={EDM}']")
+                await page.wait_for_selector(f"body[data-campaign='{EDM}']")
+                assert await page.is_visible("#funnel-box")
+                funnel = edm_report["funnel"]
+                seen = check_numbers(await page.evaluate(NUMBERS_JS), "report", edm_report)
+                stages = range(len(funnel["stages"]))
+                assert {f"funnel.stages.{i}.{k}" for i in stages for k in ("count", "conversion")} <= seen
+                assert {f"funnel.channels.{j}.stages.{i}.{k}" for j in range(len(funnel["channels"])) for i in stages
+                        for k in ("count", "conversion")} <= seen  # fmt: skip
+                # Worth comparing: two channels, a buyer reached on both counted once, a conversion past 100%.
+                assert [c["channel"] for c in funnel["channels"]] == ["inbox", "email"]
+                assert funnel["stages"][1]["count"] < sum(c["stages"][1]["count"] for c in funnel["channels"])
+                assert any(s["conversion"] is not None and s["conversion"] > 1 for s in funnel["stages"])
+                shot = tmp_path / "report-page-funnel.png"
+                await page.screenshot(path=str(shot), full_page=True)
+                shutil.copyfile(shot, OUTPUT.with_name(shot.name))
                 await page.click("#forget")
                 assert await page.is_visible("#key-form")
                 assert await page.evaluate("() => sessionStorage.getItem('sluice.apiKey')") is None

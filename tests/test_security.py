@@ -42,7 +42,8 @@ def _spec(now, campaign_id: str, shop_id: str = VICTIM) -> dict:
 # Routes that act on the key's own shop, whatever the request names: checked for leaks and writes.
 OWN_SHOP_ROUTES = {("GET", "/campaigns"), ("GET", "/dashboard"), ("POST", "/load/{kind}"), ("POST", "/events")}
 # The victim's rows that no request of the attacker may change.
-VICTIM_TABLES = ("campaigns", "shop_customers", "products", "coupons", "orders", "behaviour_events", "claims")
+VICTIM_TABLES = ("campaigns", "shop_customers", "products", "coupons", "orders", "behaviour_events", "claims", "agents")
+VICTIM_AGENT, GHOST_AGENT = "victim-agent", "ghost-agent"
 
 
 def _routes(routes):
@@ -71,6 +72,8 @@ def _path_values(route: APIRoute, victim_id: str, victim_offer: int) -> list[dic
             values = [victim_id]
         elif param.name == "offer_id":
             values = [str(victim_offer)]
+        elif param.name == "agent_id":
+            values = [VICTIM_AGENT]
         elif typing.get_origin(param.field_info.annotation) is typing.Literal:
             values = list(typing.get_args(param.field_info.annotation))
         else:
@@ -87,6 +90,8 @@ def _body_for(route: APIRoute, method: str, now, shop_id: str) -> dict | None:
         return _spec(now, "c9", shop_id=shop_id)
     if route.path == "/offers/{offer_id}/claim":
         return None  # the body is optional
+    if route.path == "/agents/{agent_id}/presence":
+        return {"online": True}
     if route.path == "/load/{kind}":
         return {"records": [{"shop_id": shop_id, "consumer_id": 1, "nick": "taken over"}]}
     if route.path == "/events":
@@ -112,6 +117,8 @@ async def test_another_shops_key_gets_nothing_on_every_route(clean_db, ts_env):
         # An offer of the victim's (a sent K-REPURCHASE delivery's claim), still open.
         await pool.execute("INSERT INTO coupons (coupon_id, shop_id, name, valid_from, valid_to, stock)"
                            " VALUES ('v-c', $1, 'v', now() - interval '1 day', now() + interval '1 day', 5)", VICTIM)
+        # A chat agent of the victim's, offline (R-PH-5: presence is the shop's to set).
+        await pool.execute("INSERT INTO agents (shop_id, agent_id, name) VALUES ($1, $2, 'v')", VICTIM, VICTIM_AGENT)
         victim_offer = await pool.fetchval(
             "INSERT INTO claims (campaign_id, phase, consumer_id, day, channel, shop_id, coupon_id, expires_at)"
             " VALUES (1, 0, 1, current_date, 'chat', $1, 'v-c', now() + interval '1 hour') RETURNING id", VICTIM)
@@ -146,7 +153,8 @@ async def test_another_shops_key_gets_nothing_on_every_route(clean_db, ts_env):
                         body = _body_for(route, method, now, VICTIM)
                         res = await attacker.request(method, path, json=body)
                         # The same request for something that does not exist at all.
-                        ghost_params = {k: ("s1.ghost" if k == "workflow_id" else str(GHOST_OFFER) if k == "offer_id" else v)
+                        ghost_params = {k: ("s1.ghost" if k == "workflow_id" else str(GHOST_OFFER) if k == "offer_id"
+                                            else GHOST_AGENT if k == "agent_id" else v)
                                         for k, v in params.items()}
                         ghost_body = _body_for(route, method, now, "ghost-shop")
                         ghost = await attacker.request(method, route.path_format.format(**ghost_params),
@@ -154,8 +162,8 @@ async def test_another_shops_key_gets_nothing_on_every_route(clean_db, ts_env):
                         what = f"{method} {path}"
                         assert res.status_code in (403, 404), (what, res.status_code, res.text)
                         assert res.status_code == ghost.status_code, (what, res.text, ghost.text)
-                        assert res.text.replace(victim_id, "ID").replace(str(victim_offer), "ID") == \
-                            ghost.text.replace("s1.ghost", "ID").replace(str(GHOST_OFFER), "ID"), what
+                        assert res.text.replace(victim_id, "ID").replace(str(victim_offer), "ID").replace(VICTIM_AGENT, "ID") == \
+                            ghost.text.replace("s1.ghost", "ID").replace(str(GHOST_OFFER), "ID").replace(GHOST_AGENT, "ID"), what
                         assert _headers(res) == _headers(ghost), what
                         for secret in SECRETS:
                             assert secret not in res.text, (what, secret, res.text)
@@ -165,6 +173,7 @@ async def test_another_shops_key_gets_nothing_on_every_route(clean_db, ts_env):
         assert "POST /campaigns" in checked
         assert "POST /campaigns/preview" in checked and f"POST /offers/{victim_offer}/claim" in checked
         assert await pool.fetchval("SELECT state FROM claims WHERE id = $1", victim_offer) == "held"
+        assert f"PUT /agents/{VICTIM_AGENT}/presence" in checked
 
         assert {"GET /campaigns", "GET /dashboard", "POST /events", "POST /load/customers"} <= set(checked)
 

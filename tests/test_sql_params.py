@@ -33,7 +33,7 @@ from tests.api_helpers import client, running_app, shop_key
 from tests.factories import add_customers
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["api", "activities", "audiences", "db", "kinds", "schemas", "workers", "workflows"]
+PACKAGES = ["api", "activities", "audiences", "channels", "db", "kinds", "schemas", "workers", "workflows"]
 SQL = re.compile(
     r"\b(SELECT|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE|DROP|TRUNCATE|ANALYZE|ALTER|COPY|VALUES|WHERE)\b",
     re.IGNORECASE,
@@ -58,6 +58,7 @@ ALLOWED_INTERPOLATIONS = {
      "_PURCHASES_OF.format(products=_CATEGORY_PRODUCTS.format(category='ANY(ARRAY(SELECT fb.category FROM fallback fb))'))"):
         "a constant purchases query over a constant category subquery",
     ("activities/send.py", "A.HELD_OUT"): "the held-out state's name, a constant of schemas/activities.py",
+    ("activities/send.py", "A.NOT_SENT_BUDGET"): "the budget's not_sent reason (R-COST-BUDGET), a constant of schemas/",
     ("audiences/edm.py", "int(days)"): "an int: the window's days, literals 7/30/90 of the module",
     # audiences/custom.py: the merchant's filter compiled from allow-listed fragments; every value is `p(...)`,
     # which appends it to the bound parameters and returns its "$n".
@@ -98,29 +99,38 @@ ALLOWED_INTERPOLATIONS = {
     ("audiences/filters.py", "EXCLUDED_MEMBER"): "a reason constant of schemas/activities.py (R-AQ-1)",
     ("audiences/filters.py", "EXCLUDED_BUYER"): "a reason constant of schemas/activities.py (R-AQ-1)",
     ("activities/send.py", "fatigue_day_sql('$7', '$8')"): "R-FAT-DAY: placeholders",
-    ("audiences/preview.py", "fatigue_day_sql('$4', '$5')"): "R-FAT-DAY: placeholders",
+    ("activities/send.py", "window_deferred_sql('$7', later_pass)"):
+        "R-WIN-1: a placeholder, the window's time constants of schemas/rules.py and a literal chosen by a bool",
+    ("activities/send.py", "zoned"): "a constant predicate or nothing, chosen by the zoned_only bool (R-WIN-1)",
     ("activities/audience.py", "RECIPIENT_ZONE"): "a constant expression over the joined rows (R-FAT-DAY)",
     ("activities/audience.py", "zone_row('m.consumer_id')"): "a constant join of consumers with a constant column",
+    ("activities/audience.py", "_flagged_sql(audience_sql, yields_item, channel, filters, non_customers)"):
+        "the refresh's CTEs, built only from the allowed interpolations above",
+    ("activities/audience.py", "_flagged_sql(audience_sql, False, channel, filters, non_customers)"):
+        "the refresh's CTEs, built only from the allowed interpolations above",
+    ("activities/audience.py", "window"): "preview_count_sql: int() of a parameter number, a placeholder $n",
+    ("activities/audience.py", "channel"): "preview_count_sql: a key of CHANNELS, checked before it is interpolated",
 }
 # (file, first argument of a query call): why it is safe.
 ALLOWED_SQL_ARGUMENTS = {
-    ("activities/send.py", "_chunk_sql(ch, probe, personal is not None, inp.reaches_non_customers)"):
+    ("activities/send.py",
+     "_chunk_sql(ch, probe, personal is not None, inp.reaches_non_customers, inp.later_pass, inp.zoned_only)"):
         "built only from the allowed interpolations above",
-    ("audiences/preview.py", "statement.sql"): "checked_refresh_sql(): the refresh's own statement, allowed above",
     ("audiences/preview.py", "CAPS_READ"): "a module constant of activities/send.py",
     ("activities/send.py", "SHOP_BENEFITS"): "a module constant of schemas/benefits.py",
     ("kinds/repurchase.py", "SHOP_BENEFITS"): "a module constant of schemas/benefits.py",
     ("kinds/acquire.py", "SHOP_BENEFITS"): "a module constant of schemas/benefits.py",
     ("audiences/preview.py", "TEMPLATE_WINDOW"): "a module constant of activities/send.py",
-    ("audiences/preview.py", "SNAPSHOT_DAYS"): "a module constant built from fatigue_day_sql('$4', '$5'), allowed above",
     ("activities/send.py", "_WRITE_HANDED_OFF if handoff else _WRITE_RESERVED"):
         "_write_sql(True/False) at import: built only from the allowed interpolations above",
-    ("activities/audience.py", "sql"): "refresh_sql(): built only from the allowed interpolations above",
+    ("activities/audience.py", "sql"): "refresh_sql() or preview_count_sql(): built only from the allowed interpolations above",
+    ("activities/audience.py", "settings"): "REFRESH_SETTINGS or PREVIEW_SETTINGS, module constants",
     ("activities/audience.py", "F.EARLIER_SAME_KIND"): "a constant statement of audiences/filters.py",
     ("db/migrate.py", "path.read_text()"): "the migration files shipped in db/migrations",
     ("activities/quota.py", "_account(plan, _ACCOUNT_LOCK)"): "a constant statement of the quota's account table",
     ("activities/quota.py", "_account(plan, _ACCOUNT_READ)"): "a constant statement of the quota's account table",
     ("activities/quota.py", "_account(plan, _ACCOUNT_DEBIT)"): "a constant statement of the quota's account table",
+    ("activities/quota.py", "_account(plan, _ACCOUNT_CREDIT)"): "a constant statement of the quota's account table",
     ("db/seed.py", "_named(sql, used)"):
         "a module constant _RP_* of the repurchase seed with its $name placeholders numbered; every value is bound",
 }

@@ -14,9 +14,9 @@ const DASH = "\u2013";
 const API_ROOT = new URL("../", document.baseURI); // the page is /ui/: the API is its parent
 const SVG_NS = "http://www.w3.org/2000/svg";
 
-export const COUNTS = new Set(["sent", "failed", "reached", "replied", "converted", "orders", "campaigns"]);
+export const COUNTS = new Set(["sent", "failed", "reached", "replied", "converted", "orders", "campaigns", "count"]);
 export const MONEY = new Set(["revenue", "cost"]);
-export const RATES = new Set(["inquiry_rate", "conversion_rate", "roi"]);
+export const RATES = new Set(["inquiry_rate", "conversion_rate", "roi", "conversion"]); // conversion: the funnel's
 const FIGURES = ["sent", "reached", "inquiry_rate", "conversion_rate", "revenue", "cost", "roi"];
 const MINOR = ["failed", "replied", "converted", "orders"];
 const LABELS = {
@@ -338,35 +338,25 @@ function renderTrendTable(rep) {
       ...cols.map((k) => num(`trend.${i}.${k}`, t[k], { tag: "td" })))));
 }
 
-// The funnel (K-EDM: potential -> reached -> replied -> ordered -> repurchased) when the report has one: a list of
-// {stage|name, count|value} or an object of stage -> count.
-function funnelStages(f) {
-  if (Array.isArray(f)) {
-    return f.map((s, i) => {
-      const key = ["count", "value", "buyers"].find((k) => typeof s[k] === "number");
-      return { label: String(s.stage ?? s.name ?? i), field: `funnel.${i}.${key}`, value: key ? s[key] : null };
-    });
-  }
-  if (f && typeof f === "object") {
-    return Object.entries(f).filter(([, v]) => typeof v === "number").map(([k, v]) => ({ label: k, field: `funnel.${k}`, value: v }));
-  }
-  return [];
-}
-
+// The funnel (R-ED-5, K-EDM: potential -> reached -> handshake -> ordered -> repurchased) when the report has one:
+// the campaign's stages as bars (each buyer once) with each stage's conversion from the one before, then the same
+// stages per channel (phase) as a table.
 function renderFunnel(funnel) {
-  const stages = funnelStages(funnel);
-  $("funnel-box").hidden = stages.length === 0;
-  if (stages.length === 0) return;
-  const first = stages[0].value || 0;
-  const max = Math.max(1, ...stages.map((s) => s.value || 0));
-  const rows = stages.map((s) => {
+  $("funnel-box").hidden = !funnel;
+  if (!funnel) return;
+  const max = Math.max(1, ...funnel.stages.map((s) => s.count));
+  const bars = funnel.stages.map((s, i) => {
     const bar = svg("svg", { viewBox: "0 0 100 10", preserveAspectRatio: "none", class: "bar" });
-    bar.append(svg("rect", { x: 0, y: 0, height: 10, width: (100 * (s.value || 0)) / max, class: "fill" }));
-    const share = first > 0 && s.value !== null ? formatRate(s.value / first) : DASH;
-    return el("div", { class: "funnel-row" }, el("span", { class: "label", text: s.label }), bar,
-      num(s.field, s.value), el("span", { class: "muted share", text: share }));
+    bar.append(svg("rect", { x: 0, y: 0, height: 10, width: (100 * s.count) / max, class: "fill" }));
+    return el("div", { class: "funnel-row" }, el("span", { class: "label", text: s.stage }), bar,
+      num(`funnel.stages.${i}.count`, s.count), num(`funnel.stages.${i}.conversion`, s.conversion, { cls: "share muted" }));
   });
-  $("funnel").replaceChildren(...rows);
+  const perChannel = el("table", { class: "grid" });
+  table(perChannel, ["stage", ...funnel.channels.flatMap((c) => [`${c.name} (${c.channel ?? DASH})`, "conversion"])],
+    funnel.stages.map((s, i) => el("tr", {}, el("td", { text: s.stage }), ...funnel.channels.flatMap((c, j) => [
+      num(`funnel.channels.${j}.stages.${i}.count`, c.stages[i].count, { tag: "td" }),
+      num(`funnel.channels.${j}.stages.${i}.conversion`, c.stages[i].conversion, { tag: "td" })]))));
+  $("funnel").replaceChildren(...bars, el("div", { class: "scroll" }, perChannel));
 }
 
 // ------------------------------------------------------------------ failures

@@ -77,6 +77,18 @@ async def create_demo_key(dsn: str, shop_id: str) -> str:
         await conn.close()
 
 
+async def same_zone_as_shop(dsn: str, shop_id: str, tz: str) -> int:
+    """Move the shop's customers who have a zone of their own into the shop's (db/seed.py zones_into)."""
+    import asyncpg
+    from sluice.db.seed import zones_into
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await zones_into(conn, shop_id, tz)
+    finally:
+        await conn.close()
+
+
 async def next_consumer_offset(dsn: str) -> int:
     import asyncpg
 

@@ -55,6 +55,12 @@ CLAIMS = Counter(
     "Coupon units by what happened to them: held (taken with a send), claimed, expired, released.",
     ["state"],
 )
+DISPATCHED = Counter(
+    "sluice_dispatched",
+    "Outbox messages by what the outbox dispatcher recorded for them (channels/dispatcher.py): handed_off (the"
+    " provider took it), failed (refused for good), unknown (it may or may not have gone out), per channel.",
+    ["outcome", "channel"],
+)
 LOAD_ROWS = Counter(
     "sluice_load_rows",
     "Rows of loaded data per kind and outcome (accepted, duplicate, refused).",
@@ -64,6 +70,8 @@ LOAD_ROWS = Counter(
 # The ledger's settled states (deliveries.state) a DELIVERIES series is labelled with.
 SENT, FAILED, SUPPRESSED, NOT_SENT = "sent", "failed", "suppressed", "not_sent"
 LOAD_ACCEPTED, LOAD_DUPLICATE, LOAD_REFUSED = "accepted", "duplicate", "refused"
+# What the dispatcher recorded for an outbox message (DISPATCHED's outcome; FAILED as above).
+HANDED_OFF, UNKNOWN = "handed_off", "unknown"
 
 
 def count_deliveries(channel: str, state: str, n: int = 1) -> None:
@@ -86,6 +94,12 @@ def count_claims(state: str, n: int = 1) -> None:
     """`n` claims rows a committed statement moved to `state` (activities/offers.py's HELD, CLAIMED, ...)."""
     if n:
         CLAIMS.labels(state=state).inc(n)
+
+
+def count_dispatched(channel: str, outcome: str, n: int = 1) -> None:
+    """`n` outbox messages of `channel` the dispatcher recorded with `outcome` (a committed transaction's count)."""
+    if n:
+        DISPATCHED.labels(outcome=outcome, channel=channel).inc(n)
 
 
 def count_load_rows(kind: str, *, accepted: int = 0, duplicate: int = 0, refused: int = 0) -> None:

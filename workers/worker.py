@@ -19,7 +19,9 @@ from sluice.activities.offers import OfferActivities
 from sluice.activities.precedence import PrecedenceActivities
 from sluice.activities.report import ReportActivities
 from sluice.activities.send import SendActivities
-from sluice.channels.registry import ChannelRegistry
+from sluice.activities.window import WindowActivities
+from sluice.channels.dispatcher import Dispatcher
+from sluice.channels.registry import ChannelRegistry, dispatch_adapters
 from sluice.db.pool import create_pool
 from sluice.schemas import providers
 from sluice.schemas.settings import Settings, get_settings
@@ -49,6 +51,7 @@ def build_worker(
     report = ReportActivities(pool)
     offers = OfferActivities(pool)
     precedence = PrecedenceActivities(pool)
+    window = WindowActivities(pool)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
@@ -64,6 +67,8 @@ def build_worker(
             offers.day_offers,
             offers.expire_offers,
             precedence.precedence_holder,
+            window.waiting_zones,  # R-WIN-1
+            window.close_waiting,
         ],
         max_concurrent_activities=settings.max_concurrent_activities,
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.sticky_timeout_s),
@@ -98,6 +103,12 @@ def build_send_workers(
         for name, p in providers.PROVIDERS.items()
         if only is None or name in only
     ]
+
+
+def build_dispatcher(pool: asyncpg.Pool, adapters: dict, settings: Settings) -> Dispatcher:
+    """The outbox dispatcher over `adapters` (channels/registry.py, dispatch_adapters) with the settings' tuning."""
+    return Dispatcher(pool, adapters, batches=settings.dispatch_batches, part_size=settings.dispatch_part_size,
+                      lease_s=settings.dispatch_lease_s)
 
 
 async def connect_client(
@@ -166,11 +177,18 @@ async def run_worker(settings: Settings | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     log.info("worker started", task_queue=settings.task_queue, temporal=settings.temporal_address,
              send_queues=[w.task_queue for w in send_workers])  # fmt: skip
+    # SLUICE_DISPATCH_CHANNELS: the outbox dispatcher runs beside the workers (any number of processes may).
+    adapters = dispatch_adapters(settings)
+    dispatcher = build_dispatcher(pool, adapters, settings) if adapters else None
+    dispatching = asyncio.create_task(dispatcher.run(stop, idle_s=settings.dispatch_idle_s)) if dispatcher else None
     async with contextlib.AsyncExitStack() as running:
         for w in (worker, *send_workers):
             await running.enter_async_context(w)
         await stop.wait()
         log.info("worker stopping")
+    if dispatching is not None:
+        await dispatching
+        await ChannelRegistry(adapters).aclose()
     await channels.aclose()
     await pool.close()
     if metrics_server is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sluice.schemas.rules import WINDOW_CLOSE, WINDOW_OPEN
 
@@ -18,6 +18,15 @@ from sluice.schemas.rules import WINDOW_CLOSE, WINDOW_OPEN
 @lru_cache(maxsize=512)
 def zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
+
+
+def known_zone(name: str) -> bool:
+    """Whether `name` is a zone of the bundled tzdata (a recipient's zone is data: it may not be)."""
+    try:
+        zone(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        return False
+    return True
 
 
 def local_instant(day: date, at: time, tz: str) -> datetime:
@@ -49,6 +58,9 @@ class DayWindow:
     send_at: datetime  # when sending may start: the phase's send time, never before 08:00
     close_at: datetime  # 22:00: whatever is unsent stops for the day (R-PH-2, R-WIN-1)
     snapshot_at: datetime  # 00:00 of the day: the audience is a T+1 snapshot (R-OC-5)
+    # 00:00 of the next day (its snapshot instant): a recipient with a zone of their own may be sent until
+    # then, inside their own 08:00-22:00 (R-WIN-1); one without waits for the shop's window.
+    end_at: datetime
 
 
 def day_window(day: date, send_time: time, tz: str) -> DayWindow:
@@ -58,7 +70,52 @@ def day_window(day: date, send_time: time, tz: str) -> DayWindow:
         send_at=local_instant(day, start, tz),
         close_at=local_instant(day, WINDOW_CLOSE, tz),
         snapshot_at=local_instant(day, time(0, 0), tz),
+        end_at=local_instant(day + timedelta(days=1), time(0, 0), tz),
     )
+
+
+def in_window(local: time) -> bool:
+    """R-WIN-1: a wall-clock time inside the send window [08:00, 22:00). The send path's SQL applies the same
+    test to each recipient with a zone (`window_deferred_sql`, activities/send.py)."""
+    return WINDOW_OPEN <= local < WINDOW_CLOSE
+
+
+def open_at(instant: datetime, tz: str) -> bool:
+    """Whether the send window of zone `tz` is open at `instant`."""
+    return in_window(local_time(instant, tz))
+
+
+def window_opens(tz: str, after: datetime, before: datetime) -> datetime | None:
+    """The first instant in (after, before) at which zone `tz`'s clock reaches 08:00 (a day whose 08:00 falls in
+    a DST gap opens at the gap's end), or None."""
+    day = local_day(after, tz)
+    while True:
+        at = local_instant(day, WINDOW_OPEN, tz)
+        if at >= before:
+            return None
+        if at > after:
+            return at
+        day += timedelta(days=1)
+
+
+def first_open(tz: str, at: datetime, before: datetime) -> datetime | None:
+    """The first instant at or after `at`, and before `before`, at which zone `tz`'s send window is open."""
+    if at >= before or not known_zone(tz):
+        return None
+    return at if open_at(at, tz) else window_opens(tz, at, before)
+
+
+def next_window_open(zones, after: datetime, before: datetime, *, open_now: bool = False) -> datetime | None:
+    """R-WIN-1: when the workflow next sends recipients waiting for their own window, or None when none of
+    `zones` opens before `before` (the day's end). The next instant in (after, before) at which one of the
+    zones' windows opens; with `open_now`, `after` itself when one of them is open then (the recipients
+    of a pass that stopped before it read them). Names that are not IANA zones never open."""
+    known = sorted(z for z in set(zones) if known_zone(z))
+    if open_now:
+        found = [first_open(z, after, before) for z in known]
+    else:
+        found = [window_opens(z, after, before) for z in known]
+    return min((t for t in found if t is not None), default=None)
 
 
 def platform_day(instant: datetime, platform_tz: str) -> date:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 
 from temporalio import workflow
@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from sluice.activities.precedence import PrecedenceActivities
     from sluice.activities.report import ReportActivities
     from sluice.activities.send import SendActivities
+    from sluice.activities.window import WindowActivities
     from sluice.audiences import reaches_non_customers
     from sluice.schemas import activities as A
     from sluice.schemas import providers
@@ -40,13 +41,16 @@ with workflow.unsafe.imports_passed_through():
         ReportRefreshInput,
         SendSliceInput,
         SendSliceResult,
+        WaitingInput,
     )
+    from sluice.schemas.budget import BUDGET_EXHAUSTED
+    from sluice.schemas.budget import end_reason as budget_end_reason
     from sluice.schemas.campaign import CampaignPlan, PhasePlan
     from sluice.schemas.workflow import CampaignInput, CampaignProgress, CampaignStatus
     from sluice.workflows import policies
     from sluice.workflows import precedence as P
     from sluice.workflows import search_attributes as SA
-    from sluice.workflows.calendar import DayWindow, day_window
+    from sluice.workflows.calendar import DayWindow, day_window, next_window_open
 
 _UNLIMITED = 2**31 - 1
 # Histories recorded before the report refresh after each day replay without it (workflow.patched).
@@ -55,6 +59,8 @@ REPORT_REFRESH_PATCH = "report-refresh-after-day"
 PROVIDER_QUEUES_PATCH = "provider-queues"
 # Histories recorded before the error-rate halt replay without it (the marker is written only when it halts).
 ERROR_RATE_PATCH = "error-rate-halt"
+# Histories recorded before recipients were sent in their own window (R-WIN-1) replay without the later passes.
+RECIPIENT_WINDOW_PATCH = "recipient-window"
 
 
 @dataclass
@@ -63,6 +69,7 @@ class _Slice:
     hi: int
     allot: int = 0
     handle: asyncio.Task | None = None
+    reserved: int = 0  # what the finished slice stands behind (its result's `reserved`)
 
 
 class _Stopped(Exception):
@@ -80,6 +87,8 @@ class CampaignWorkflow:
         self._precedence_checked: datetime | None = None
         # (sent, failed) of the finished slices that sent anything, newest last: the error-rate halt's input.
         self._sends: deque[tuple[int, int]] = deque(maxlen=self.plan.tuning.error_window)
+        # R-WIN-1: recipients the current pass of the day left waiting for their own send window.
+        self._deferred = 0
 
     # ------------------------------------------------------------------ control
 
@@ -118,12 +127,12 @@ class CampaignWorkflow:
     async def run(self, inp: CampaignInput) -> CampaignProgress:
         plan, progress = self.plan, self.progress
         try:
-            while progress.phase_index < len(plan.phases) and not progress.cancel_requested:
+            while progress.phase_index < len(plan.phases) and not progress.cancel_requested and not progress.end_reason:
                 phase = plan.phases[progress.phase_index]
                 await self._publish(progress.state if progress.runs > 1 else "scheduled")
                 if await self._run_phase(phase):
                     return await self._continue_as_new()
-                if progress.cancel_requested:
+                if progress.cancel_requested or progress.end_reason:  # R-COST-BUDGET: the budget ended it
                     break
                 progress.phase_index += 1
                 progress.next_day = None
@@ -142,7 +151,9 @@ class CampaignWorkflow:
         return progress
 
     async def _finish(self) -> None:
-        await self._publish("cancelled" if self.progress.cancel_requested else "completed", final=True)
+        progress = self.progress
+        final = "cancelled" if progress.cancel_requested else BUDGET_EXHAUSTED if progress.end_reason else "completed"
+        await self._publish(final, final=True)
 
     async def _continue_as_new(self) -> CampaignProgress:
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -162,6 +173,10 @@ class CampaignWorkflow:
             progress.next_day = day + timedelta(days=1)
             if stop == A.SUPPRESS_BENEFIT:
                 # R-BEN-1: a benefit used up or expired stops the offer for the rest of the phase.
+                return False
+            if stop == A.NOT_SENT_BUDGET:
+                # R-COST-BUDGET: the campaign's budget is spent: no later day or phase sends (docs/reliability.md).
+                progress.end_reason = budget_end_reason(plan.budget)
                 return False
             if not last_day and workflow.info().is_continue_as_new_suggested():
                 return True
@@ -212,7 +227,14 @@ class CampaignWorkflow:
                 if P.yields(plan.precedence) and not await self._yield_while_held(win):
                     stop_reason = P.YIELDING  # R-RP-9: a custom task of the shop ran until the window closed
                 else:
+                    first_pass = workflow.now()
                     stop_reason = await self._send_day(phase, win, refresh.seq_end or refresh.eligible)
+                    # R-WIN-1: recipients with a zone of their own who waited, or whom 22:00 kept from being read.
+                    if (stop_reason in (None, "window_closed") and (self._deferred or stop_reason)
+                            and workflow.patched(RECIPIENT_WINDOW_PATCH)):
+                        stop_reason = await self._send_in_own_windows(
+                            phase, win, refresh.seq_end or refresh.eligible, stop_reason, first_pass
+                        )
                 # Deliveries whose provider answer was lost are settled by reference, never resent.
                 await self._call(
                     SendActivities.reconcile_pending,
@@ -221,6 +243,7 @@ class CampaignWorkflow:
                         shop_id=plan.shop_id,
                         channel=phase.channel,
                         template_cap=phase.template_cap,
+                        quota=phase.quota,  # R-ED-4: a failed delivery's unit goes back
                     ),
                     summary="reconcile",
                 )
@@ -230,8 +253,8 @@ class CampaignWorkflow:
                     await self._settle_offers(win.day)
         if progress.cancel_requested:
             await self._close_day(phase, win.day, A.NOT_SENT_CANCELLED)
-        elif stop_reason == A.SUPPRESS_BENEFIT:
-            await self._close_day(phase, win.day, A.SUPPRESS_BENEFIT)
+        elif stop_reason in (A.SUPPRESS_BENEFIT, A.NOT_SENT_BUDGET):
+            await self._close_day(phase, win.day, stop_reason)
         elif last_day and stop_reason:
             await self._close_day(phase, win.day, _phase_end_reason(stop_reason))
         report = await self._call(
@@ -303,9 +326,11 @@ class CampaignWorkflow:
 
     # ------------------------------------------------------------------ sending
 
-    async def _send_day(self, phase: PhasePlan, win: DayWindow, seq_end: int) -> str | None:
-        """Send slices of the snapshot's [0, seq_end) until done; returns why it stopped early, or None."""
+    async def _send_day(self, phase: PhasePlan, win: DayWindow, seq_end: int, later_pass: bool = False) -> str | None:
+        """Send slices of the snapshot's [0, seq_end) until done; returns why it stopped early, or None.
+        `later_pass`: a pass for the recipients who waited for their own window (R-WIN-1, `_send_in_own_windows`)."""
         plan, progress = self.plan, self.progress
+        self._deferred = 0
         tuning = plan.tuning
         slice_size = tuning.slice_size
         # Slices on the provider's rate-limited queue carry at most its slice_max (schemas/providers.py).
@@ -343,9 +368,9 @@ class CampaignWorkflow:
                     s = pending.popleft()
                     s.allot = min(s.hi - s.lo, unallotted)
                     unallotted -= s.allot
-                    s.handle = self._start_slice(phase, win, s, routed)
+                    s.handle = self._start_slice(phase, win, s, routed, later_pass)
                     running.append(s)
-                    if phase.pacing_per_hour:
+                    if phase.pacing_per_hour and not later_pass:
                         next_launch = workflow.now() + timedelta(hours=(s.hi - s.lo) / phase.pacing_per_hour)
             if not running:
                 if stop == "failed":
@@ -376,8 +401,11 @@ class CampaignWorkflow:
                 await asyncio.gather(*(s.handle for s in running), return_exceptions=True)
             for s in [s for s in running if s.handle.done()]:
                 running.remove(s)
-                unallotted, reason = self._settle(s, pending, unallotted)
-                stop = stop or reason
+                unallotted, reason = self._settle(s, pending, unallotted, later_pass)
+                stop = reason if reason == A.NOT_SENT_BUDGET else stop or reason  # the budget ends the campaign
+                if later_pass and phase.pacing_per_hour:
+                    # A later pass's slices hold mostly decided rows: paced by what each stood behind, not its size.
+                    next_launch = max(next_launch, workflow.now() + timedelta(hours=s.reserved / phase.pacing_per_hour))
             workflow.set_current_details(
                 f"{phase.name} {win.day}: {progress.day_done:,}/{progress.day_eligible:,} decided, state {progress.state}"
             )
@@ -387,7 +415,56 @@ class CampaignWorkflow:
             stop = "window_closed"
         return stop
 
-    def _settle(self, s: _Slice, pending: deque, unallotted: int) -> tuple[int, str | None]:
+    async def _send_in_own_windows(
+        self, phase: PhasePlan, win: DayWindow, seq_end: int, stop: str | None, last_pass: datetime
+    ) -> str | None:
+        """R-WIN-1: the day's recipients who wait for their own send window, until the shop's next day (end_at).
+
+        Asks which zones still wait (zones and counts, never recipients), sleeps on a durable timer until the
+        next of them opens (calendar.next_window_open: after the last pass started; when 22:00 stopped the first
+        pass before it read every row, a zone open now goes at once) and runs the day's slices again as a later
+        pass: the rows decided before are found in the ledger. When none of the waiting zones opens before the
+        day's end, whoever waits is recorded not_sent (NOT_SENT_RECIPIENT_WINDOW). Returns the day's stop
+        reason: the first pass's, or the later pass's that stopped early."""
+        plan, progress = self.plan, self.progress
+        later = replace(win, close_at=win.end_at)
+        inp = WaitingInput(
+            campaign_db_id=plan.campaign_db_id, phase_index=progress.phase_index, day=win.day, channel=phase.channel,
+            shop_id=plan.shop_id, template_group=phase.template_cap.group if phase.template_cap else "",
+        )  # fmt: skip
+        open_now = stop == "window_closed"
+        waiting: int | None = None
+        while not progress.cancel_requested:
+            zones = (await self._call(WindowActivities.waiting_zones, inp, summary=f"waiting zones {win.day}")).zones
+            left = sum(zones.values())
+            if waiting is not None:  # what the later pass decided
+                progress.day_done = min(progress.day_done + max(0, waiting - left), progress.day_eligible)
+            waiting = left
+            if not zones:
+                return stop
+            at = next_window_open(zones, workflow.now() if open_now else last_pass, win.end_at, open_now=open_now)
+            if at is None:
+                await self._call(WindowActivities.close_waiting, inp.model_copy(update={"decided_at": workflow.now()}),
+                                 summary=f"close {win.day}: {A.NOT_SENT_RECIPIENT_WINDOW}")  # fmt: skip
+                progress.day_done = min(progress.day_done + left, progress.day_eligible)
+                return stop
+            while workflow.now() < at and not progress.cancel_requested:
+                paused = progress.paused  # a pause shows at once; the pass after the wait holds until resumed
+                await self._publish("paused" if paused else "waiting")
+                workflow.set_current_details(
+                    f"{phase.name} {win.day}: {left:,} recipients wait for their own send window, next opens"
+                    f" {at:%Y-%m-%d %H:%M} UTC"
+                )
+                await _wait(lambda was=paused: progress.cancel_requested or progress.paused != was, at - workflow.now())
+            if progress.cancel_requested:
+                break
+            last_pass, open_now = workflow.now(), False
+            later_stop = await self._send_day(phase, later, seq_end, later_pass=True)
+            if later_stop is not None:
+                return later_stop
+        return stop
+
+    def _settle(self, s: _Slice, pending: deque, unallotted: int, later_pass: bool = False) -> tuple[int, str | None]:
         """Account a finished slice; its unsent rest goes back to the front of the queue."""
         try:
             res: SendSliceResult = s.handle.result()
@@ -399,11 +476,17 @@ class CampaignWorkflow:
                 self.progress.halt_reason = f"send {s.lo}-{s.hi} failed: {_cause(err)}"
                 return unallotted + s.allot, "failed"
             return unallotted + s.allot, None
-        # Positions of the snapshot decided; its few empty positions at the end count too.
-        self.progress.day_done = min(self.progress.day_done + res.next_seq - s.lo, self.progress.day_eligible)
+        # Positions of the snapshot decided; its few empty positions at the end count too. Who waits for their own
+        # window is not (R-WIN-1); a later pass counts what it decided from the waiting zones (_send_in_own_windows).
+        s.reserved = res.reserved
+        self._deferred += res.deferred
+        if not later_pass:
+            self.progress.day_done = min(self.progress.day_done + res.next_seq - s.lo - res.deferred,
+                                         self.progress.day_eligible)
         if res.next_seq < s.hi:
             pending.appendleft(_Slice(res.next_seq, s.hi))
-        stop = res.stopped_reason if res.stopped_reason in ("window_closed", A.SUPPRESS_BENEFIT, *A.QUOTA_STOPS) else None
+        stops = ("window_closed", A.SUPPRESS_BENEFIT, A.NOT_SENT_BUDGET, *A.QUOTA_STOPS)
+        stop = res.stopped_reason if res.stopped_reason in stops else None
         if res.sent or res.failed:
             tuning = self.plan.tuning
             self._sends.append((res.sent, res.failed))
@@ -414,7 +497,9 @@ class CampaignWorkflow:
                 stop = stop or "failed"
         return unallotted + max(0, s.allot - res.reserved), stop
 
-    def _start_slice(self, phase: PhasePlan, win: DayWindow, s: _Slice, routed: bool = False) -> asyncio.Task:
+    def _start_slice(
+        self, phase: PhasePlan, win: DayWindow, s: _Slice, routed: bool = False, later_pass: bool = False
+    ) -> asyncio.Task:
         plan, progress = self.plan, self.progress
         tuning = plan.tuning
         # On the provider's queue; the shop is the fairness key (servers with task-queue fairness enabled
@@ -441,7 +526,13 @@ class CampaignWorkflow:
                 timezone=plan.timezone,
                 reaches_non_customers=reaches_non_customers(phase.audience, phase.audience_params),
                 quota=phase.quota,
+                sender_agents=phase.sender_agents,  # R-PH-5
                 holdout_percent=plan.holdout_percent,  # R-HO-1
+                # R-WIN-1: a later pass sends only recipients with a zone; without a daily cap (whose budget counts
+                # the range's earlier sends, R-PH-7) it reads only their rows.
+                later_pass=later_pass,
+                zoned_only=later_pass and phase.daily_cap is None,
+                campaign_budget=plan.budget,  # R-COST-BUDGET
                 seq_lo=s.lo,
                 seq_hi=s.hi,
                 budget=s.allot,
