@@ -51,6 +51,7 @@ LEDGER_TABLES = [
     "audience_snapshots",
     "audience_refreshes",
     "campaign_day_reports",
+    "campaign_spend",  # references campaigns (R-COST-BUDGET)
     "campaigns",
 ]
 # K-REPURCHASE's figures live under this key of results.json (bench/repurchase.py); a K-PHASED run keeps it.
