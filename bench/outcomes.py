@@ -4,9 +4,11 @@
 
 1. ingestion: 100,000 outcome events (engagement, orders created, paid and refunded, unsubscriptions)
    POSTed to /events of a real API server (uvicorn in a subprocess, over TCP) in batches, by a few
-   concurrent clients, for a shop of 100,000 customers; events/s over the whole run (goal >= 20,000);
+   concurrent clients, for a shop of 100,000 customers; events/s over the whole run (goal >= 20,000), and
+   the CPU that the server, the database and this client spent per 1,000 events (CpuMeter);
 2. attribution: a campaign of 1,000,000 sent deliveries over three phases and 1,500,000 orders of the
-   shop, built set-based, then `attribute` timed (goal <= 10 s).
+   shop, built set-based, then `attribute` timed three times: from an empty attributions table (the goal,
+   <= 10 s, is checked on this run), then twice again with nothing changed.
 
 Figures go to bench/results.json under "outcomes" (other keys are kept).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import psutil
 
 from bench.stack import NoTemporal, fresh_database, record_results
 
@@ -83,6 +87,49 @@ def _batches(n_events: int, batch: int, customers: int, at: datetime) -> list[li
     return out
 
 
+BACKENDS = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+
+
+class CpuMeter:
+    """CPU time spent during a timed window by the API server process, by the database backends serving this
+    database (the server's pool) and by this process (the bench client), in ms per 1,000 events. On a shared machine
+    wall-clock throughput follows the load; CPU per event does much less, and says which part is the bound."""
+
+    def __init__(self, dsn: str, server_pid: int):
+        self.dsn, self.server = dsn, psutil.Process(server_pid)
+        self.before: dict[str, float] = {}
+        self.backends: dict[int, float] = {}
+
+    @staticmethod
+    def _cpu(proc: psutil.Process) -> float:
+        t = proc.cpu_times()
+        return t.user + t.system
+
+    async def _backend_cpu(self) -> dict[int, float]:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            pids = await conn.fetch(BACKENDS)
+        finally:
+            await conn.close()
+        out = {}
+        for (pid,) in pids:
+            with contextlib.suppress(psutil.Error):
+                out[pid] = self._cpu(psutil.Process(pid))
+        return out
+
+    async def start(self) -> None:
+        self.backends = await self._backend_cpu()
+        self.before = {"server": self._cpu(self.server), "client": time.process_time()}
+
+    async def stop(self, events: int) -> dict[str, float]:
+        client, server = time.process_time(), self._cpu(self.server)
+        backends = await self._backend_cpu()  # the pool's connections stay open until the server stops
+        db = sum(cpu - self.backends.get(pid, 0.0) for pid, cpu in backends.items())
+        per = 1000 * 1000 / events
+        return {"server": round((server - self.before["server"]) * per, 1), "postgres": round(db * per, 1),
+                "client": round((client - self.before["client"]) * per, 1)}
+
+
 async def bench_ingest(dsn: str, n_events: int, batch: int, clients: int, customers: int) -> dict:
     from sluice.api.keys import create_key
 
@@ -120,9 +167,12 @@ async def bench_ingest(dsn: str, n_events: int, batch: int, clients: int, custom
                     for k in totals:
                         totals[k] += r.json()[k]
 
+            cpu = CpuMeter(dsn, server.pid)
+            await cpu.start()
             t0 = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(clients)))
             seconds = time.perf_counter() - t0
+            cpu_ms = await cpu.stop(n_events)
             # A resend of the first tenth: all duplicates.
             queue = list(reversed(bodies[: max(1, len(bodies) // 10)]))
             first = dict(totals)
@@ -134,7 +184,8 @@ async def bench_ingest(dsn: str, n_events: int, batch: int, clients: int, custom
         server.wait(timeout=30)
     return {
         "events": n_events, "batch": batch, "clients": clients, "seconds": round(seconds, 2),
-        "events_per_s": round(n_events / seconds), "answer": first,
+        "events_per_s": round(n_events / seconds), "cpu_ms_per_1000_events": cpu_ms,
+        "events_per_cpu_s": round(n_events / (sum(cpu_ms.values()) * n_events / 1000 / 1000)), "answer": first,
         "resend_events_per_s": round(sum(len(b) for b in batches[: max(1, len(batches) // 10)]) / resend_s),
         "resend_duplicates": totals["duplicate"] - first["duplicate"],
     }  # fmt: skip
@@ -195,7 +246,8 @@ async def bench_attribution(dsn: str, deliveries: int, orders: int) -> dict:
     finally:
         await conn.close()
     return {"deliveries": n_deliveries, "orders": orders, "build_s": round(build_s, 1), "attribute_s": runs,
-            "attribute_best_s": min(runs), "attributed_orders": done.orders, "attributed_revenue": str(done.revenue)}  # fmt: skip
+            "attribute_first_s": runs[0], "attribute_best_s": min(runs), "attributed_orders": done.orders,
+            "attributed_revenue": str(done.revenue)}  # fmt: skip
 
 
 async def main(args: argparse.Namespace) -> dict:
@@ -211,7 +263,7 @@ async def main(args: argparse.Namespace) -> dict:
         "load_average_1m_at_end": round(os.getloadavg()[0], 1),  # other work on the machine skews every figure
         "ingest": ingest, "attribution": att,
         "goals": {"events_per_s": 20_000, "attribute_s": 10},
-        "goals_met": ingest["events_per_s"] >= 20_000 and att["attribute_best_s"] <= 10,
+        "goals_met": ingest["events_per_s"] >= 20_000 and att["attribute_first_s"] <= 10,
     }  # fmt: skip
     if not args.no_record:
         record_results(RESULTS, "outcomes", result)
@@ -230,7 +282,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(prog="python -m bench.outcomes", description=__doc__.split("\n\n")[0])
     p.add_argument("--admin-dsn", default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
     p.add_argument("--events", type=int, default=100_000)
-    p.add_argument("--batch", type=int, default=1_000)
+    p.add_argument("--batch", type=int, default=5_000, help="events per request (MAX_BATCH at most)")
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--customers", type=int, default=100_000)
     p.add_argument("--deliveries", type=int, default=1_000_000)

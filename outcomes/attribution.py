@@ -8,9 +8,9 @@ shop-local, from 00:00 of its first day to 00:00 after its last) or `days` days 
 paid minus what was refunded (nothing for an order not paid).
 
 `winning_phase` is the rule for one order, pure; `ATTRIBUTE` is the same rule for a whole campaign in
-one statement: each reach of a customer covers the orders from the reach (or the period's start) up to
-the customer's next reach (or the window's end), so every order falls to at most one reach, the last one
-before it. The control group (R-HO-1) is attributed by the same statement over its `held_out`
+one statement: each order of the shop is matched with its buyer's last reach at or before it (the later
+phase on a tie), and counts if it lies inside that reach's window, so every order falls to at most one
+reach. The control group (R-HO-1) is attributed by the same statement over its `held_out`
 decisions, into `holdout_attributions`.
 """
 
@@ -93,46 +93,81 @@ ORDER_REVENUE = ("CASE WHEN o.paid_at IS NOT NULL AND o.status IN ('paid', 'refu
                  " THEN o.amount - o.refunded_amount ELSE 0 END")
 
 
-def _attribute_sql(table: str, state: str) -> str:
-    """The campaign's attributed orders, rebuilt into `table` from its deliveries in `state`. $1 campaign,
-    $2 the days after the reach of a phase without a window row, [$3, $4) the instants any of its windows
-    can cover (`span`): given as values, the planner sees how many of the shop's orders they hold.
+def _attribute_sql(state: str) -> str:
+    """The campaign's attributed orders now, from its deliveries in `state`, into the temporary table `NOW`.
+    $1 campaign, $2 the days after the reach of a phase without a window row, [$3, $4) the instants any of
+    its windows can cover (`span`): given as values, the planner sees how many of the shop's orders they hold.
 
-    Cost: one range scan of the ledger's primary key (the campaign's rows), a sort of its reaches by
-    consumer for the window function, and per reach the customer's orders inside its interval (the
-    planner takes a hash join over the shop's orders, or probes orders_shop_consumer per reach when it
-    expects few reaches). 1M reaches against 1.5M orders: docs/benchmarks.md, "Attribution"."""
+    Each order of the shop inside the span is joined once with its buyer's reaches at or before it (a hash
+    of those orders on the consumer, probed by one scan of the campaign's ledger range); the last of them
+    (the later phase on a tie) is the reach that may take it, if the order lies inside that reach's window.
+    No window function over every reach and no sort of them: only the candidate pairs are sorted, per order.
+    A read-only statement (CREATE TABLE AS), so PostgreSQL may run its scans and its hash join in parallel
+    workers, which it never does for the SELECT of an INSERT (up to PostgreSQL 17).
+    Cost at 1M reaches against 1.5M orders of the shop (500,000 of them inside the span):
+    docs/benchmarks.md, "Outcome events and attribution"."""
     return f"""
-    WITH r AS (
-        SELECT d.consumer_id, d.phase, d.decided_at AS at,
-               lead(d.decided_at) OVER (PARTITION BY d.consumer_id ORDER BY d.decided_at, d.phase) AS next_at
-        FROM deliveries d
-        WHERE d.campaign_id = $1 AND d.state = '{state}'
+    CREATE TEMPORARY TABLE {NOW} ON COMMIT DROP AS
+    WITH o AS (
+        SELECT o.order_id, o.consumer_id, o.created_at, o.shop_id, {ORDER_REVENUE} AS revenue
+        FROM orders o
+        WHERE o.shop_id = (SELECT c.shop_id FROM campaigns c WHERE c.id = $1) AND o.created_at >= $3 AND o.created_at < $4
     ),
-    b AS MATERIALIZED (  -- each reach's interval computed once, not again for every order of the customer
-        SELECT r.consumer_id, r.phase,
-               CASE WHEN w.mode = 'period' THEN greatest(r.at, w.from_at) ELSE r.at END AS lo,
-               least(coalesce(r.next_at, 'infinity'),
-                     CASE WHEN w.mode = 'period' THEN w.to_at
-                          ELSE r.at + make_interval(days => coalesce(w.days, $2::int)) END) AS hi
-        FROM r LEFT JOIN attribution_windows w ON w.campaign_id = $1 AND w.phase = r.phase
-    ),
-    i AS (SELECT * FROM b WHERE lo < hi)
-    INSERT INTO {table} (campaign_id, phase, consumer_id, order_id, shop_id, ordered_at, revenue)
-    SELECT $1, i.phase, i.consumer_id, o.order_id, o.shop_id, o.created_at, {ORDER_REVENUE}
-    FROM i JOIN orders o ON o.consumer_id = i.consumer_id AND o.created_at >= i.lo AND o.created_at < i.hi
-    WHERE o.shop_id = (SELECT c.shop_id FROM campaigns c WHERE c.id = $1) AND o.created_at >= $3 AND o.created_at < $4
+    last AS (  -- per order, its buyer's last reach at or before it
+        SELECT DISTINCT ON (o.order_id) o.*, d.phase, d.decided_at AS at
+        FROM o JOIN deliveries d ON d.campaign_id = $1 AND d.state = '{state}' AND d.consumer_id = o.consumer_id
+                                AND d.decided_at <= o.created_at
+        ORDER BY o.order_id, d.decided_at DESC, d.phase DESC
+    )
+    SELECT l.phase, l.consumer_id, l.order_id, l.shop_id, l.created_at AS ordered_at, l.revenue
+    FROM last l LEFT JOIN attribution_windows w ON w.campaign_id = $1 AND w.phase = l.phase
+    WHERE l.created_at >= CASE WHEN w.mode = 'period' THEN w.from_at ELSE l.at END  -- inside that reach's window
+      AND l.created_at < CASE WHEN w.mode = 'period' THEN w.to_at ELSE l.at + make_interval(days => coalesce(w.days, $2::int)) END
 """
 
 
-# Per phase, the first and last decision in `state`: one range scan of the ledger's primary key.
-REACH_SPAN = "SELECT phase, min(decided_at), max(decided_at) FROM deliveries WHERE campaign_id = $1 AND state = $2 GROUP BY phase"
+def _merge_sql(table: str) -> str:
+    """`NOW` merged into the campaign's rows of `table` ($1 campaign), not deleted and written again: rows no
+    longer attributed are deleted, new and changed ones written, unchanged ones left alone (a refresh that
+    changes nothing writes nothing and leaves no dead rows behind). Returns how many orders are attributed.
+    Cost: a hash of `NOW` against the campaign's range of the table's primary key, both ways."""
+    return f"""
+    WITH gone AS (
+        DELETE FROM {table} x WHERE x.campaign_id = $1 AND NOT EXISTS (SELECT 1 FROM {NOW} a WHERE a.order_id = x.order_id)
+    ),
+    put AS (
+        INSERT INTO {table} AS x (campaign_id, phase, consumer_id, order_id, shop_id, ordered_at, revenue)
+        SELECT $1, a.* FROM {NOW} a
+        WHERE NOT EXISTS (SELECT 1 FROM {table} y WHERE y.campaign_id = $1 AND y.order_id = a.order_id
+                          AND (y.phase, y.consumer_id, y.shop_id, y.ordered_at, y.revenue)
+                              = (a.phase, a.consumer_id, a.shop_id, a.ordered_at, a.revenue))
+        ON CONFLICT (campaign_id, order_id) DO UPDATE
+           SET phase = EXCLUDED.phase, consumer_id = EXCLUDED.consumer_id, shop_id = EXCLUDED.shop_id,
+               ordered_at = EXCLUDED.ordered_at, revenue = EXCLUDED.revenue
+    )
+    SELECT count(*)::int FROM {NOW}
+"""
+
+
+NOW = "attributed_now"  # a temporary table of the attribution's transaction, dropped once merged
+# Per state and phase, the first and last decision: one range scan of the ledger's primary key for both states.
+REACH_SPAN = """
+    SELECT state, phase, min(decided_at), max(decided_at) FROM deliveries
+    WHERE campaign_id = $1 AND state = ANY($2::text[]) GROUP BY state, phase
+"""
 WINDOWS = "SELECT phase, mode, from_at, to_at, days FROM attribution_windows WHERE campaign_id = $1"
-ATTRIBUTE = _attribute_sql("attributions", "sent")
-ATTRIBUTE_CONTROL = _attribute_sql("holdout_attributions", A.HELD_OUT)
-CLEAR = "DELETE FROM attributions WHERE campaign_id = $1"
-WORK_MEM = "256MB"
-CLEAR_CONTROL = "DELETE FROM holdout_attributions WHERE campaign_id = $1"
+# (state of the ledger, the statement computing its attributed orders, the merge into its table, its CLEAR)
+PASSES = (
+    ("sent", _attribute_sql("sent"), _merge_sql("attributions"), "DELETE FROM attributions WHERE campaign_id = $1"),
+    (A.HELD_OUT, _attribute_sql(A.HELD_OUT), _merge_sql("holdout_attributions"),
+     "DELETE FROM holdout_attributions WHERE campaign_id = $1"),
+)
+DROP_NOW = f"DROP TABLE {NOW}"
+# The hash of the span's orders and the sort of the candidate pairs in memory, not in temporary files; no JIT
+# (compiling the statements took 0.2-0.6 s on the bench machine, more than it saved); no nested loops: the
+# temporary table has no statistics and a campaign's rows may all be new since the last ANALYZE (an emptied
+# table), and a nested loop rescanning the table the merge writes to went quadratic (88,401 rows: 684 s).
+SETTINGS = "SET LOCAL work_mem = '256MB'; SET LOCAL jit = off; SET LOCAL enable_nestloop = off"
 TOTALS = "SELECT count(*)::int, coalesce(sum(revenue), 0) FROM attributions WHERE campaign_id = $1"
 
 
@@ -143,20 +178,24 @@ class Attributed(BaseModel):
 
 
 async def attribute(conn: asyncpg.Connection, campaign_db_id: int) -> Attributed:
-    """Rebuild the campaign's rows of `attributions` (and of `holdout_attributions`) in one transaction."""
+    """Bring the campaign's rows of `attributions` (and of `holdout_attributions`) up to date in one transaction."""
     async with conn.transaction():
-        # The sort of the reaches and the hash of them in memory, not in temporary files (docs/benchmarks.md).
-        await conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
+        await conn.execute(SETTINGS)
         windows = {r["phase"]: Window(AttributionMode(r["mode"]), r["from_at"], r["to_at"], r["days"])
                    for r in await conn.fetch(WINDOWS, campaign_db_id)}  # fmt: skip
-        inserted = {}
-        for clear, sql, state in ((CLEAR, ATTRIBUTE, "sent"), (CLEAR_CONTROL, ATTRIBUTE_CONTROL, A.HELD_OUT)):
-            await conn.execute(clear, campaign_db_id)
-            bounds = span(await conn.fetch(REACH_SPAN, campaign_db_id, state), windows)
-            status = await conn.execute(sql, campaign_db_id, DEFAULT_ATTRIBUTION_DAYS, *bounds) if bounds else "INSERT 0 0"
-            inserted[state] = int(status.split()[-1])
+        reaches = await conn.fetch(REACH_SPAN, campaign_db_id, [state for state, *_ in PASSES])
+        attributed = {}
+        for state, compute, merge, clear in PASSES:
+            bounds = span([r[1:] for r in reaches if r["state"] == state], windows)
+            if bounds is None:  # nobody reached (in this state): nothing attributed
+                await conn.execute(clear, campaign_db_id)
+                attributed[state] = 0
+                continue
+            await conn.execute(compute, campaign_db_id, DEFAULT_ATTRIBUTION_DAYS, *bounds)
+            attributed[state] = await conn.fetchval(merge, campaign_db_id)
+            await conn.execute(DROP_NOW)
         orders, revenue = await conn.fetchrow(TOTALS, campaign_db_id)
-    return Attributed(orders=orders, revenue=revenue, control_orders=inserted[A.HELD_OUT])
+    return Attributed(orders=orders, revenue=revenue, control_orders=attributed[A.HELD_OUT])
 
 
 def span(reaches: list, windows: dict[int, Window]) -> tuple[datetime, datetime] | None:

@@ -178,3 +178,59 @@ async def test_attribution_of_a_hand_computed_campaign(clean_db):
         await attribute(conn, a)
     assert await _rows(pool, "attributions", a) == expected_a | {101: (0, 1, Decimal("75.00"))}
     assert await pool.fetchval("SELECT count(*) FROM attributions WHERE campaign_id = $1", b) == 3  # b untouched
+
+
+async def test_the_statement_agrees_with_the_rule_on_random_campaigns(clean_db):
+    """Random reaches (ties between phases at one instant included) and orders around them, each phase with
+    another kind of window (its days, its days, 2 days after the reach, none stored: the default week): every
+    order's phase in `attributions` is `winning_phase`'s, and a second attribution after changes to the
+    orders (one refunded in full, one moved out of every window, new ones) agrees again, revenue included."""
+    import random
+
+    pool = clean_db
+    rng = random.Random(20261130)
+    await pool.execute("INSERT INTO shops (shop_id, name, timezone, industry) VALUES ('rnd', 'r', $1, 'beauty')", TZ)
+    await add_customers(pool, "rnd", list(range(1, 41)), ordered_at=local(d(1), 0) - timedelta(days=100))
+    cid = await make_campaign(pool, "rnd", "r")
+    windows = PERIODS | {2: Window(AttributionMode.after_reach, days=2)}  # phase 3: no row, the default
+    await save_windows(pool, cid, windows)
+    instants = [local(d(day), hour) for day in range(1, 6) for hour in (9, 10, 14, 22)]
+    reaches: dict[int, list[Reach]] = {}
+    for consumer in range(1, 41):
+        for phase in rng.sample(range(4), rng.randint(0, 3)):
+            at = rng.choice(instants)
+            reaches.setdefault(consumer, []).append(Reach(phase, at))
+            await _reach(pool, cid, phase, consumer, at, shop="rnd")
+    orders: dict[int, tuple[int, datetime]] = {}
+    revenue: dict[int, Decimal] = {}
+
+    async def order(consumer: int) -> None:
+        order_id = 10_000 + len(orders)
+        at = rng.choice(instants) + timedelta(minutes=rng.choice((0, 30)))
+        orders[order_id], revenue[order_id] = (consumer, at), Decimal("10.00")
+        await _order(pool, order_id, consumer, at, 10, shop="rnd")
+
+    for _ in range(120):
+        await order(rng.randint(1, 40))
+
+    async def check() -> None:
+        expected = {}
+        for order_id, (consumer, at) in orders.items():
+            phase = winning_phase(reaches.get(consumer, []), at, windows)
+            if phase is not None:
+                expected[order_id] = (phase, revenue[order_id])
+        async with pool.acquire() as conn:
+            done = await attribute(conn, cid)
+        rows = await pool.fetch("SELECT order_id, phase, revenue FROM attributions WHERE campaign_id = $1", cid)
+        assert {r["order_id"]: (r["phase"], r["revenue"]) for r in rows} == expected
+        assert done.orders == len(expected) > 10
+        return expected
+
+    first, second = sorted(await check())[:2]
+    await pool.execute("UPDATE orders SET created_at = created_at - interval '300 days' WHERE order_id = $1", first)
+    orders[first] = (orders[first][0], orders[first][1] - timedelta(days=300))
+    await pool.execute("UPDATE orders SET refunded_amount = amount, status = 'refunded' WHERE order_id = $1", second)
+    revenue[second] = Decimal("0.00")
+    for _ in range(20):
+        await order(rng.randint(1, 40))
+    await check()

@@ -212,3 +212,41 @@ async def test_an_unsubscription_stops_the_next_phase_of_a_running_campaign(clea
     assert excluded.get("unsubscribed") == 1
     attributed = await pool.fetch("SELECT phase, consumer_id, order_id, revenue FROM attributions WHERE campaign_id = $1", cid)
     assert [tuple(r) for r in attributed] == [(0, 1, 7001, Decimal("88.00"))]
+
+
+async def test_order_effects_of_one_batch_apply_in_order_whether_the_order_is_new_or_known(clean_db):
+    """An order created, paid and refunded in one batch ends as if the three came one after the other, whether
+    the batch created it or it existed already (a loaded order: its creation event changes nothing of it);
+    a later batch's payment and refunds apply to it as it stands."""
+    from sluice.outcomes.ingest import ingest
+
+    pool = clean_db
+    await shop_key(pool, "ev1")
+    await add_customers(pool, "ev1", [1, 2], ordered_at=datetime(2026, 2, 1, tzinfo=UTC))
+    await pool.execute("INSERT INTO orders (order_id, shop_id, consumer_id, created_at, amount, status)"
+                       " VALUES (600, 'ev1', 1, '2026-03-01T00:00:00Z', 50, 'pending')")  # fmt: skip
+    later = "2026-03-03T00:00:00+00:00"
+    answer = await ingest(pool, "ev1", [
+        ev("k1", "order_created", 1, order_id=600, amount=80),  # known: stays as loaded (amount 50)
+        ev("k2", "order_paid", 1, order_id=600, occurred_at=later),
+        ev("k3", "order_paid", 1, order_id=600),  # the first payment's instant counts
+        ev("k4", "order_refunded", 1, order_id=600, amount=20),
+        ev("k5", "order_refunded", 1, order_id=600, amount=40),  # 60 in all: never past the amount
+        ev("n1", "order_created", 2, order_id=601, amount=30),
+        ev("n2", "order_refunded", 2, order_id=601, amount=30),  # refunded in full before any payment
+        ev("n3", "order_created", 2, order_id=602, amount=15, occurred_at=later),
+    ])  # fmt: skip
+    assert (answer.accepted, answer.refused) == (8, 0), answer
+    rows = {r["order_id"]: (r["amount"], r["status"], r["paid_at"], r["refunded_amount"])
+            for r in await pool.fetch("SELECT * FROM orders WHERE order_id >= 600")}  # fmt: skip
+    assert rows == {
+        600: (Decimal("50.00"), "refunded", datetime.fromisoformat(AT), Decimal("50.00")),
+        601: (Decimal("30.00"), "refunded", None, Decimal("30.00")),
+        602: (Decimal("15.00"), "pending", None, Decimal("0.00")),
+    }
+    assert await pool.fetchval("SELECT created_at FROM orders WHERE order_id = 602") == datetime.fromisoformat(later)
+    answer = await ingest(pool, "ev1", [ev("m1", "order_paid", 2, order_id=602, occurred_at=later),
+                                        ev("m2", "order_refunded", 2, order_id=602, amount="5.50")])  # fmt: skip
+    assert answer.accepted == 2
+    row = await pool.fetchrow("SELECT status, paid_at, refunded_amount FROM orders WHERE order_id = 602")
+    assert tuple(row) == ("paid", datetime.fromisoformat(later), Decimal("5.50"))
