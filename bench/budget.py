@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from bench.stack import record_results
+from bench.stack import bench_campaign, record_results, run_slices
 
 ROOT = Path(__file__).resolve().parent.parent
 # Never binds: twice what the day costs at the dearest tier (4.8 fen a segment, one segment a message).
@@ -33,21 +33,12 @@ HEADROOM = Decimal("0.096")
 async def _day(pool, send, gw, n: int, slice_size: int, chunk_size: int, concurrency: int, budget: Decimal | None) -> dict:
     from sluice.schemas.activities import SendSliceInput
     from sluice.schemas.campaign import Channel
-    from temporalio.testing import ActivityEnvironment
 
     await pool.execute("TRUNCATE deliveries, fatigue_day, sms_debits, outbox, campaign_spend")
     now = datetime.now(UTC)
     day = now.date()
     ref = uuid.uuid4().hex[:8]
-    campaign = await pool.fetchval(
-        "INSERT INTO campaigns (shop_id, campaign_ref, workflow_id, kind, spec, state)"
-        " VALUES ('s1', $1, 's1.' || $1, 'K-ACQUIRE', '{}'::jsonb, 'running') RETURNING id", ref,
-    )  # fmt: skip
-    await pool.execute(
-        "INSERT INTO audience_snapshots (campaign_id, phase, day, seq, consumer_id)"
-        " SELECT $1, 0, $2, g - 1, g FROM generate_series(1, $3) g", campaign, day, n,
-    )  # fmt: skip
-    await pool.execute("VACUUM ANALYZE audience_snapshots")
+    campaign = await bench_campaign(pool, "s1", ref, "K-ACQUIRE", day, n)
     text = "春季会员日:专属优惠券已到账,点击进店即可使用,本周内有效,数量有限先到先得"  # one segment, signed
     slices = [
         SendSliceInput(campaign_db_id=campaign, shop_id="s1", phase_index=0, day=day, channel=Channel.sms,
@@ -55,16 +46,8 @@ async def _day(pool, send, gw, n: int, slice_size: int, chunk_size: int, concurr
                        decided_at=now, window_end=now + timedelta(hours=6), chunk_size=chunk_size, campaign_budget=budget)
         for lo in range(0, n, slice_size)
     ]  # fmt: skip
-    gate = asyncio.Semaphore(concurrency)
     before = gw.counts()["messages"]
-
-    async def run(inp):
-        async with gate:
-            return await ActivityEnvironment().run(send.send_slice, inp)
-
-    t0 = time.perf_counter()
-    results = await asyncio.gather(*(run(s) for s in slices))
-    secs = time.perf_counter() - t0
+    results, secs = await run_slices(send, slices, concurrency)
     sent = sum(r.sent for r in results)
     cost = await pool.fetchval("SELECT sum(cost) FROM deliveries WHERE campaign_id = $1", campaign)
     spend = await pool.fetchval("SELECT spent FROM campaign_spend WHERE campaign_id = $1", campaign)

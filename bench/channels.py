@@ -23,7 +23,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.stack import record_results
+from bench.stack import bench_campaign, record_results, run_slices
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,7 +120,6 @@ async def _sms(dsn: str, n: int, slice_size: int, chunk_size: int, concurrency: 
     from sluice.db.pool import create_pool
     from sluice.schemas.activities import SendSliceInput
     from sluice.schemas.campaign import Channel
-    from temporalio.testing import ActivityEnvironment
 
     from tests.gateway import Gateway
 
@@ -143,15 +142,7 @@ async def _sms(dsn: str, n: int, slice_size: int, chunk_size: int, concurrency: 
                SELECT 's1', g, '138' || lpad(g::text, 8, '0'), true FROM generate_series(1, $1) g""",
             n,
         )
-        campaign = await pool.fetchval(
-            "INSERT INTO campaigns (shop_id, campaign_ref, workflow_id, kind, spec, state)"
-            " VALUES ('s1', 'b', 's1.b', 'K-ACQUIRE', '{}'::jsonb, 'running') RETURNING id"
-        )
-        await pool.execute(
-            "INSERT INTO audience_snapshots (campaign_id, phase, day, seq, consumer_id)"
-            " SELECT $1, 0, $2, g - 1, g FROM generate_series(1, $3) g",
-            campaign, day, n,
-        )  # fmt: skip
+        campaign = await bench_campaign(pool, "s1", "b", "K-ACQUIRE", day, n)
         await pool.execute("VACUUM ANALYZE")
         sms = SmsGatewayChannel("sms", gw.url, timeout_s=30, batch_size=2000)
         send = SendActivities(pool, ChannelRegistry({"sms": sms, "chat": OutboxChannel(pool, "chat")}),
@@ -163,15 +154,7 @@ async def _sms(dsn: str, n: int, slice_size: int, chunk_size: int, concurrency: 
                            budget=slice_size, decided_at=now, window_end=now + timedelta(hours=6), chunk_size=chunk_size)
             for lo in range(0, n, slice_size)
         ]  # fmt: skip
-        gate = asyncio.Semaphore(concurrency)
-
-        async def run(inp):
-            async with gate:
-                return await ActivityEnvironment().run(send.send_slice, inp)
-
-        t0 = time.perf_counter()
-        results = await asyncio.gather(*(run(s) for s in slices))
-        secs = time.perf_counter() - t0
+        results, secs = await run_slices(send, slices, concurrency)
         await sms.aclose()
         sent = sum(r.sent for r in results)
         counts = gw.counts()

@@ -19,7 +19,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.stack import fresh_database, record_results
+from bench.stack import bench_campaign, fresh_database, record_results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,15 +42,7 @@ async def _day(pool, n: int, chunk: int) -> int:
         " SELECT 's1', g, '138' || lpad(g::text, 8, '0'), true FROM generate_series(1, $1) g",
         n,
     )
-    campaign = await pool.fetchval(
-        "INSERT INTO campaigns (shop_id, campaign_ref, workflow_id, kind, spec, state)"
-        " VALUES ('s1', 'd', 's1.d', 'K-ACQUIRE', '{}'::jsonb, 'running') RETURNING id"
-    )
-    await pool.execute(
-        "INSERT INTO audience_snapshots (campaign_id, phase, day, seq, consumer_id)"
-        " SELECT $1, 0, $2, g - 1, g FROM generate_series(1, $3) g",
-        campaign, now.date(), n,
-    )  # fmt: skip
+    campaign = await bench_campaign(pool, "s1", "d", "K-ACQUIRE", now.date(), n)
     await pool.execute("VACUUM ANALYZE")
     send = SendActivities(pool, ChannelRegistry.outbox_for_all(pool), platform_timezone="UTC")
     inp = SendSliceInput(

@@ -425,3 +425,38 @@ async def fresh_database(admin_dsn: str, name: str) -> str:
 
 class NoTemporal:
     """The API's Temporal client in a benchmark whose routes never call Temporal."""
+
+
+# A send-path bench's campaign (any kind's name; the send path reads only the plan it is given) and its day's
+# snapshot of consumers 1..n, seq = consumer - 1. The same rows in every channel bench (channels, budget, dispatch).
+_BENCH_CAMPAIGN = """
+    INSERT INTO campaigns (shop_id, campaign_ref, workflow_id, kind, spec, state)
+    VALUES ($1, $2, $1 || '.' || $2, $3, '{}'::jsonb, 'running') RETURNING id
+"""
+_BENCH_SNAPSHOT = """
+    INSERT INTO audience_snapshots (campaign_id, phase, day, seq, consumer_id)
+    SELECT $1, 0, $2, g - 1, g FROM generate_series(1, $3) g
+"""
+
+
+async def bench_campaign(pool: asyncpg.Pool, shop_id: str, ref: str, kind: str, day, n: int) -> int:
+    """A campaigns row and the snapshot of consumers 1..n for `day` (analysed); returns the campaign's id."""
+    campaign = await pool.fetchval(_BENCH_CAMPAIGN, shop_id, ref, kind)
+    await pool.execute(_BENCH_SNAPSHOT, campaign, day, n)
+    await pool.execute("ANALYZE audience_snapshots")
+    return campaign
+
+
+async def run_slices(send, slices: list, concurrency: int) -> tuple[list, float]:
+    """The send activity over `slices`, at most `concurrency` at once, as a worker runs them: (results, seconds)."""
+    from temporalio.testing import ActivityEnvironment
+
+    gate = asyncio.Semaphore(concurrency)
+
+    async def run(inp):
+        async with gate:
+            return await ActivityEnvironment().run(send.send_slice, inp)
+
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(run(s) for s in slices))
+    return results, time.perf_counter() - t0
