@@ -336,7 +336,10 @@ _COUPON_STOCK = """
 # time was this statement waiting, 1.5 s per chunk at 1M under load). So a chunk first allocates from
 # `_COUPON_STOCK`, unlocked, and takes this lock only at its end, just before `_TAKE_STOCK` and its commit
 # (`StockTaking`); only a chunk that found the stock raced re-runs with the lock taken first.
-_LOCK_COUPONS = _COUPON_STOCK + " FOR UPDATE"
+# NO KEY UPDATE, the lock `_TAKE_STOCK`'s update of a non-key column takes anyway: each claims row the chunk
+# inserted before holds its coupon's row FOR KEY SHARE (claims.coupon_id references coupons), which FOR UPDATE
+# would wait for, so two chunks at their ends deadlocked on each other's claims.
+_LOCK_COUPONS = _COUPON_STOCK + " FOR NO KEY UPDATE"
 # The units allocate_offers granted: $1 coupons, $2 units each.
 _TAKE_STOCK = """
     UPDATE coupons c SET stock = c.stock - u.n
