@@ -33,6 +33,7 @@ DATA_TABLES = [
     "sms_debits",
     "sms_credits",
     "quota_day",  # no foreign key: TRUNCATE ... CASCADE would not reach it
+    "claims",  # no foreign key since migration 0025
     "deliveries",
     "fatigue_day",
     "audience_snapshots",

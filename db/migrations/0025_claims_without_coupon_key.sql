@@ -1,0 +1,12 @@
+-- claims.coupon_id no longer references coupons.
+--
+-- Every claims row a chunk inserts ran the foreign key's check, which locks the coupon's row FOR KEY
+-- SHARE. A campaign's chunks all hold units of the same one to three coupon rows, eight chunks at a
+-- time, so each check met a row already locked by the other chunks (a MultiXact growing with them),
+-- while those chunks also take the row's stock. At the 1M whole-shop K-REPURCHASE day the claims insert
+-- became the day's heaviest statement (293 ms per 2,000 claims, 24% of statement time;
+-- docs/benchmarks.md). The check never had anything to catch: a claim's coupon is one the chunk has
+-- just read from coupons and taken stock of in the same transaction, and sluice never deletes a
+-- coupon (loading upserts). member_benefits.coupon_id keeps its reference: it is written by loads,
+-- not per delivery.
+ALTER TABLE claims DROP CONSTRAINT IF EXISTS claims_coupon_id_fkey;
