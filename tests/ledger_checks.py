@@ -60,16 +60,18 @@ async def _assert_outbox_matches(pool, cid: int) -> None:
         cid,
     ) == 0
     assert await pool.fetchval(
-        """SELECT count(*) FROM outbox_messages o WHERE o.campaign_id = $1 AND NOT EXISTS (
+        """WITH o AS MATERIALIZED (SELECT * FROM outbox_messages WHERE campaign_id = $1)
+           SELECT count(*) FROM o WHERE NOT EXISTS (
                SELECT 1 FROM deliveries d WHERE d.campaign_id = o.campaign_id AND d.phase = o.phase
                AND d.day = o.day AND d.channel = o.channel AND d.consumer_id = o.consumer_id)""",
         cid,
     ) == 0
-    # The provider reference of each sent delivery is its outbox batch.
+    # The provider reference of each sent delivery is its outbox batch (the messages unnested once, then hashed).
     assert await pool.fetchval(
-        """SELECT count(*) FROM deliveries d JOIN outbox_messages o ON o.campaign_id = d.campaign_id AND o.phase = d.phase
-               AND o.day = d.day AND o.channel = d.channel AND o.consumer_id = d.consumer_id
-           WHERE d.campaign_id = $1 AND d.provider_ref IS DISTINCT FROM 'outbox:' || o.batch_id""",
+        """WITH m AS MATERIALIZED (SELECT batch_id, phase, day, channel, consumer_id FROM outbox_messages
+                                   WHERE campaign_id = $1)
+           SELECT count(*) FROM deliveries d JOIN m USING (phase, day, channel, consumer_id)
+           WHERE d.campaign_id = $1 AND d.provider_ref IS DISTINCT FROM 'outbox:' || m.batch_id""",
         cid,
     ) == 0
 
