@@ -9,7 +9,7 @@ with `POST /load/agents` (docs/data.md), which sets presence too (a whole record
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException, Path, Request
@@ -17,6 +17,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool
 from sluice.api.deps import ErrorBody, KeyShop
 from sluice.channels.chat import set_presence
 from sluice.ingest.records import REF_PATTERN
+from sluice.schemas.campaign import DATE_MAX, DATE_MIN
 
 router = APIRouter()
 PRESENCE_PATH = "/agents/{agent_id}/presence"
@@ -29,8 +30,8 @@ class Presence(BaseModel):
     # Bounded, so every accepted instant is one PostgreSQL and asyncpg can hold (year 1 at +05:00 is not).
     at: AwareDatetime | None = Field(
         default=None,
-        ge=datetime(2000, 1, 1, tzinfo=UTC),
-        le=datetime(2100, 12, 31, tzinfo=UTC),
+        ge=datetime.combine(DATE_MIN, time.min, UTC),
+        le=datetime.combine(DATE_MAX, time.min, UTC),
         description="when the presence was seen (ISO 8601 with offset, 2000 to 2100); default now",
     )
 
