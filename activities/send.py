@@ -134,7 +134,7 @@ def _body(inp: SendSliceInput) -> str:
 def fatigue_day_sql(instant: str, platform_day: str) -> str:
     """R-FAT-DAY: the recipient's natural day at `instant`, per snapshot row `s`: the local date in the zone
     the refresh resolved for them (audience_snapshots.timezone, activities/audience.py RECIPIENT_ZONE), else
-    `platform_day`, the platform's date at the instant, computed once per statement (`platform_day_of`).
+    `platform_day`, the platform's date at the instant, computed once per statement (`recipient_fatigue_day` without a zone).
     `recipient_fatigue_day` is the same in Python."""
     local = f"({instant}::timestamptz AT TIME ZONE s.timezone)::date"
     return f"CASE WHEN s.timezone IS NULL THEN {platform_day}::date ELSE {local} END"
@@ -144,11 +144,6 @@ def recipient_fatigue_day(instant: datetime, zone: str | None, platform_tz: str)
     """`fatigue_day_sql` in Python, for a few rows (the preview's candidates): the date at `instant` in the
     recipient's resolved zone, else the platform's."""
     return local_day(instant, zone or platform_tz)
-
-
-def platform_day_of(instant: datetime, platform_tz: str) -> date:
-    """The platform's calendar date at `instant`: the natural day of a recipient whose zone is unknown (R-FAT-DAY)."""
-    return recipient_fatigue_day(instant, None, platform_tz)
 
 
 def _chunk_sql(
@@ -675,7 +670,7 @@ class SendActivities:
         # scheduled (the time-skipping test server runs ahead of the wall clock).
         handed_at = max(self.clock(), inp.decided_at)
         args = [inp.campaign_db_id, inp.phase_index, inp.day, inp.shop_id, lo, hi, handed_at,
-                platform_day_of(handed_at, self.platform_timezone)]
+                recipient_fatigue_day(handed_at, None, self.platform_timezone)]  # the platform's date: $8
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(_chunk_sql(ch, probe, personal is not None, inp.reaches_non_customers, inp.later_pass,
                                                inp.zoned_only),
