@@ -129,6 +129,12 @@ def zone_row(consumer: str) -> str:
     return _ZONE_ROW.replace("{consumer}", consumer)
 
 
+def in_part(consumer: str) -> str:
+    """Whether `consumer` belongs to the statement's part: $8 parts, $9 this part. A hash of the consumer, so any
+    id pattern splits evenly; the part's share is numbered seq = k * parts + part in consumer order."""
+    return f"($8::int = 1 OR (hashint8({consumer}) & 2147483647) % $8::int = $9::int)"
+
+
 def _flagged_sql(
     audience_sql: str, yields_item: bool, channel: str, filters: list[str] | tuple[str, ...], non_customers: bool,
 ) -> str:
@@ -137,13 +143,11 @@ def _flagged_sql(
     branches, joins = F.sql(filters)
     rows = recipient_rows("$1", "m.consumer_id", non_customers)
     item = "a.item" if yields_item else "NULL::bigint"
-    # $8 parts, $9 this part: the part's share of the audience (by a hash of the consumer, so
-    # any id pattern splits evenly), numbered seq = k * parts + part in consumer order.
     # $10 (the overlap filter's campaigns) is always bound, so the audience's own start at $11.
     return f"""
     WITH matched AS (
         SELECT a.consumer_id, {item} AS item FROM ({audience_sql}) a
-        WHERE ($8::int = 1 OR (hashint8(a.consumer_id) & 2147483647) % $8::int = $9::int)
+        WHERE {in_part("a.consumer_id")}
           AND cardinality($10::bigint[]) >= 0
           AND $3::timestamptz IS NOT NULL  -- typed here: an audience may not use the campaign's start (a custom filter)
     ),
@@ -247,7 +251,7 @@ def _checked_audience(inp: RefreshAudienceInput, choose_items: bool = True) -> _
             args = [*args, tags]
         coupons = inp.audience_params.get("coupon_ids") if choose_items else None
         if coupons:  # the products of these coupons are pushed, one per recipient (R-RP-10)
-            audience_sql = with_item_choice(audience_sql, FIRST_AUDIENCE_PARAM + len(args))
+            audience_sql = with_item_choice(audience_sql, FIRST_AUDIENCE_PARAM + len(args), in_part("e.consumer_id"))
             args = [*args, list(coupons)]
         return _CheckedAudience(audience_sql, args, bool(coupons), non_customers)
     aud = AUDIENCES.get(inp.audience)

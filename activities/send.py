@@ -329,16 +329,28 @@ _COUPON_STOCK = """
 # chunk of a campaign with offers takes the same one to three rows: taken where the chunk allocates its offers,
 # the lock serialised the chunks for their whole transaction (81% of the whole-shop K-REPURCHASE day's statement
 # time was this statement waiting, 1.5 s per chunk at 1M under load). So a chunk first allocates from
-# `_COUPON_STOCK`, unlocked, and takes this lock only at its end, just before `_TAKE_STOCK` and its commit
-# (`StockTaking`); only a chunk that found the stock raced re-runs with the lock taken first.
-# NO KEY UPDATE, the lock `_TAKE_STOCK`'s update of a non-key column takes anyway: each claims row the chunk
-# inserted before holds its coupon's row FOR KEY SHARE (claims.coupon_id references coupons), which FOR UPDATE
-# would wait for, so two chunks at their ends deadlocked on each other's claims.
+# `_COUPON_STOCK`, unlocked, and locks the rows only at its end, in `_TAKE_STOCK` just before its commit
+# (`StockTaking`); only a chunk that found the stock raced re-runs with this lock taken first.
+# NO KEY UPDATE, the lock an update of a non-key column takes anyway (no stronger lock than the update needs).
 _LOCK_COUPONS = _COUPON_STOCK + " FOR NO KEY UPDATE"
-# The units allocate_offers granted: $1 coupons, $2 units each.
+# The units allocate_offers granted, taken at the chunk's end, lock, check and take in one statement: $1 coupons
+# (ascending), $2 units each, $3 shop, $4 the hand-off instant. The CTE locks the rows in coupon order (the one lock
+# order); the UPDATE then re-checks, on each row's latest version, that the units are still there and the coupon
+# is valid at $4, and names the coupons it took from: fewer names than $1 is a raced stock (StockRaced). One
+# statement, because every round trip made while holding these rows is waited for by all the campaign's other
+# chunks: with the lock, the check in Python and the update as three statements the worker's event loop (busy
+# rendering other chunks' texts) sat between them, and the whole-shop K-REPURCHASE day spent 26-44 ms per chunk
+# waiting for the coupon rows (22-32% of its statement time, docs/benchmarks.md).
 _TAKE_STOCK = """
+    WITH locked AS (
+        SELECT coupon_id FROM coupons WHERE coupon_id = ANY($1::text[]) AND shop_id = $3
+        ORDER BY coupon_id FOR NO KEY UPDATE
+    )
     UPDATE coupons c SET stock = c.stock - u.n
-    FROM unnest($1::text[], $2::int[]) AS u(coupon_id, n) WHERE c.coupon_id = u.coupon_id
+    FROM unnest($1::text[], $2::int[]) AS u(coupon_id, n)
+    WHERE c.coupon_id = u.coupon_id AND c.coupon_id IN (SELECT coupon_id FROM locked)
+      AND c.stock >= u.n AND c.valid_from <= $4 AND c.valid_to > $4
+    RETURNING c.coupon_id
 """
 # A delivery that was not sent gives its offer's unit back (R-OC-8); a no-op for deliveries without one.
 class StockRaced(Exception):
@@ -350,8 +362,8 @@ class StockTaking:
     """The coupon units a chunk takes (R-BEN-1, R-RP-5), applied once at its end.
 
     `locked`: the coupon rows were locked when the stock was read (a re-run after StockRaced); else they were read
-    unlocked and `apply` locks them now, checks what it read still holds, and raises StockRaced if not (the
-    chunk's transaction then rolls back whole)."""
+    unlocked and `apply` locks them now and takes the units only if they are still there (`_TAKE_STOCK`, one
+    statement), raising StockRaced if not (the chunk's transaction then rolls back whole)."""
 
     locked: bool
     at: datetime
@@ -368,11 +380,10 @@ class StockTaking:
         coupons = sorted(c for c, n in self.taken.items() if n)
         if not coupons:
             return
-        if not self.locked:
-            now = dict(await conn.fetch(_LOCK_COUPONS, coupons, shop_id, self.at))
-            if any(now.get(c, 0) < self.taken[c] for c in coupons):
-                raise StockRaced(f"coupons {coupons}: {self.taken} wanted, {now} left")
-        await conn.execute(_TAKE_STOCK, coupons, [self.taken[c] for c in coupons])
+        wanted = [self.taken[c] for c in coupons]
+        took = {r[0] for r in await conn.fetch(_TAKE_STOCK, coupons, wanted, shop_id, self.at)}
+        if len(took) < len(coupons):  # never with `locked`: the rows were read under the lock this update holds
+            raise StockRaced(f"coupons {sorted(set(coupons) - took)}: {dict(zip(coupons, wanted, strict=True))} wanted, not left")
 
 
 # Answers how many claims it released (a data-modifying CTE runs whether or not the query reads it).

@@ -94,7 +94,7 @@ async def run(args) -> dict:
         worker_env = {
             "DATABASE_URL": dsn, "TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
             "SLUICE_TASK_QUEUE": queue, "SLUICE_PROVIDER_QUEUES": "true", "SLUICE_PROVIDER_RATES": args.rate,
-            "SLUICE_PLATFORM_TZ": tz, "SLUICE_LOG_LEVEL": "WARNING",
+            "SLUICE_PLATFORM_TZ": tz,  # INFO: wait_ready reads the "worker started" line
         }  # fmt: skip
         log_dir = Path(args.data_dir).resolve()
         log_dir.mkdir(parents=True, exist_ok=True)

@@ -384,3 +384,48 @@ async def test_cross_sell_chooses_b_by_lift_plus_browsing_interest(clean_db):
     await shop.browses(10, b2_kin, 31, 35, 45)  # only older than INTEREST_DAYS: no interest -> B1
     # 1..3 bought B1, so B2 is theirs; 4..6 bought B2, so B1.
     assert await shop.audience(R.CROSS_SELL) == {1: b2, 2: b2, 3: b2, 4: b1, 5: b1, 6: b1, 10: b1, 11: b2, 12: b2}
+
+
+# --- R-RP-10 for a custom audience, as the refresh's parts evaluate it ----------------------------
+
+
+async def test_a_custom_audience_gets_each_recipient_the_product_behaviour_favours_in_every_part(clean_db):
+    """with_item_choice over a merchant's audience, evaluated per refresh part ($8 parts, $9 the part, in_part over
+    the events too): the parts split the audience without overlap, and each recipient's product is the one of the
+    campaign's coupon products they engaged with most in the last 30 days (then the most recent, then the lowest
+    id; without such events the lowest id), the same whichever part they fall in (an independent evaluation)."""
+    from sluice.activities.audience import in_part
+    from sluice.audiences import with_item_choice
+
+    shop = await Shop(clean_db, "rp").create()
+    products = [await shop.product(p, "tea", cycle=30) for p in (10, 20, 30)]
+    uncouponed = await shop.product(40, "tea", cycle=30, coupon=False)
+    views: dict[int, list[tuple[int, float, str]]] = {}
+    for c in range(1, 41):
+        await clean_db.execute("INSERT INTO consumers (consumer_id) VALUES ($1) ON CONFLICT DO NOTHING", c)
+        await clean_db.execute("INSERT INTO shop_customers (shop_id, consumer_id) VALUES ('rp', $1)", c)
+        # c's own mix: product i gets (c * (i + 1)) % 4 events, i days and more ago; some out of the window or kind
+        views[c] = [(products[i], 1 + i + k, "view") for i in range(3) for k in range((c * (i + 1)) % 4)]
+        views[c] += [(products[c % 3], 31, "view"), (products[(c + 1) % 3], 2, "order_paid"), (uncouponed, 1, "view")]
+        for p, d, kind in views[c]:
+            await shop.browses(c, p, d, kind=kind)
+
+    def favoured(c: int) -> int:
+        counted = [(p, d) for p, d, kind in views[c] if p in products and d <= 30 and kind == "view"]
+        if not counted:
+            return min(products)
+        best = {p: (sum(1 for q, _ in counted if q == p), -min(d for q, d in counted if q == p), -p) for p, _ in counted}
+        return max(best, key=best.get)
+
+    audience = "SELECT c.consumer_id FROM shop_customers c WHERE c.shop_id = $1"
+    sql = with_item_choice(audience, 11, in_part("e.consumer_id"))
+    wrapped_sql = f"SELECT a.consumer_id, a.item FROM ({sql}) a WHERE {in_part('a.consumer_id')}" \
+        " AND $3::timestamptz IS NOT NULL AND $4::int IS NULL AND $5::int IS NULL AND $6::int IS NULL" \
+        " AND $7::int IS NULL AND $10::int IS NULL"
+    for parts in (1, 2, 3):
+        chosen: dict[int, int] = {}
+        for part in range(parts):
+            rows = await clean_db.fetch(wrapped_sql, "rp", S, ago(60), None, None, None, None, parts, part, None, shop.coupons)
+            assert not chosen.keys() & {r["consumer_id"] for r in rows}, "a consumer in two parts"
+            chosen.update({r["consumer_id"]: r["item"] for r in rows})
+        assert chosen == {c: favoured(c) for c in range(1, 41)}, parts

@@ -104,6 +104,7 @@ ALLOWED_INTERPOLATIONS = {
     ("activities/send.py", "zoned"): "a constant predicate or nothing, chosen by the zoned_only bool (R-WIN-1)",
     ("activities/audience.py", "RECIPIENT_ZONE"): "a constant expression over the joined rows (R-FAT-DAY)",
     ("activities/audience.py", "zone_row('m.consumer_id')"): "a constant join of consumers with a constant column",
+    ("activities/audience.py", "in_part('a.consumer_id')"): "the refresh part's constant predicate over a constant column",
     ("activities/audience.py", "_flagged_sql(audience_sql, yields_item, channel, filters, non_customers)"):
         "the refresh's CTEs, built only from the allowed interpolations above",
     ("activities/audience.py", "_flagged_sql(audience_sql, False, channel, filters, non_customers)"):
