@@ -37,7 +37,7 @@ CLAIMED, EXPIRED, HELD, RELEASED = "claimed", "expired", "held", "released"
 # What a consumer is told of an offer that can no longer be claimed.
 ENDED = "ended"
 
-# The day's offers per state and when the last held one ends. Index claims_open: the held rows of one day.
+# The day's offers per state and when the last held one ends: a range of claims_delivery_key (migration 0030).
 _DAY_OFFERS = """
     SELECT state, count(*)::int AS n, max(expires_at) FILTER (WHERE state = 'held') AS last_expiry
     FROM claims WHERE campaign_id = $1 AND phase = $2 AND day = $3 GROUP BY state
