@@ -263,7 +263,8 @@ def _write_sql(handoff: bool) -> str:
     body (per-recipient content) or NULL], then ($12, or $16 with `handoff`) each row's member benefit
     (R-RP-4), in the order of $9, or NULL, and next each row's cost (deliveries.cost: an SMS's price,
     R-AQ-5), in the order of $9, or NULL, and next each row's sender agent (R-PH-5, channels/chat.py), in the
-    order of $9, or NULL; with `handoff`, $19 the live rows' agents (in the order of $12) or NULL.
+    order of $9, or NULL; with `handoff`, $19 the live rows' agents (in the order of $12) or NULL, and $20 the
+    slice's window end (outbox.window_end: the outbox dispatcher hands nothing of the batch over after it, R-WIN-1).
     """
     benefits = 16 if handoff else 12
     ref = "CASE WHEN u.reason IS NULL THEN 'outbox:' || (SELECT id FROM b) END" if handoff else "NULL"
@@ -271,8 +272,8 @@ def _write_sql(handoff: bool) -> str:
     outbox = (
         """b AS (SELECT nextval('outbox_id_seq') AS id),
     o AS (
-        INSERT INTO outbox (id, campaign_id, phase, day, channel, body, consumer_ids, addresses, bodies, senders)
-        SELECT (SELECT id FROM b), $1, $2, $3, $4, $14, $12::bigint[], $13::text[], $15::text[], $19::text[]
+        INSERT INTO outbox (id, campaign_id, phase, day, channel, body, consumer_ids, addresses, bodies, senders, window_end)
+        SELECT (SELECT id FROM b), $1, $2, $3, $4, $14, $12::bigint[], $13::text[], $15::text[], $19::text[], $20::timestamptz
         WHERE cardinality($12::bigint[]) > 0
     ),"""
         if handoff
@@ -821,6 +822,7 @@ class SendActivities:
             args.append([senders.get(c) for c in ids] if senders else None)  # R-PH-5: deliveries.sender_agent
             if handoff:
                 args.append([senders[c] for c in live_now] if senders else None)  # R-PH-5: outbox.senders
+                args.append(inp.window_end)  # R-WIN-1: outbox.window_end, the dispatcher's last instant
             await conn.execute(_WRITE_HANDED_OFF if handoff else _WRITE_RESERVED, *args)
             quota_cost = Decimal(0)
             if quota is not None and live_now:

@@ -18,7 +18,11 @@ A batch's way through `Dispatcher.run_once`:
 4. send part by part (`send_and_settle`; each message's reference is its delivery key): a part is
    named in flight on the outbox row (committed) before it leaves, and its outcomes are recorded,
    with the next part named in flight and the lease renewed, in one transaction; the batch is
-   marked dispatched with the last part.
+   marked dispatched with the last part;
+5. the send window (R-WIN-1): no part leaves at or after the batch's `window_end` (the slice's, written
+   with the batch by the send path; `may_hand_off`). What the batch still holds then is settled `not_sent`
+   (NOT_SENT_DISPATCH_WINDOW) and gives back what it held, in the transaction that marks the batch
+   dispatched: a batch a failing provider held back past 22:00 never goes out at night.
 
 The guarantee: two dispatchers never hold one batch (SKIP LOCKED and the lease), so none hands over
 a message another is handing over. A crash between a hand-off and its record leaves at most one part
@@ -54,6 +58,7 @@ from sluice.activities.offers import RELEASED
 from sluice.activities.send import LedgerDay, give_back_failed
 from sluice.channels.base import Backoff, Channel, Outbound, Outcome, delivery_key, send_and_settle
 from sluice.channels.email import SMTP_UNAVAILABLE
+from sluice.schemas.activities import NOT_SENT_DISPATCH_WINDOW
 from sluice.schemas.quota import CHANNEL_QUOTAS
 from sluice.workers import metrics
 
@@ -84,7 +89,7 @@ CLAIM = """
     )
     UPDATE outbox o SET claimed_by = $3, lease_until = now() + make_interval(secs => $4), attempts = o.attempts + 1
     FROM c WHERE o.id = c.id
-    RETURNING o.id, o.campaign_id, o.phase, o.day, o.channel, o.attempts, c.in_question
+    RETURNING o.id, o.campaign_id, o.phase, o.day, o.channel, o.attempts, c.in_question, o.window_end
 """
 # The batch's messages with no outcome recorded: their delivery (this batch's reference) still `sent` (or
 # `reserved`, a batch written by OutboxChannel.send) and not handed off; each with its position in the
@@ -124,6 +129,13 @@ RECORD_UNKNOWN = f"""
 RECORD_FAILED = f"""
     UPDATE deliveries d SET state = 'failed', reason = u.reason, dispatch_ref = u.ref, updated_at = now()
     FROM unnest($5::bigint[], $6::text[], $7::text[]) AS u(id, reason, ref) WHERE {_OPEN}
+    RETURNING d.consumer_id, d.fatigue_day, d.shop_id, d.template_group, d.cost
+"""
+# Not handed over before the batch's window end (R-WIN-1): not_sent with the reason $6, never resent; returns
+# what giving back needs. Rows with an outcome already are left alone, like the records above.
+RECORD_NOT_SENT = f"""
+    UPDATE deliveries d SET state = 'not_sent', reason = $6, updated_at = now()
+    FROM unnest($5::bigint[]) AS u(id) WHERE {_OPEN}
     RETURNING d.consumer_id, d.fatigue_day, d.shop_id, d.template_group, d.cost
 """
 # The claim ($2 name, $3 attempt) still holds: renew its lease by $4 seconds, and name the part about to be
@@ -167,6 +179,7 @@ class Batch:
     channel: str
     attempts: int
     in_question: bool
+    window_end: datetime | None = None  # R-WIN-1: nothing of the batch is handed over at or after it; None: no end
 
     def outbound(self, consumer_id: int, address: str, body: str) -> Outbound:
         return Outbound(self.campaign_id, self.phase, consumer_id, self.day, self.channel, address, body)
@@ -210,6 +223,18 @@ def judge(messages: list[Outbound], outcomes: list[Outcome]) -> Verdict:
     return v
 
 
+def may_hand_off(window_end: datetime | None, at: datetime) -> bool:
+    """R-WIN-1: whether a part of a batch whose window ends at `window_end` may still be handed to its provider
+    at `at`. The window is half-open, like the send path's (`SendActivities.send_slice` stops at
+    `clock() >= window_end`): not at its end. A batch without an end (written before outbox.window_end
+    existed, or by OutboxChannel.send) may always go."""
+    if window_end is None:
+        return True
+    if window_end.tzinfo is None or at.tzinfo is None:
+        raise ValueError("window_end and the instant must be timezone-aware")
+    return at < window_end
+
+
 def retry_delay(attempts: int, retry_after: float | None, jitter: float, backoff: Backoff = RETRY_LATER) -> float:
     """Seconds before a batch released after its `attempts`-th claim may be claimed again."""
     return backoff.delay(max(1, attempts), retry_after, jitter)
@@ -223,6 +248,7 @@ class DispatchStats:
     failed: int = 0  # messages refused for good
     unknown: int = 0  # messages whose fate cannot be known
     reconciled: int = 0  # of those, settled by a lookup by reference after a claim in question
+    expired: int = 0  # messages settled not_sent: their batch's window had ended before they could go (R-WIN-1)
     released: int = 0  # claims given up for a later attempt
 
     def add(self, other: DispatchStats) -> DispatchStats:
@@ -354,6 +380,12 @@ class Dispatcher:
             later: list[int] = []
             for k, part in enumerate(parts):
                 at = self.clock()
+                if not may_hand_off(batch.window_end, at):
+                    # R-WIN-1: the window ended while the batch waited (a throttled or failing provider, a backlog):
+                    # this part, the later ones and those not taken for now are settled not sent, the batch done.
+                    rest = [m.consumer_id for p in parts[k:] for m in p] + later
+                    await self._record(batch, Verdict(), at, stats, flight=None, finish=True, expired=rest)
+                    return stats
                 try:
                     outcomes = await self._holding(batch, send_and_settle(adapter, part))
                 except Exception as exc:  # throttled or failing after the adapter's own retries; a refused request
@@ -395,11 +427,12 @@ class Dispatcher:
 
     async def _record(
         self, batch: Batch, v: Verdict, at: datetime, stats: DispatchStats, *, flight: tuple[int, int] | None,
-        finish: bool,
+        finish: bool, expired: list[int] | None = None,
     ) -> None:  # fmt: skip
         """Outcomes and the claim in one transaction: the lease renewed with the next part named in flight
         (`flight`: its first and last position), or the batch dispatched (`finish`). The outcomes commit even
-        when the claim was lost: they are what the provider answered."""
+        when the claim was lost: they are what the provider answered. `expired`: consumers never handed over
+        whose window has ended (R-WIN-1), settled not_sent and given back in the same transaction."""
         key = (batch.campaign_id, batch.phase, batch.day, batch.channel)
         async with self.pool.acquire() as conn, conn.transaction():
             if v.handed:
@@ -414,6 +447,11 @@ class Dispatcher:
                                           [o.reason for o in v.failed], [batch.reference(o) for o in v.failed])  # fmt: skip
                 if failed:
                     await _give_back(conn, batch, sorted(failed, key=lambda r: r["consumer_id"]))
+            not_sent = []
+            if expired:
+                not_sent = await conn.fetch(RECORD_NOT_SENT, *key, sorted(expired), NOT_SENT_DISPATCH_WINDOW)
+                if not_sent:
+                    await _give_back(conn, batch, sorted(not_sent, key=lambda r: r["consumer_id"]))
             if finish:
                 held = await conn.fetchval(FINISH, batch.id, self.name, batch.attempts)
             else:
@@ -423,9 +461,12 @@ class Dispatcher:
         metrics.count_dispatched(batch.channel, metrics.FAILED, len(failed))
         metrics.count_dispatched(batch.channel, metrics.UNKNOWN, len(v.unknown))
         metrics.count_deliveries(batch.channel, metrics.FAILED, len(failed))
+        metrics.count_dispatched(batch.channel, metrics.NOT_SENT, len(not_sent))
+        metrics.count_deliveries(batch.channel, metrics.NOT_SENT, len(not_sent))
         stats.handed_off += len(v.handed)
         stats.failed += len(failed)
         stats.unknown += len(v.unknown)
+        stats.expired += len(not_sent)
         if not held:
             raise _LostClaim
         stats.dispatched += finish
@@ -441,10 +482,11 @@ class Dispatcher:
 
 
 async def _give_back(conn, batch: Batch, failed: list) -> None:
-    """What refused messages held goes back, as for any delivery that did not go out (R-OC-8): the caps on the
-    day each was counted on, the coupon unit of its offer, its quota unit, its cost (R-AQ-5, R-ED-4,
-    R-COST-BUDGET). The send path's own give-back (give_back_failed), in the same lock order. The dispatcher has
-    no plan: a delivery the channel's quota priced (a cost recorded, 0 when free) held that quota."""
+    """What refused messages (or ones whose window ended before they could go, R-WIN-1) held goes back, as for
+    any delivery that did not go out (R-OC-8): the caps on the day each was counted on, the coupon unit of its
+    offer, its quota unit, its cost (R-AQ-5, R-ED-4, R-COST-BUDGET). The send path's own give-back
+    (give_back_failed), in the same lock order. The dispatcher has no plan: a delivery the channel's quota
+    priced (a cost recorded, 0 when free) held that quota."""
     shop, group = failed[0]["shop_id"], failed[0]["template_group"]
     quota = CHANNEL_QUOTAS.get(batch.channel) if any(r["cost"] is not None for r in failed) else None
     key = LedgerDay(batch.campaign_id, batch.phase, batch.day, batch.channel, shop, _Group(group) if group else None,

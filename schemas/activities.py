@@ -32,6 +32,9 @@ NOT_SENT_CANCELLED = "campaign_cancelled"
 NOT_SENT_YIELDED = "yielded_to_custom_task"  # R-RP-9: a custom task of the shop ran until the window closed
 # R-WIN-1: the recipient's own 08:00-22:00 did not open between the day's send time and the shop's next day.
 NOT_SENT_RECIPIENT_WINDOW = "outside_recipient_window"
+# R-WIN-1: the send path handed the message to the outbox inside the window, but the outbox dispatcher could not
+# hand it to the provider before the batch's window end (outbox.window_end; a throttled or failing provider).
+NOT_SENT_DISPATCH_WINDOW = "window_closed_before_dispatch"
 # Reasons the audience refresh gives (filters and the ledger), and the preview's own.
 EXCLUDED_ALREADY_REACHED = "already_reached"
 EXCLUDED_OVERLAP = "overlap"  # R-OC-6
@@ -69,6 +72,7 @@ REASON_RULES = {
     NOT_SENT_DAILY_CAP: "R-PH-7",
     NOT_SENT_YIELDED: "R-RP-9",
     NOT_SENT_RECIPIENT_WINDOW: "R-WIN-1",
+    NOT_SENT_DISPATCH_WINDOW: "R-WIN-1",
     **dict.fromkeys(QUOTA_STOPS, "R-ED-4"),
     NOT_SENT_BUDGET: BUDGET_RULE,
 }

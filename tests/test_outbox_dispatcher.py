@@ -14,12 +14,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sluice.activities.send import SendActivities
 from sluice.channels.base import INVALID_CONTACT, OPTED_OUT_AT_PROVIDER, Backoff, Outbound, Outcome, delivery_key
-from sluice.channels.dispatcher import RETRY_LATER, Dispatcher, judge, retry_delay
+from sluice.channels.dispatcher import RETRY_LATER, Dispatcher, judge, may_hand_off, retry_delay
 from sluice.channels.email import SMTP_NO_LOOKUP, SMTP_UNAVAILABLE, EmailChannel
 from sluice.channels.outbox import OutboxChannel
 from sluice.channels.registry import ChannelRegistry
 from sluice.channels.sms import SmsGatewayChannel
-from sluice.schemas.activities import SendSliceInput
+from sluice.schemas.activities import NOT_SENT_DISPATCH_WINDOW, REASON_RULES, SendSliceInput
 from sluice.schemas.campaign import TemplateCap
 from temporalio.testing import ActivityEnvironment
 
@@ -60,33 +60,51 @@ def test_retry_delay_grows_and_honours_retry_after():
     assert retry_delay(1, 42.0, 0.5) == 42.0
 
 
+def test_a_part_may_go_until_its_window_end_and_not_at_it():
+    end = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)  # 22:00 in Shanghai
+    assert may_hand_off(end, end - timedelta(microseconds=1))
+    assert not may_hand_off(end, end)  # half-open, like the send path's `clock() >= window_end`
+    assert not may_hand_off(end, end + timedelta(hours=9))
+    assert may_hand_off(None, end + timedelta(days=30))  # a batch written before outbox.window_end: no end known
+    with pytest.raises(ValueError):
+        may_hand_off(end, datetime(2026, 3, 2, 13, 0))  # a naive instant is refused, not compared in some zone
+    assert REASON_RULES[NOT_SENT_DISPATCH_WINDOW] == "R-WIN-1"
+
+
 # -- the outbox as the send path writes it
 
 
-async def _outbox_day(pool, channel: str, n: int, chunk: int, phones: dict[int, str] | None = None) -> tuple[int, datetime]:
+async def _outbox_day(
+    pool, channel: str, n: int, chunk: int, phones: dict[int, str] | None = None, *, first: int = 1,
+    window: timedelta = timedelta(hours=1),
+) -> tuple[int, datetime]:  # fmt: skip
     """A campaign day of `n` recipients on `channel` sent by the real send path to the outbox: n / chunk batches,
-    deliveries `sent`, caps counted (and for SMS the credits charged). `phones`: numbers as the shop stores them."""
+    deliveries `sent`, caps counted (and for SMS the credits charged). `phones`: numbers as the shop stores them.
+    `first`: the first consumer id (another campaign of the shop takes other consumers); `window`: how long after
+    now the slice's window ends (SendSliceInput.window_end, written on its batches)."""
     now = datetime.now(UTC)
     await make_shop(pool, SHOP, TZ)
-    await add_customers(pool, SHOP, list(range(1, n + 1)), ordered_at=now - timedelta(days=3))
+    await add_customers(pool, SHOP, list(range(first, first + n)), ordered_at=now - timedelta(days=3))
     for c, phone in (phones or {}).items():
         await pool.execute("UPDATE shop_customers SET phone = $2 WHERE consumer_id = $1", c, phone)
-    cid = await make_campaign(pool, SHOP, f"disp-{channel}", state="sending")
+    cid = await make_campaign(pool, SHOP, f"disp-{channel}-{first}", state="sending")
     day = now.date()
     await pool.execute(
         "INSERT INTO audience_snapshots (campaign_id, phase, day, seq, consumer_id)"
-        " SELECT $1, 0, $2, g - 1, g FROM generate_series(1, $3::int) g",
-        cid, day, n,
+        " SELECT $1, 0, $2, g - 1, g + $4 - 1 FROM generate_series(1, $3::int) g",
+        cid, day, n, first,
     )  # fmt: skip
     send = SendActivities(pool, ChannelRegistry.outbox_for_all(pool), platform_timezone=TZ)
     inp = SendSliceInput(
         campaign_db_id=cid, shop_id=SHOP, phase_index=0, day=day, channel=channel,
         template_cap=TemplateCap(group="g1", count=1, days=1), title="Spring", text="20% off this week",
-        seq_lo=0, seq_hi=n, budget=n, decided_at=now, window_end=now + timedelta(hours=1), chunk_size=chunk,
+        seq_lo=0, seq_hi=n, budget=n, decided_at=now, window_end=now + window, chunk_size=chunk,
     )  # fmt: skip
     result = await ActivityEnvironment().run(send.send_slice, inp)
     assert result.sent == n
-    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE dispatched_at IS NULL") == n // chunk
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE dispatched_at IS NULL AND campaign_id = $1", cid) == n // chunk
+    # R-WIN-1: each batch carries the slice's window end, for the dispatcher.
+    assert {r[0] for r in await pool.fetch("SELECT window_end FROM outbox WHERE campaign_id = $1", cid)} == {now + window}
     return cid, now
 
 
@@ -343,6 +361,101 @@ async def test_smtp_deferrals_are_sent_on_a_later_claim(clean_db):
     assert len(waiting) == 2 and all(r["claimed_by"] is None and "not taken" in r["last_error"] for r in waiting)
     assert second.handed_off == 2 and second.dispatched == 2 and second.reconciled == 0
     assert dict(server.inbox.received) == {f"user{c}@example.com": 1 for c in range(1, 41)}
+
+
+# -- the send window (R-WIN-1)
+
+
+class Later:
+    """The dispatcher's clock `shift` ahead of the wall clock (the database's now() is not: leases and backoffs
+    keep their real time), as for a dispatcher that comes back hours later."""
+
+    def __init__(self, shift: timedelta = timedelta(0)):
+        self.shift = shift
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.shift
+
+
+async def test_a_batch_a_failing_provider_held_back_past_its_window_end_is_not_sent_and_gives_back(clean_db):
+    pool = clean_db
+    n = 200
+    cid, now = await _outbox_day(pool, "sms", n, chunk=100)  # two batches, their window ends in an hour
+    credits_sent = await pool.fetchval("SELECT sum(remaining) FROM sms_credits")
+    assert await pool.fetchval("SELECT sum(sent) FROM fatigue_day") == n
+    gw = Gateway(Chaos(fail_before=1.0)).start()  # 503 to every request
+    sms = _sms(gw, backoff=Backoff(attempts=1))
+    clock = Later()
+    try:
+        held = await Dispatcher(pool, {"sms": sms}, clock=clock).run_once()
+        assert held.released == 2 and held.handed_off == 0 and held.expired == 0
+        # The provider recovers only after the window's end; the batches' backoff has passed by then.
+        gw.chaos.fail_before = 0.0
+        await pool.execute("UPDATE outbox SET next_attempt_at = now()")
+        clock.shift = timedelta(hours=2)
+        late = await Dispatcher(pool, {"sms": sms}, clock=clock).run_once()
+        again = await Dispatcher(pool, {"sms": sms}, clock=clock).run_once()
+    finally:
+        await sms.aclose()
+        gw.stop()
+    # Nothing reached the network after the window's end (the claims in question asked first, by reference).
+    assert late.expired == n and late.handed_off == 0 and late.dispatched == 2 and late.claimed == 2
+    assert gw.requests["lookup"] >= 1 and not gw.deliveries
+    assert again.claimed == 0
+    # The ledger says why, for every message of the batches.
+    rows = await _rows(pool, cid)
+    assert {(r["state"], r["reason"]) for r in rows.values()} == {("not_sent", NOT_SENT_DISPATCH_WINDOW)} and len(rows) == n
+    assert all(r["handed_off_at"] is None and r["cost"] is None for r in rows.values())
+    # What they held went back with them: their caps (the counters equal the sent deliveries: none) and their credits.
+    await assert_fatigue_matches_ledger(pool)
+    assert await pool.fetchval("SELECT sum(sent) FROM fatigue_day") == 0
+    assert await pool.fetchval("SELECT sum(remaining) FROM sms_credits") == credits_sent + n
+    done = await pool.fetch("SELECT dispatched_at, claimed_by, in_flight, lease_until FROM outbox")
+    assert all(r["dispatched_at"] is not None and r["claimed_by"] is r["in_flight"] is r["lease_until"] is None for r in done)
+
+
+class EndsAfterFirstPart:
+    """A real adapter after whose first part the dispatcher's clock passes the window's end (`clock`): a batch
+    whose hand-off straddles 22:00."""
+
+    def __init__(self, inner, clock: Later):
+        self.inner, self.name, self.clock = inner, inner.name, clock
+        self.parts = 0
+
+    async def send(self, messages):
+        out = await self.inner.send(messages)
+        self.parts += 1
+        self.clock.shift = timedelta(hours=2)
+        return out
+
+    async def reconcile(self, messages):
+        return await self.inner.reconcile(messages)
+
+
+async def test_a_batch_inside_its_window_goes_and_a_part_after_its_end_does_not(clean_db):
+    pool = clean_db
+    ends_soon, _ = await _outbox_day(pool, "email", 40, chunk=40, window=timedelta(hours=1))
+    ends_late, _ = await _outbox_day(pool, "email", 40, chunk=40, first=101, window=timedelta(hours=3))
+    server = SmtpServer().start()
+    email = _email(server)
+    clock = Later()
+    straddling = EndsAfterFirstPart(email, clock)
+    try:
+        # One batch at a time in id order: the first (its window ends in an hour) hands over its first part of 15;
+        # then it is two hours later: its other parts stay, and the second batch (window open three hours) goes.
+        stats = await Dispatcher(pool, {"email": straddling}, batches=1, part_size=15, clock=clock).run_once()
+    finally:
+        await email.aclose()
+        server.stop()
+    assert stats.dispatched == 2 and stats.handed_off == 15 + 40 and stats.expired == 25
+    soon, late = await _rows(pool, ends_soon), await _rows(pool, ends_late)
+    assert {c for c, r in soon.items() if r["state"] == "sent" and r["handed_off_at"] is not None} == set(range(1, 16))
+    assert {c for c, r in soon.items() if (r["state"], r["reason"]) == ("not_sent", NOT_SENT_DISPATCH_WINDOW)} == set(
+        range(16, 41))
+    assert all(r["state"] == "sent" and r["handed_off_at"] is not None for r in late.values()) and len(late) == 40
+    assert dict(server.inbox.received) == {f"user{c}@example.com": 1 for c in [*range(1, 16), *range(101, 141)]}
+    await assert_fatigue_matches_ledger(pool)
+    assert await pool.fetchval("SELECT sum(sent) FROM fatigue_day") == 15 + 40
 
 
 # -- a dispatcher killed between hand-off and record

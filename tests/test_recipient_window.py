@@ -24,10 +24,14 @@ from sluice.schemas.rules import WINDOW_CLOSE, WINDOW_OPEN
 from sluice.schemas.settings import Settings
 from sluice.workers.worker import build_worker
 from sluice.workflows.calendar import (
+    WAKE_IN_WINDOW,
+    WAKE_MISSED,
+    WAKE_ZONED_ONLY,
     day_window,
     first_open,
     in_window,
     known_zone,
+    late_wake,
     local_day,
     next_window_open,
     open_at,
@@ -44,6 +48,7 @@ from tests.test_campaign_days import add_inquirers, phased
 from tests.test_fatigue_policy import _refresh
 
 SH, NY, LON, HNL, TYO = "Asia/Shanghai", "America/New_York", "Europe/London", "Pacific/Honolulu", "Asia/Tokyo"
+PHX = "America/Phoenix"  # UTC-7 all year: 15 hours behind Shanghai, 08:00 there is 23:00 Shanghai
 PLATFORM_TZ = SH
 N = 20  # a slice over the whole snapshot: the refresh numbers its parts interleaved, with gaps at the end
 
@@ -122,6 +127,23 @@ def test_names_that_are_not_zones_never_open():
         assert not known_zone(bad)
         assert first_open(bad, win.send_at, win.end_at) is None
     assert next_window_open(["Mars/Olympus", NY], win.send_at, win.end_at) == _at(date(2030, 6, 10), 8, 0, NY)
+
+
+def test_a_wake_after_the_shops_22_00_sends_only_recipients_in_their_own_window_until_its_next_day():
+    day = date(2030, 6, 10)
+    win = day_window(day, time(11), SH)
+    assert late_wake(_at(day, 9, 0, SH), win) == WAKE_IN_WINDOW  # before the send time: the timer waits
+    assert late_wake(_at(day, 21, 59, SH), win) == WAKE_IN_WINDOW
+    assert late_wake(win.close_at, win) == late_wake(_at(day, 23, 59, SH), win) == WAKE_ZONED_ONLY
+    assert late_wake(win.end_at, win) == late_wake(win.end_at + timedelta(days=3), win) == WAKE_MISSED
+    with pytest.raises(ValueError):
+        late_wake(datetime(2030, 6, 10, 15, 0), win)  # naive: refused, not read in some zone
+    # What a wake at 22:30 Shanghai still sends: New York (10:30 there) at once, Phoenix (07:30) at its 08:00,
+    # Tokyo (23:30) not that day.
+    wake = _at(day, 22, 30, SH)
+    assert next_window_open([NY, PHX, TYO], wake, win.end_at, open_now=True) == wake
+    assert next_window_open([PHX, TYO], wake, win.end_at, open_now=True) == _at(day, 8, 0, PHX) == _at(day, 23, 0, SH)
+    assert next_window_open([TYO], wake, win.end_at, open_now=True) is None
 
 
 ZONES = [NY, SH, HNL, LON, "Asia/Kathmandu", "Australia/Lord_Howe", "America/St_Johns", "Pacific/Kiritimati"]
@@ -316,3 +338,48 @@ async def test_shanghai_days_reach_each_customer_in_their_own_window(clean_db, t
     replayer = Replayer(workflows=[CampaignWorkflow], data_converter=pydantic_data_converter)
     for _, handle in started:
         await replayer.replay_workflow(await handle.fetch_history())
+
+
+async def test_a_worker_away_past_the_shops_22_00_still_sends_recipients_in_their_own_window(clean_db, ts_env):
+    """A Shanghai shop's K-PHASED day at 11:00, accepted the day before, whose workflow first runs at 22:30 Shanghai
+    (no worker until then). The test server holds its clock while a workflow task waits for a worker, so the
+    worker's absence is the start of the workflow itself at 22:30: its first task sees that instant, as a
+    workflow waking from its send-time timer after downtime would. Nobody without a zone (1, 2) is sent: the
+    shop's window is missed (not_sent on the phase's last day). New York (3, 09:30 or 10:30 there) is sent at
+    once, Phoenix (4, 07:30 there) at its 08:00 (23:00 Shanghai), Tokyo (5, 23:30 there) not before the shop's
+    next day: not_sent with the reason. The history replays."""
+    pool = clean_db
+    now = await ts_env.get_current_time()
+    day = local_day(now, SH) + timedelta(days=1)
+    shop = "sh-away"
+    await make_shop(pool, shop, SH)
+    await add_inquirers(pool, shop, [1, 2, 3, 4, 5], inquiry_at=_at(day, 0, 0, SH) - timedelta(days=3))
+    zone_of = {1: SH, 2: SH, 3: NY, 4: PHX, 5: TYO}
+    for c in (3, 4, 5):
+        await pool.execute("UPDATE shop_customers SET timezone = $2 WHERE shop_id = $1 AND consumer_id = $3",
+                           shop, zone_of[c], c)  # fmt: skip
+    spec = phased(shop, "away", [("promote", day, day, time(11, 0))])
+    queue = f"q-{uuid.uuid4().hex[:6]}"
+    back = _at(day, 22, 30, SH)
+    await ts_env.sleep(back - await ts_env.get_current_time())
+    async with build_worker(ts_env.client, pool, Settings(SLUICE_PLATFORM_TZ=PLATFORM_TZ), task_queue=queue):
+        plan, handle = await start_campaign(pool, ts_env.client, spec, task_queue=queue, now=now)  # accepted at `now`
+        result = await handle.result()
+    assert result.state == "completed"
+    assert await assert_ledger_exact(pool, plan.campaign_db_id) == {"sent": 2, "not_sent": 3}
+    rows = await _ledger(pool, plan.campaign_db_id)
+    assert {c: (r["state"], r["reason"]) for c, r in rows.items()} == {
+        1: ("not_sent", "window_missed_phase_ended"), 2: ("not_sent", "window_missed_phase_ended"),
+        3: ("sent", None), 4: ("sent", None), 5: ("not_sent", A.NOT_SENT_RECIPIENT_WINDOW),
+    }  # fmt: skip
+    for c in (3, 4):
+        local = _local(rows[c]["decided_at"], zone_of[c])
+        assert in_window(local.time()) and back <= rows[c]["decided_at"] < _at(day + timedelta(days=1), 0, 0, SH), (c, local)
+        assert rows[c]["fatigue_day"] == local.date()
+    assert rows[3]["decided_at"] - back < timedelta(minutes=1)  # open when the worker came back: at once
+    assert timedelta(0) <= rows[4]["decided_at"] - _at(day, 8, 0, PHX) < timedelta(minutes=1)  # at its 08:00
+    report = await pool.fetchval("SELECT counts FROM campaign_day_reports WHERE campaign_id = $1", plan.campaign_db_id)
+    assert report[f"not_sent:{A.NOT_SENT_RECIPIENT_WINDOW}"] == 1 and result.last_report["stopped:window_missed"] == 1
+    await assert_fatigue_matches_ledger(pool)
+    replayer = Replayer(workflows=[CampaignWorkflow], data_converter=pydantic_data_converter)
+    await replayer.replay_workflow(await handle.fetch_history())

@@ -58,7 +58,8 @@ CLAIMS = Counter(
 DISPATCHED = Counter(
     "sluice_dispatched",
     "Outbox messages by what the outbox dispatcher recorded for them (channels/dispatcher.py): handed_off (the"
-    " provider took it), failed (refused for good), unknown (it may or may not have gone out), per channel.",
+    " provider took it), failed (refused for good), unknown (it may or may not have gone out), not_sent (its"
+    " batch's window ended before it could go, R-WIN-1), per channel.",
     ["outcome", "channel"],
 )
 LOAD_ROWS = Counter(

@@ -74,6 +74,25 @@ def day_window(day: date, send_time: time, tz: str) -> DayWindow:
     )
 
 
+# What a day's workflow that wakes at an instant may still send (`late_wake`).
+WAKE_IN_WINDOW = "in_window"  # everyone: the shop's window is open, or not yet (the timer waits for the send time)
+WAKE_ZONED_ONLY = "zoned_only"  # after the shop's 22:00: recipients with a zone of their own, in their own window
+WAKE_MISSED = "missed"  # the shop's next day has begun: nobody (`window_missed`)
+
+
+def late_wake(now: datetime, win: DayWindow) -> str:
+    """R-WIN-1: what the day `win` may still send when its workflow wakes at `now` (a worker back after downtime,
+    a campaign started late). Before the shop's 22:00, everyone (WAKE_IN_WINDOW). From then until 00:00 of the
+    shop's next day (`end_at`), only recipients with a zone of their own, each inside their own 08:00-22:00: the
+    shop's window is missed for the others (WAKE_ZONED_ONLY). From `end_at` on, nobody (WAKE_MISSED): the next
+    day's snapshot has begun."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    if now < win.close_at:
+        return WAKE_IN_WINDOW
+    return WAKE_ZONED_ONLY if now < win.end_at else WAKE_MISSED
+
+
 def in_window(local: time) -> bool:
     """R-WIN-1: a wall-clock time inside the send window [08:00, 22:00). The send path's SQL applies the same
     test to each recipient with a zone (`window_deferred_sql`, activities/send.py)."""

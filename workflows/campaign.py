@@ -50,7 +50,7 @@ with workflow.unsafe.imports_passed_through():
     from sluice.workflows import policies
     from sluice.workflows import precedence as P
     from sluice.workflows import search_attributes as SA
-    from sluice.workflows.calendar import DayWindow, day_window, next_window_open
+    from sluice.workflows.calendar import WAKE_MISSED, WAKE_ZONED_ONLY, DayWindow, day_window, late_wake, next_window_open
 
 _UNLIMITED = 2**31 - 1
 # Histories recorded before the report refresh after each day replay without it (workflow.patched).
@@ -61,6 +61,9 @@ PROVIDER_QUEUES_PATCH = "provider-queues"
 ERROR_RATE_PATCH = "error-rate-halt"
 # Histories recorded before recipients were sent in their own window (R-WIN-1) replay without the later passes.
 RECIPIENT_WINDOW_PATCH = "recipient-window"
+# Histories recorded before a wake-up after the shop's 22:00 still sent recipients in their own window (R-WIN-1)
+# replay with the day skipped for everyone.
+LATE_WAKE_PATCH = "late-wake-own-window"
 
 
 @dataclass
@@ -194,8 +197,13 @@ class CampaignWorkflow:
         if progress.cancel_requested:
             return None
         stop_reason: str | None = None
-        if workflow.now() >= win.close_at:
-            # Started late or the worker was away all day: no stale sends.
+        # Started late or the worker was away: no stale sends. After the shop's 22:00 only recipients with a zone of
+        # their own may still be sent, inside their own window until the shop's next day (R-WIN-1, late_wake).
+        wake = late_wake(workflow.now(), win)
+        if wake == WAKE_ZONED_ONLY and not workflow.patched(LATE_WAKE_PATCH):
+            wake = WAKE_MISSED
+        cutoff = win.end_at if wake == WAKE_ZONED_ONLY else win.close_at
+        if wake == WAKE_MISSED:
             stop_reason = "window_missed"
         elif (
             refresh := await self._call(
@@ -214,18 +222,23 @@ class CampaignWorkflow:
                     campaign_started_at=progress.started_at,
                 ),
                 summary=f"audience {phase.audience} {win.day}",
-                limits=policies.until_window_closes(workflow.now(), win.close_at),
-                missed=lambda: workflow.now() >= win.close_at,
+                limits=policies.until_window_closes(workflow.now(), cutoff),
+                missed=lambda: workflow.now() >= cutoff,
             )
         ) is None:
-            stop_reason = "window_missed"  # the refresh could not run before 22:00
+            stop_reason = "window_missed"  # the refresh could not run before 22:00 (or the shop's next day, late)
         else:
             progress.day_eligible = refresh.eligible
             if phase.below_minimum(refresh.eligible, refresh.excluded.get(A.EXCLUDED_ALREADY_REACHED, 0)):
                 stop_reason = A.NOT_SENT_MIN_AUDIENCE  # R-OC-4
             elif refresh.eligible:
-                if P.yields(plan.precedence) and not await self._yield_while_held(win):
+                if P.yields(plan.precedence) and not await self._yield_while_held(replace(win, close_at=cutoff)):
                     stop_reason = P.YIELDING  # R-RP-9: a custom task of the shop ran until the window closed
+                elif wake == WAKE_ZONED_ONLY:
+                    # The shop's window is missed: only who waits for their own window, from now on.
+                    stop_reason = await self._send_in_own_windows(
+                        phase, win, refresh.seq_end or refresh.eligible, "window_missed", workflow.now()
+                    )
                 else:
                     first_pass = workflow.now()
                     stop_reason = await self._send_day(phase, win, refresh.seq_end or refresh.eligible)
@@ -425,14 +438,15 @@ class CampaignWorkflow:
         pass before it read every row, a zone open now goes at once) and runs the day's slices again as a later
         pass: the rows decided before are found in the ledger. When none of the waiting zones opens before the
         day's end, whoever waits is recorded not_sent (NOT_SENT_RECIPIENT_WINDOW). Returns the day's stop
-        reason: the first pass's, or the later pass's that stopped early."""
+        reason: the first pass's, or the later pass's that stopped early. `stop` "window_missed": the workflow woke
+        after the shop's 22:00 (late_wake) and no pass ran: a zone open now goes at once, as after "window_closed"."""
         plan, progress = self.plan, self.progress
         later = replace(win, close_at=win.end_at)
         inp = WaitingInput(
             campaign_db_id=plan.campaign_db_id, phase_index=progress.phase_index, day=win.day, channel=phase.channel,
             shop_id=plan.shop_id, template_group=phase.template_cap.group if phase.template_cap else "",
         )  # fmt: skip
-        open_now = stop == "window_closed"
+        open_now = stop in ("window_closed", "window_missed")
         waiting: int | None = None
         while not progress.cancel_requested:
             zones = (await self._call(WindowActivities.waiting_zones, inp, summary=f"waiting zones {win.day}")).zones
