@@ -4,10 +4,11 @@ It keeps what it accepted by our reference (`messageId`), idempotently: a refere
 seen before answers its first result and is never handed on twice. It counts each
 message's billed segments its own way (a plain character count, not sluice's
 code) and can misbehave on purpose: throttle (429 with Retry-After), fail before or
-after accepting (503/500), accept and then hang past the client's timeout, refuse
-numbers for good (invalid, opted out). Tests compare its own per-recipient counts
-with the ledger. `start()` runs it in a thread of the test process; `start_process()`
-in a process of its own (benchmarks), its totals then read over HTTP (`counts()`).
+after accepting (503/500), drop the connection without an answer before or after
+accepting, accept and then hang past the client's timeout, refuse numbers for good
+(invalid, opted out). Tests compare its own per-recipient counts with the ledger.
+`start()` runs it in a thread of the test process; `start_process()` in a process of
+its own (benchmarks), its totals then read over HTTP (`counts()`, `per_number()`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class Chaos:
     fail_before: float = 0.0  # 503 before anything is accepted
     fail_after: float = 0.0  # 500 after the batch was accepted (the batch is resent with the same references)
     hang_after: float = 0.0  # accept, then answer after hang_s (the client times out first)
+    drop_before: float = 0.0  # close the connection without an answer, nothing accepted
+    drop_after: float = 0.0  # accept the batch, then close the connection without an answer
     hang_s: float = 2.0
     reject_numbers: set[str] = field(default_factory=set)  # permanent per-number rejection: invalid number
     opted_out: set[str] = field(default_factory=set)  # permanent per-number rejection: opted out at the provider
@@ -111,11 +114,19 @@ class Gateway:
                 self.requests["503"] += 1
                 return JSONResponse({"error": "unavailable"}, status_code=503)
             roll -= c.fail_before
+            if roll < c.drop_before:
+                self.requests["drop-before-accept"] += 1
+                return _drop(request)
+            roll -= c.drop_before
             results = self._accept(body["messages"])
             if roll < c.fail_after:
                 self.requests["500-after-accept"] += 1
                 return JSONResponse({"error": "internal"}, status_code=500)
             roll -= c.fail_after
+            if roll < c.drop_after:
+                self.requests["drop-after-accept"] += 1
+                return _drop(request)
+            roll -= c.drop_after
             if roll < c.hang_after:
                 self.requests["hang-after-accept"] += 1
                 await asyncio.sleep(c.hang_s)
@@ -133,6 +144,12 @@ class Gateway:
             d = self.deliveries
             return JSONResponse({"numbers": len(d), "messages": sum(d.values()), "max_per_number": max(d.values(), default=0),
                                  "segments": sum(self.segments.values()), "requests": dict(self.requests)})
+
+        @app.get("/_test/per-number")
+        async def per_number():
+            rejected = {national(r["to"]): r["status"]["name"] for r in self.accepted.values()
+                        if r["status"]["groupName"] == "REJECTED"}
+            return JSONResponse({"deliveries": dict(self.deliveries), "segments": dict(self.segments), "rejected": rejected})
 
         return app
 
@@ -167,6 +184,11 @@ class Gateway:
     def counts(self) -> dict:
         return httpx.get(f"{self.url}/_test/counts", timeout=30).json()
 
+    def per_number(self) -> dict:
+        """Its own bookkeeping per national number: {"deliveries": {number: messages handed on}, "segments": {...},
+        "rejected": {number: the refusal's name}} (a refused number it never saw is not there)."""
+        return httpx.get(f"{self.url}/_test/per-number", timeout=60).json()
+
     def stop(self) -> None:
         if self._server:
             self._server.should_exit = True
@@ -174,6 +196,13 @@ class Gateway:
         if self._process:
             self._process.terminate()
             self._process.join(timeout=5)
+
+
+def _drop(request: Request) -> JSONResponse:
+    """Close the request's connection with no answer (uvicorn's connection, from the ASGI receive callable):
+    the client sees the connection go after its request left. The returned answer goes nowhere."""
+    request.receive.__self__.transport.close()
+    return JSONResponse({}, status_code=500)
 
 
 def _serve(chaos: Chaos, port: int) -> None:
