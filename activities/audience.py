@@ -183,34 +183,59 @@ def refresh_sql(
     """
 
 
-# The preview's rows of candidates the caps may stop (PREVIEW_CANDIDATE rows of `preview_count_sql`).
-PREVIEW_CANDIDATE = "fatigue_candidate"
+# The preview's rows of eligible consumers per cap counts (PREVIEW_CAP_COUNTS rows of `preview_count_sql`).
+PREVIEW_CAP_COUNTS = "cap_counts"
 # The preview's count of eligible consumers per zone of their own (R-WIN-1: when their window opens).
 PREVIEW_ZONE = "zone"
+# The counts a cap is judged on (activities/send.py cap_verdict), in the order of the PREVIEW_CAP_COUNTS columns.
+CAP_COUNT_COLUMNS = ("day_sent", "day_shops", "shop_sent", "template_today", "earlier")
 
 
 def preview_count_sql(
-    audience_sql: str, channel: str, filters: list[str] | tuple[str, ...], non_customers: bool, window_param: int,
+    audience_sql: str, channel: str, filters: list[str] | tuple[str, ...], non_customers: bool, first_param: int,
 ) -> str:
     """The preview's statement of one part (audiences/preview.py): the refresh's `flagged` without writing the
-    snapshot, (reason, n, NULL, NULL) rows, then (PREVIEW_CANDIDATE, 0, consumer, zone) for each eligible
-    consumer with a fatigue row on the channel in the last ${window_param} days before the day $6: the only
-    consumers a cap can stop (a consumer without one has all counts 0). A primary-key range probe per eligible
-    consumer (fatigue_day leads with consumer_id); the channel is a constant of CHANNELS. Last, (PREVIEW_ZONE, n,
-    NULL, zone) for each zone of eligible consumers who have one (R-WIN-1)."""
+    snapshot, (reason, n) rows; then (PREVIEW_CAP_COUNTS, n, the five CAP_COUNT_COLUMNS) for the eligible consumers
+    grouped by the counts a cap judges them on (send.py's CAPS_READ and TEMPLATE_WINDOW, read the same way): on
+    the channel's row of their own fatigue day, and the template group's count on the window's earlier days.
+    One primary-key range probe of fatigue_day per eligible consumer, aggregated in the statement: the verdict
+    stays send.py's pure `cap_verdict`, applied once per group (a few hundred at most) instead of a cap reading
+    per consumer. Measured at the 1M bench shop right after a whole-shop day (every consumer with a row): see
+    docs/benchmarks.md (K-REPURCHASE, the preview after the day). Last, (PREVIEW_ZONE, n) for each zone of
+    eligible consumers who have one (R-WIN-1).
+
+    From ${first_param}: the zones (IANA names), each one's fatigue day at the instant the run would hand off to it,
+    NULL when its window does not open that day (such consumers are not judged by the caps: R-WIN-1 takes them),
+    the platform's fatigue day (consumers without a zone), the template key, the template window's days (1: the
+    fatigue day alone). The channel is a constant of CHANNELS; $1 the shop."""
     if channel not in CHANNELS:
         raise errors.invalid_input("channel", f"unknown channel {channel!r}")
-    window = int(window_param)
+    zones, zone_days, platform_day, tkey, window = (f"${int(first_param) + i}" for i in range(5))
     return f"""{_flagged_sql(audience_sql, False, channel, filters, non_customers)}
-    SELECT coalesce(reason, 'eligible') AS reason, count(*)::int AS n, NULL::bigint AS consumer_id, NULL::text AS zone
-    FROM flagged GROUP BY 1
+    SELECT coalesce(reason, 'eligible') AS reason, count(*)::int AS n, NULL::text AS zone, NULL::int AS day_sent,
+           NULL::int AS day_shops, NULL::int AS shop_sent, NULL::int AS template_today, NULL::int AS earlier
+    FROM flagged WHERE $6::date IS NOT NULL  -- typed here: the refresh's day is bound but not needed by the preview
+    GROUP BY 1
     UNION ALL
-    SELECT '{PREVIEW_CANDIDATE}', 0, f.consumer_id, f.zone FROM flagged f
-    WHERE f.reason IS NULL
-      AND EXISTS (SELECT 1 FROM fatigue_day d WHERE d.consumer_id = f.consumer_id AND d.day >= $6::date - ${window}::int
-                    AND d.channel = '{channel}')
+    SELECT '{PREVIEW_CAP_COUNTS}', count(*)::int, NULL, k.day_sent, k.day_shops, k.shop_sent, k.template_today, k.earlier
+    FROM flagged f
+    LEFT JOIN unnest({zones}::text[], {zone_days}::date[]) AS zd(zone, day) ON zd.zone = f.zone
+    CROSS JOIN LATERAL (SELECT CASE WHEN f.zone IS NULL THEN {platform_day}::date ELSE zd.day END AS fday) d
+    CROSS JOIN LATERAL (
+        SELECT coalesce(max(x.sent) FILTER (WHERE x.day = d.fday), 0) AS day_sent,
+               coalesce(max(x.shops) FILTER (WHERE x.day = d.fday), 0) AS day_shops,
+               coalesce(max((x.per_shop ->> $1)::int) FILTER (WHERE x.day = d.fday), 0) AS shop_sent,
+               coalesce(max((x.per_template ->> {tkey})::int) FILTER (WHERE x.day = d.fday), 0) AS template_today,
+               coalesce(sum((x.per_template ->> {tkey})::int) FILTER (WHERE x.day < d.fday), 0)::int AS earlier
+        FROM fatigue_day x
+        WHERE x.consumer_id = f.consumer_id AND x.day > d.fday - {window}::int AND x.day <= d.fday
+          AND x.channel = '{channel}'
+    ) k
+    WHERE f.reason IS NULL AND d.fday IS NOT NULL
+    GROUP BY 4, 5, 6, 7, 8
     UNION ALL
-    SELECT '{PREVIEW_ZONE}', count(*)::int, NULL, f.zone FROM flagged f WHERE f.reason IS NULL AND f.zone IS NOT NULL
+    SELECT '{PREVIEW_ZONE}', count(*)::int, f.zone, NULL, NULL, NULL, NULL, NULL FROM flagged f
+    WHERE f.reason IS NULL AND f.zone IS NOT NULL
     GROUP BY f.zone
     """
 
@@ -274,13 +299,13 @@ def checked_refresh_sql(inp: RefreshAudienceInput) -> RefreshStatement:
     return RefreshStatement(refresh_sql(a.sql, a.yields_item, inp.channel.value, inp.filters, a.non_customers), a.args)
 
 
-def checked_preview_sql(inp: RefreshAudienceInput, window_days: int) -> RefreshStatement:
-    """The preview's count statement (`preview_count_sql`) for the input; its last argument, after the audience's,
-    is how many days back a fatigue row makes a consumer a candidate of the caps."""
+def checked_preview_sql(inp: RefreshAudienceInput, caps: list) -> RefreshStatement:
+    """The preview's count statement (`preview_count_sql`) for the input; `caps` are its last arguments, after the
+    audience's: the zones and their fatigue days, the platform's fatigue day, the template key and the template
+    window's days (audiences/preview.py builds them)."""
     a = _checked_audience(inp, choose_items=False)
-    window_param = FIRST_AUDIENCE_PARAM + len(a.args)
-    sql = preview_count_sql(a.sql, inp.channel.value, inp.filters, a.non_customers, window_param)
-    return RefreshStatement(sql, [*a.args, int(window_days)])
+    sql = preview_count_sql(a.sql, inp.channel.value, inp.filters, a.non_customers, FIRST_AUDIENCE_PARAM + len(a.args))
+    return RefreshStatement(sql, [*a.args, *caps])
 
 
 def checked_tags(params: dict) -> list[str] | None:

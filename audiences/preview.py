@@ -3,11 +3,12 @@
 For each phase, its first day that is still to come: the audience refresh's
 own statement without its snapshot (the audience, the exclusions of R-EXC-1,
 the plan's filters; activities/audience.py `preview_count_sql`), in parts at
-once like the refresh, and for the few eligible consumers with a fatigue row
-in the cap's window the send path's own cap reading (`CAPS_READ`, `TEMPLATE_WINDOW` and the
-pure `cap_verdict`, which is the test `_RESERVE` applies; each on the fatigue day of the
-instant their own send window lets the run hand off, R-WIN-1, and whose window does not open that day
-removed as `outside_recipient_window`), then the campaign's own limits (the minimum audience of R-OC-4, the provider quota
+once like the refresh. The same statement reads each eligible consumer's counts
+on the channel's fatigue row of their own fatigue day (the day of the instant
+their own send window lets the run hand off, R-WIN-1; one whose window does not
+open that day is removed as `outside_recipient_window`) and the template
+group's earlier days, grouped by those counts; the send path's pure
+`cap_verdict` (the test `_RESERVE` applies) judges each group. Then the campaign's own limits (the minimum audience of R-OC-4, the provider quota
 of R-ED-4, the daily cap of R-PH-7, the coupon's stock, the budget of
 R-COST-BUDGET, each message priced as the run would price it). It runs in
 one transaction that is rolled back: nothing is written, no cap is taken and no consumer row is locked, so a
@@ -28,7 +29,8 @@ from decimal import Decimal
 import asyncpg
 from pydantic import BaseModel, Field
 from sluice.activities.audience import (
-    PREVIEW_CANDIDATE,
+    CAP_COUNT_COLUMNS,
+    PREVIEW_CAP_COUNTS,
     PREVIEW_SETTINGS,
     PREVIEW_ZONE,
     checked_preview_sql,
@@ -37,7 +39,7 @@ from sluice.activities.audience import (
     run_part,
 )
 from sluice.activities.quota import quota_left, quota_used
-from sluice.activities.send import CAPS_READ, TEMPLATE_WINDOW, _body, cap_verdict, recipient_fatigue_day
+from sluice.activities.send import _body, cap_verdict, recipient_fatigue_day
 from sluice.channels import sms
 from sluice.schemas import activities as A
 from sluice.schemas.activities import RefreshAudienceInput
@@ -47,10 +49,7 @@ from sluice.schemas.fatigue import policy_for
 from sluice.schemas.quota import costs
 from sluice.schemas.rules import template_key
 from sluice.schemas.settings import DEFAULT_REFRESH_PARTS
-from sluice.workflows.calendar import day_window, first_open, first_open_day
-
-# Cap readings per statement: about 10 ms per 10,000 consumers (primary-key probes).
-CHUNK = 10_000
+from sluice.workflows.calendar import day_window, first_open, first_open_day, known_zones
 
 
 class PhasePreview(BaseModel):
@@ -113,40 +112,40 @@ async def _phase(
         day=win.day,
         snapshot_at=win.snapshot_at, campaign_started_at=now,
     )  # fmt: skip
-    # The refresh's own statement without its snapshot: counts, and the eligible consumers with a fatigue row in the
-    # template window (a day of slack on each side: their own day is within one of the shop's), the only ones a
-    # cap can stop. Its parts run at once on connections of their own: they read only committed data (the
-    # preview's campaigns row has nothing to find), the overlap filter's campaigns being bound from here.
+    # Each eligible consumer's own fatigue day at the instant the run would hand off to them (R-FAT-DAY), as the send
+    # path computes it: one with a zone of their own is handed off when their window is first open from then on (the
+    # run's later pass, R-WIN-1), or not that day when it does not open before the shop's next day (day None).
+    at = max(now, win.send_at)
+    zone_days = {}
+    for z in known_zones():
+        hand_off = first_open(z, at, win.end_at)
+        zone_days[z] = None if hand_off is None else recipient_fatigue_day(hand_off, z, platform_tz)
     cap = phase.template_cap
-    statement = checked_preview_sql(inp, (cap.days if cap else 1) + 1)
+    tkey = template_key(plan.shop_id, cap.group if cap else "")
+    # The refresh's own statement without its snapshot: counts, the eligible consumers grouped by the counts the caps
+    # judge them on, and per zone. Its parts run at once on connections of their own: they read only committed data
+    # (the preview's campaigns row has nothing to find), the overlap filter's campaigns being bound from here.
+    statement = checked_preview_sql(inp, [list(zone_days), list(zone_days.values()),
+                                          recipient_fatigue_day(at, None, platform_tz), tkey, cap.days if cap else 1])
     part_args = await refresh_args(conn, inp, statement, parts)
     outcomes = await asyncio.gather(*(run_part(pool, statement.sql, part_args(p), PREVIEW_SETTINGS) for p in range(parts)))
     rows = [r for part in outcomes for r in part]
     eligible, removed = count_reasons(
-        (r["reason"], r["n"]) for r in rows if r["reason"] not in (PREVIEW_CANDIDATE, PREVIEW_ZONE)
+        (r["reason"], r["n"]) for r in rows if r["reason"] not in (PREVIEW_CAP_COUNTS, PREVIEW_ZONE)
     )
     matched = eligible + sum(removed.values())
-    # Each candidate's own fatigue day at the instant the run would hand off (R-FAT-DAY), as the send path computes it.
-    at = max(now, win.send_at)
-    # R-WIN-1: one with a zone of their own is handed off when their window is first open from then on (the run's
-    # later pass), or not that day when it does not open before the shop's next day.
     zoned: Counter[str] = Counter()
     for r in rows:
         if r["reason"] == PREVIEW_ZONE:
             zoned[r["zone"]] += r["n"]
-    hand_off = {z: first_open(z, at, win.end_at) for z in zoned}
-    outside = sum(n for z, n in zoned.items() if hand_off[z] is None)
-    days = {
-        r["consumer_id"]: recipient_fatigue_day(hand_off[r["zone"]] if r["zone"] else at, r["zone"], platform_tz)
-        for r in rows if r["reason"] == PREVIEW_CANDIDATE and (r["zone"] is None or hand_off[r["zone"]] is not None)
-    }
+    outside = sum(n for z, n in zoned.items() if zone_days.get(z) is None)
     verdicts: Counter[str] = Counter(removed)
     if phase.below_minimum(eligible, removed.get(A.EXCLUDED_ALREADY_REACHED, 0)):
         verdicts[A.NOT_SENT_MIN_AUDIENCE] += eligible
         allowed = 0
     else:
         verdicts[A.NOT_SENT_RECIPIENT_WINDOW] += outside
-        allowed = eligible - outside - await _stopped_by_caps(conn, plan, phase, days, verdicts)
+        allowed = eligible - outside - _stopped_by_caps(phase, [r for r in rows if r["reason"] == PREVIEW_CAP_COUNTS], verdicts)
         if phase.quota is not None:  # R-ED-4: what the shop's provider quota leaves on the day (read, not held)
             left, reason = await quota_left(conn, phase.quota, plan.shop_id, win.day)
             if allowed > left:
@@ -190,24 +189,16 @@ async def _prices(conn, plan: CampaignPlan, phase: PhasePlan, day, at: datetime,
     return []
 
 
-async def _stopped_by_caps(conn, plan: CampaignPlan, phase: PhasePlan, days: dict, verdicts: Counter) -> int:
-    """How many of the consumers `days` ({consumer: their fatigue day}) the channel's fatigue caps stop, each counted
-    by their cap in `verdicts`: the send path's reading and verdict (CAPS_READ, TEMPLATE_WINDOW, cap_verdict)."""
-    cap = phase.template_cap
-    tkey = template_key(plan.shop_id, cap.group if cap else "")
-    ch = phase.channel.value
-    policy = policy_for(ch)
-    ids = list(days)
+def _stopped_by_caps(phase: PhasePlan, groups: list, verdicts: Counter) -> int:
+    """How many consumers the channel's fatigue caps stop, each counted by their cap in `verdicts`: `groups` are the
+    PREVIEW_CAP_COUNTS rows (eligible consumers per the counts a cap judges, CAP_COUNT_COLUMNS) and the verdict is the
+    send path's own (`cap_verdict`, the test `_RESERVE` applies), once per group."""
+    policy = policy_for(phase.channel.value)
     stopped = 0
-    for i in range(0, len(ids), CHUNK):
-        chunk = ids[i : i + CHUNK]
-        fdays = [days[c] for c in chunk]
-        earlier = (
-            dict(await conn.fetch(TEMPLATE_WINDOW, chunk, fdays, cap.days, tkey, ch)) if cap and cap.days > 1 else {}
-        )
-        for row in await conn.fetch(CAPS_READ, chunk, plan.shop_id, fdays, tkey, ch):
-            reason = cap_verdict(row, earlier.get(row["id"], 0), cap, policy)
-            if reason is not None:
-                verdicts[reason] += 1
-                stopped += 1
+    for g in groups:
+        today = {k: g[k] for k in CAP_COUNT_COLUMNS}
+        reason = cap_verdict(today, g["earlier"], phase.template_cap, policy)
+        if reason is not None:
+            verdicts[reason] += g["n"]
+            stopped += g["n"]
     return stopped

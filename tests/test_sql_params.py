@@ -110,6 +110,10 @@ ALLOWED_INTERPOLATIONS = {
     ("activities/audience.py", "_flagged_sql(audience_sql, False, channel, filters, non_customers)"):
         "the refresh's CTEs, built only from the allowed interpolations above",
     ("activities/audience.py", "window"): "preview_count_sql: int() of a parameter number, a placeholder $n",
+    ("activities/audience.py", "zones"): "preview_count_sql: int() of a parameter number, a placeholder $n",
+    ("activities/audience.py", "zone_days"): "preview_count_sql: int() of a parameter number, a placeholder $n",
+    ("activities/audience.py", "platform_day"): "preview_count_sql: int() of a parameter number, a placeholder $n",
+    ("activities/audience.py", "tkey"): "preview_count_sql: int() of a parameter number, a placeholder $n",
     ("activities/audience.py", "channel"): "preview_count_sql: a key of CHANNELS, checked before it is interpolated",
 }
 # (file, first argument of a query call): why it is safe.

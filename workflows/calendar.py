@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from sluice.schemas.rules import WINDOW_CLOSE, WINDOW_OPEN
 
@@ -18,6 +18,13 @@ from sluice.schemas.rules import WINDOW_CLOSE, WINDOW_OPEN
 @lru_cache(maxsize=512)
 def zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
+
+
+@lru_cache(maxsize=1)
+def known_zones() -> tuple[str, ...]:
+    """Every zone of the bundled tzdata, sorted (the preview judges each recipient's zone from this list; reads
+    files: not for workflow code)."""
+    return tuple(sorted(available_timezones()))
 
 
 def known_zone(name: str) -> bool:
