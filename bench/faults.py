@@ -5,7 +5,9 @@
   slices run concurrently outside a workflow (ActivityEnvironment), retried with their heartbeat as a
   worker's would be, then the end-of-day reconciliation (SendActivities.reconcile_pending). The gateway
   (tests/gateway.py, a process of its own) throttles (429 with Retry-After), fails before and after
-  accepting (503/500), drops the connection before and after accepting, accepts and then hangs past
+  accepting (503/500), drops the connection before accepting (the batch is looked up by reference and,
+  the gateway having none of it, resent once under the same references: channels/base.py,
+  send_and_settle) and after accepting (found by the lookup, not resent), accepts and then hangs past
   the client's timeout (ambiguous), and refuses numbers for good (invalid, opted out), each at its rate;
 - email: the same for `--email-recipients` through EmailChannel to the aiosmtpd server of
   tests/smtp_server.py (a process of its own) that defers recipients once (451), refuses them (550),
@@ -537,8 +539,10 @@ def docs_block(results: dict) -> str:
              " send path (`SendActivities.send_slice`, slices concurrently outside a workflow, each retried with its"
              " heartbeat as a worker would) for an SMS day through the loopback gateway (`tests/gateway.py`, a"
              " process of its own) throttling with Retry-After, failing with 503 before and 500 after accepting,"
-             " dropping the connection before and after accepting, hanging past the client's timeout after"
-             " accepting (ambiguous), and refusing invalid and opted-out numbers; and an email day through"
+             " dropping the connection before accepting (looked up by reference, then resent once under the same"
+             " references, `send_and_settle`) and after accepting (found by the lookup, not resent), hanging past"
+             " the client's timeout after accepting (ambiguous), and refusing invalid and opted-out numbers; and an"
+             " email day through"
              " `EmailChannel` to the aiosmtpd server (`tests/smtp_server.py`) deferring (451), refusing (550) and"
              " dropping connections at MAIL and during DATA. Then `reconcile_pending`, and the ledger is compared"
              " with the provider's own per-recipient books: each `sent` taken exactly once, each `failed` never,"

@@ -13,13 +13,16 @@ The error classes say what the caller may do next:
 - `Permanent` is one recipient's refusal (invalid contact, opted out at the
   provider): recorded `failed` with its reason, never retried;
 - `Ambiguous` (a timeout or a drop after the request left) leaves the message
-  `unknown`: it is reconciled by reference, never blindly resent.
+  `unknown`: it is reconciled by reference, never blindly resent (`send_and_settle`
+  sends again, under the same reference, only what the provider's lookup says it
+  does not have).
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -67,7 +70,13 @@ class Channel(Protocol):
 
 def delivery_key(m: Outbound) -> str:
     """The delivery's business key, stable across retries and workers: the provider reference we give."""
-    return f"{m.campaign_id}-{m.phase}-{m.day:%Y%m%d}-{m.consumer_id}-{m.channel}"
+    return f"{m.campaign_id}-{m.phase}-{_yyyymmdd(m.day)}-{m.consumer_id}-{m.channel}"
+
+
+@functools.lru_cache(maxsize=64)
+def _yyyymmdd(day: date) -> str:
+    """The day in a delivery key (a chunk's messages share one or two days: strftime per message was 2 us)."""
+    return f"{day:%Y%m%d}"
 
 
 class ChannelError(Exception):
@@ -190,20 +199,60 @@ async def retrying(
             attempt += 1
 
 
+def to_resend(sent: list[Outcome], looked_up: list[Outcome] | None) -> set[int]:
+    """Which messages to send again after the provider's lookup: those whose send came back `unknown` and
+    that a lookup which itself succeeded (`looked_up` not None) did not mention at all, i.e. the provider
+    said it has no such reference. A message the lookup answered `unknown` (a channel that cannot tell,
+    such as SMTP) is never resent, nor is anything when the lookup failed (`looked_up` None)."""
+    if looked_up is None:
+        return set()
+    answered = {o.consumer_id for o in looked_up}
+    return {o.consumer_id for o in sent if o.state == "unknown" and o.consumer_id not in answered}
+
+
+async def _look_up(channel: Channel, messages: list[Outbound], ids: set[int]) -> list[Outcome] | None:
+    """The provider's answer about `ids` by reference, or None when the lookup itself failed."""
+    try:
+        return await channel.reconcile([m for m in messages if m.consumer_id in ids])
+    except ChannelError:
+        return None
+
+
+def _settle(outcomes: list[Outcome], answers: list[Outcome] | None) -> list[Outcome]:
+    """`outcomes` with each one the provider answered definitively (`sent`/`failed`) replaced by that answer."""
+    found = {o.consumer_id: o for o in answers or () if o.state != "unknown"}
+    return [found.get(o.consumer_id, o) for o in outcomes] if found else outcomes
+
+
 async def send_and_settle(channel: Channel, messages: list[Outbound]) -> list[Outcome]:
-    """Send, then ask the provider at once by reference about the messages whose answer was lost
-    (`unknown`): those it has take its outcome, the rest stay `unknown` for the end-of-day
-    reconciliation (activities/send.py, reconcile_pending). Nothing is resent here."""
+    """Send, then settle at once what can be settled of the messages whose answer was lost (`unknown`).
+
+    1. Ask the provider by reference about them (`reconcile`): those it has take its outcome.
+    2. Those a lookup that succeeded says it does NOT have (`to_resend`: a connection dropped before the
+       provider took the batch) are sent once more, with the same references. This is not a blind resend
+       (the rule for ambiguous outcomes: "reconciled by reference, never blindly resent"): the provider answered it
+       has no such reference, and the reference is its idempotency key, so should the first request still
+       arrive late, the two are one message (tests/gateway.py, like the providers' `messageId`, answers a
+       reference it has seen with its first result and never hands it on twice).
+    3. The resent ones are settled by the answer; those still `unknown` are looked up once more.
+    What remains `unknown` (the lookup failed, the resend's answer was lost too, a channel that cannot look
+    up: SMTP's reconcile answers `unknown`, so nothing is resent) stays `unknown` for the end-of-day
+    reconciliation (activities/send.py, reconcile_pending)."""
     outcomes = await channel.send(messages)
     unsure = {o.consumer_id for o in outcomes if o.state == "unknown"}
     if not unsure:
         return outcomes
-    try:
-        found = {
-            o.consumer_id: o
-            for o in await channel.reconcile([m for m in messages if m.consumer_id in unsure])
-            if o.state != "unknown"
-        }
-    except ChannelError:
+    looked_up = await _look_up(channel, messages, unsure)
+    outcomes = _settle(outcomes, looked_up)
+    again = to_resend(outcomes, looked_up)
+    if not again:
         return outcomes
-    return [found.get(o.consumer_id, o) for o in outcomes]
+    try:
+        resent = {o.consumer_id: o for o in await channel.send([m for m in messages if m.consumer_id in again])}
+    except ChannelError:  # throttled or failing past the retries: they stay `unknown`, as the lookup left them
+        return outcomes
+    outcomes = [resent.get(o.consumer_id, o) if o.consumer_id in again else o for o in outcomes]
+    still = {i for i in again if resent.get(i) is None or resent[i].state == "unknown"}
+    if still:
+        outcomes = _settle(outcomes, await _look_up(channel, messages, still))
+    return outcomes

@@ -40,6 +40,7 @@ class Chaos:
     drop_before: float = 0.0  # close the connection without an answer, nothing accepted
     drop_after: float = 0.0  # accept the batch, then close the connection without an answer
     hang_s: float = 2.0
+    fail_lookup: float = 0.0  # 503 to a lookup by reference (GET /sms/1/logs)
     reject_numbers: set[str] = field(default_factory=set)  # permanent per-number rejection: invalid number
     opted_out: set[str] = field(default_factory=set)  # permanent per-number rejection: opted out at the provider
     seed: int = 1
@@ -136,6 +137,9 @@ class Gateway:
         @app.get("/sms/1/logs")
         async def logs(request: Request):
             self.requests["lookup"] += 1
+            if self.chaos.fail_lookup and self.rng.random() < self.chaos.fail_lookup:
+                self.requests["lookup-503"] += 1
+                return JSONResponse({"error": "unavailable"}, status_code=503)
             refs = request.query_params.getlist("messageId")
             return JSONResponse({"results": [self.accepted[r] for r in refs if r in self.accepted]})
 
