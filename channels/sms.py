@@ -148,6 +148,7 @@ def plan_debit(balances: list[Balance], needs: list[tuple[int, int]], budget_lef
     debit = Debit({}, {}, [])
     spent = Decimal(0)
     i = 0
+    prices: dict[tuple, Decimal] = {}  # a message's takes -> its cost (a chunk has a few distinct ones)
     for consumer, need in needs:
         if debit.over_budget:
             debit.over_budget.append(consumer)
@@ -165,11 +166,14 @@ def plan_debit(balances: list[Balance], needs: list[tuple[int, int]], budget_lef
             rest -= n
             if rest:
                 j += 1
-        cost = sum((balances[k].price_fen * n for k, n in takes), Decimal(0)) / 100  # fen -> yuan
-        if budget_left is not None and spent + cost > budget_left:
-            debit.over_budget.append(consumer)
-            continue
-        spent += cost
+        cost = prices.get(key := tuple(takes))
+        if cost is None:
+            cost = prices[key] = sum((balances[k].price_fen * n for k, n in takes), Decimal(0)) / 100  # fen -> yuan
+        if budget_left is not None:
+            if spent + cost > budget_left:
+                debit.over_budget.append(consumer)
+                continue
+            spent += cost
         total -= need
         for k, n in takes:
             left[k] -= n
@@ -357,13 +361,15 @@ class SmsGatewayChannel:
     @staticmethod
     def _outcomes(results: list[dict], by_ref: dict[str, Outbound]) -> list[Outcome]:
         out = []
+        append = out.append  # one result per number of the batch: the loop is kept lean
         for r in results:
-            m = by_ref.get(r["messageId"])
+            ref = r["messageId"]
+            m = by_ref.get(ref)
             if m is None:
                 continue
-            status = r.get("status") or {}
-            if status.get("groupName") == "REJECTED":
-                out.append(Outcome(m.consumer_id, "failed", r["messageId"], _reject_reason(status)))
+            status = r.get("status")
+            if status and status.get("groupName") == "REJECTED":
+                append(Outcome(m.consumer_id, "failed", ref, _reject_reason(status)))
             else:
-                out.append(Outcome(m.consumer_id, "sent", r["messageId"]))
+                append(Outcome(m.consumer_id, "sent", ref))
         return out

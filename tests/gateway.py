@@ -51,6 +51,16 @@ def national(number: str) -> str:
     return number[3:] if number.startswith("+86") else number
 
 
+# How long an idle connection stays open, as a provider's server keeps it (uvicorn's 5 s default equals httpx's
+# keep-alive expiry: a request sent on a connection the server was closing that instant was lost, its batch
+# `unknown`, one chunk in a few 1,000,000 SMS benchmark runs).
+KEEP_ALIVE_S = 75
+# A result's status by what became of the number (shared by every result, never changed).
+_PENDING = {"groupName": "PENDING", "name": "PENDING_ENROUTE", "description": "sent"}
+_INVALID = {"groupName": "REJECTED", "name": "REJECTED_DESTINATION", "description": "invalid"}
+_OPTED_OUT = {"groupName": "REJECTED", "name": "REJECTED_OPTED_OUT", "description": "opted out"}
+
+
 def billed_segments(text: str) -> int:
     n = len(text)
     return 1 if n <= 70 else math.ceil(n / 67)
@@ -77,26 +87,33 @@ class Gateway:
         return f"http://127.0.0.1:{self.port}"
 
     def _accept(self, messages: list[dict]) -> list[dict]:
+        # The benchmarks' stand-in for a remote provider runs on the sender's cores: per number only dict
+        # lookups and one result (the statuses shared, the segments counted once per text, the refusals
+        # looked up only when there are any): the process 10.3 -> 8.8 us per number at 400,000 SMS, 6.4 in this handler.
         results = []
         c = self.chaos
+        refusing = bool(c.reject_numbers or c.opted_out)
+        accepted, offered, deliveries, segments = self.accepted, self.offered, self.deliveries, self.segments
         for m in messages:
             text = m["text"]
+            n = billed_segments(text)
             for d in m["destinations"]:
                 ref, to = d["messageId"], d["to"]
-                self.offered[ref] += 1
-                if ref not in self.accepted:
+                offered[ref] = offered.get(ref, 0) + 1
+                result = accepted.get(ref)
+                if result is None:
                     number = national(to)
-                    if number in c.reject_numbers or to in c.reject_numbers:
-                        status = {"groupName": "REJECTED", "name": "REJECTED_DESTINATION", "description": "invalid"}
-                    elif number in c.opted_out or to in c.opted_out:
-                        status = {"groupName": "REJECTED", "name": "REJECTED_OPTED_OUT", "description": "opted out"}
+                    if refusing and (number in c.reject_numbers or to in c.reject_numbers):
+                        status = _INVALID
+                    elif refusing and (number in c.opted_out or to in c.opted_out):
+                        status = _OPTED_OUT
                     else:
-                        status = {"groupName": "PENDING", "name": "PENDING_ENROUTE", "description": "sent"}
-                        self.deliveries[number] += 1
-                        self.segments[number] += billed_segments(text)
-                    self.accepted[ref] = {"messageId": ref, "to": to, "status": status,
-                                          "smsCount": billed_segments(text), "id": f"gw-{next(self._ids)}"}
-                results.append(self.accepted[ref])
+                        status = _PENDING
+                        deliveries[number] = deliveries.get(number, 0) + 1
+                        segments[number] = segments.get(number, 0) + n
+                    result = accepted[ref] = {"messageId": ref, "to": to, "status": status, "smsCount": n,
+                                              "id": f"gw-{next(self._ids)}"}
+                results.append(result)
         return results
 
     def _build(self) -> FastAPI:
@@ -158,7 +175,8 @@ class Gateway:
         return app
 
     def start(self) -> Gateway:
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error", lifespan="off")
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error", lifespan="off",
+                                timeout_keep_alive=KEEP_ALIVE_S)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
@@ -211,7 +229,7 @@ def _drop(request: Request) -> JSONResponse:
 
 def _serve(chaos: Chaos, port: int) -> None:
     gw = Gateway(chaos)
-    uvicorn.run(gw.app, host="127.0.0.1", port=port, log_level="error", lifespan="off")
+    uvicorn.run(gw.app, host="127.0.0.1", port=port, log_level="error", lifespan="off", timeout_keep_alive=KEEP_ALIVE_S)
 
 
 def _free_port() -> int:
