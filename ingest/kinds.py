@@ -4,23 +4,28 @@ A batch (an API request, or a whole file of `sluice load`) runs in one transacti
 
 1. its valid records are COPYed into a temporary staging table (`stage`: no WAL, no index),
    each with its row number;
-2. the reference checks (`Kind.checks`) find, set-based, the staged rows that point at what
-   this shop does not have (a customer, an order, an agent) or that would overwrite an id
-   another shop owns (products, orders and coupons have platform-wide ids); those rows are
-   refused with field, rule and reason, and leave the stage;
-3. the kind's upsert (`UPSERT[kind]`): INSERT ... SELECT FROM stage ON CONFLICT (key) DO UPDATE
-   ... WHERE the row differs. A new key is inserted, a changed record updates its row, an
-   identical one is left alone and counted a duplicate. When two rows of the batch share a key
-   (ON CONFLICT DO UPDATE refuses to touch a row twice) the statement is rolled back to its
+2. the reference checks (`Kind.checks`) take off the stage, set-based (one DELETE ... RETURNING
+   each), the rows that point at what this shop does not have (a customer, an order, an agent)
+   or that would overwrite an id another shop owns (products, orders and coupons have
+   platform-wide ids); those rows are refused with field, rule and reason;
+3. the kind's upsert (`UPSERT_<KIND>`, an `Upsert`): INSERT ... SELECT FROM stage ON CONFLICT
+   (key) DO UPDATE ... WHERE the row differs; done as a plain INSERT of the staged rows whose
+   key is new (through ON CONFLICT it costs ~30% more), then, only when some key was held,
+   the ON CONFLICT statement for the rows whose key the table holds. A new key
+   is inserted, a changed record updates its row, an identical one is left alone and counted a
+   duplicate. When two rows of the batch share a key (ON CONFLICT DO UPDATE refuses to touch a
+   row twice; the plain INSERT meets a unique violation) the statements are rolled back to their
    savepoint, the later copies leave the stage (identical: duplicate; different: refused,
-   R-LOAD-KEY) and it runs again. Clean batches pay nothing for that check.
+   R-LOAD-KEY) and the whole upsert runs. Clean batches pay nothing for that check; a key a
+   concurrent writer inserted meanwhile takes the same way (the ON CONFLICT upsert waits for it).
 
 So a batch is all-or-nothing for its valid rows, and a refused row writes nothing.
 
-Cost (measured on PostgreSQL 15, 2 cores, 1M events into behaviour_events holding its seeded
-rows): the staging COPY ~560,000 rows/s; the upsert is one pass over the stage with a probe
-of the key's unique index per row, and its inserts maintain the table's indexes like a plain
-COPY into the table does (docs/benchmarks.md has the whole-file figures).
+Cost (PostgreSQL 18, the bench's embedded server, 2 cores, 50,000-event chunks into
+behaviour_events holding millions of rows, machine shared): the staging COPY ~0.2 s, the customer check ~0.035 s (one probe per
+distinct customer), the plain INSERT ~0.4 s (with its probe per row), which maintains the
+table's indexes like a plain COPY into the table does (docs/benchmarks.md has the whole-file
+figures).
 """
 
 from __future__ import annotations
@@ -38,8 +43,8 @@ STAGE = "stage"
 
 @dataclass(frozen=True)
 class Check:
-    """Staged rows refused for a reason only the database knows. sql selects (row, value) from the stage;
-    $1 is the shop."""
+    """Staged rows refused for a reason only the database knows. sql deletes them from the stage, returning
+    (row, value); $1 is the shop. A row refused by an earlier check of the kind is gone for the later ones."""
 
     field: str
     rule: str
@@ -54,7 +59,7 @@ class Kind:
     table: str
     columns: tuple[tuple[str, str], ...]  # (column, SQL type) of the record's fields, staged in this order
     key: tuple[str, ...]  # the table's conflict target
-    upsert: str
+    upsert: Upsert
     checks: tuple[Check, ...] = ()
     before: tuple[str, ...] = field(default=())  # statements run on the stage before the upsert ($1: shop)
 
@@ -63,11 +68,26 @@ class Kind:
         return [c for c, _ in self.columns]
 
 
+@dataclass(frozen=True)
+class Upsert:
+    """A kind's upsert, whole (`all`) and in two steps that cost less when most keys are new (the insert of a
+    new row through ON CONFLICT is a speculative insertion: ~30% dearer than a plain insert, measured on a
+    50,000-event chunk, PostgreSQL 15): `new` is a plain INSERT of the staged rows whose key the table does not hold (a
+    probe of its key index per row); only when it inserted fewer rows than staged, `existing` is `all` on
+    the staged rows whose key the table holds (the rows `new` just inserted among them: identical, left
+    alone). `new` fails with a unique violation when two staged rows share a new key or a concurrent
+    writer inserted a key in between; `apply` then runs `all`, which waits for that writer and updates."""
+
+    all: str  # selects (inserted, updated)
+    existing: str  # selects (inserted, updated)
+    new: str  # its status gives the rows inserted
+
+
 def _upsert(table: str, key: tuple[str, ...], columns: tuple[tuple[str, str], ...], *, owned_ids: bool = False,
-            keep_if_absent: tuple[str, ...] = (), stamp_if_absent: tuple[str, ...] = (), shop_column: bool = True) -> str:
+            keep_if_absent: tuple[str, ...] = (), stamp_if_absent: tuple[str, ...] = (), shop_column: bool = True) -> Upsert:
     """INSERT ... SELECT FROM stage ON CONFLICT (key) DO UPDATE ... WHERE the row differs, counting inserts
-    and updates. keep_if_absent: a column the record may leave out (NULL staged): a new row gets now(), an
-    existing row keeps its value. stamp_if_absent: the same, but a changed row gets now(). Both test
+    and updates (and its two steps, `Upsert`). keep_if_absent: a column the record may leave out (NULL staged):
+    a new row gets now(), an existing row keeps its value. stamp_if_absent: the same, but a changed row gets now(). Both test
     "left out" as `excluded.col = now()` (the transaction's start, which no record names).
     owned_ids: the key is a platform-wide id; a row of another shop is never touched (the checks have
     refused it already; the guard keeps a concurrent writer of another shop safe too)."""
@@ -87,13 +107,23 @@ def _upsert(table: str, key: tuple[str, ...], columns: tuple[tuple[str, str], ..
     differs = [f"(t.{', t.'.join(compared)}) IS DISTINCT FROM (excluded.{', excluded.'.join(compared)})"]
     differs += [f"(excluded.{c} <> now() AND excluded.{c} IS DISTINCT FROM t.{c})" for c in keep_if_absent + stamp_if_absent]
     guard = "t.shop_id = excluded.shop_id AND " if owned_ids else ""
-    return f"""WITH w AS (
+
+    def upsert(rows: str) -> str:
+        return f"""WITH w AS (
     INSERT INTO {table} AS t ({', '.join(insert_cols)})
-    SELECT {', '.join(select)} FROM {STAGE}
+    SELECT {', '.join(select)} FROM {STAGE} s{rows}
     ON CONFLICT ({', '.join(key)}) DO UPDATE SET {', '.join(sets)}
     WHERE {guard}({' OR '.join(differs)})
     RETURNING (t.xmax = 0) AS inserted)
 SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) FILTER (WHERE NOT inserted) AS updated FROM w"""
+
+    # Whether the table holds the staged row's key (of any shop for owned_ids: such a row is never touched).
+    # A scalar subquery with LIMIT stays a per-row probe of the key index; as NOT EXISTS the planner may hash
+    # the whole table (millions of events) for every chunk.
+    match = [f"x.{k} = $1" if k == "shop_id" and shop_column else f"x.{k} = s.{k}" for k in key]
+    held = f"(SELECT true FROM {table} x WHERE {' AND '.join(match)} LIMIT 1)"
+    new = f"INSERT INTO {table} ({', '.join(insert_cols)})\n    SELECT {', '.join(select)} FROM {STAGE} s WHERE {held} IS NULL"
+    return Upsert(upsert(""), upsert(f" WHERE {held} IS NOT NULL"), new)
 
 
 def _columns(model: type[R.Record], types: dict[str, str]) -> tuple[tuple[str, str], ...]:
@@ -106,28 +136,27 @@ def _columns(model: type[R.Record], types: dict[str, str]) -> tuple[tuple[str, s
 def _owned_by_other_shop(table: str, id_column: str) -> Check:
     # One probe of the table's primary key per staged row.
     return Check(id_column, R.RULE_REF, f"{id_column} {{value}} belongs to another shop",
-                 f"SELECT s.row, s.{id_column}::text FROM {STAGE} s JOIN {table} x USING ({id_column}) WHERE x.shop_id <> $1")
+                 f"DELETE FROM {STAGE} s USING {table} x WHERE x.{id_column} = s.{id_column} AND x.shop_id <> $1"
+                 f" RETURNING s.row, s.{id_column}::text")
 
 
-# References to this shop's rows. Each is a scalar subquery with LIMIT, which PostgreSQL keeps as a
-# per-row subplan: one probe of the referenced primary key per staged row. Written as NOT EXISTS the
-# planner may hash the shop's whole customer table for every chunk instead (seen: 3.7 s per 50,000
-# events at a 1M-customer shop, against well under a second for the probes).
-NOT_A_CUSTOMER = Check(
-    "consumer_id", R.RULE_REF, "consumer {value} is not a customer of this shop (load customers first)",
-    f"SELECT s.row, s.consumer_id::text FROM {STAGE} s WHERE (SELECT true FROM shop_customers c"
-    " WHERE c.shop_id = $1 AND c.consumer_id = s.consumer_id LIMIT 1) IS NULL",
-)
-NOT_AN_ORDER = Check(
-    "order_id", R.RULE_REF, "order {value} is not an order of this shop (load orders first)",
-    f"SELECT s.row, s.order_id::text FROM {STAGE} s WHERE (SELECT true FROM orders o"
-    " WHERE o.order_id = s.order_id AND o.shop_id = $1 LIMIT 1) IS NULL",
-)
-NOT_AN_AGENT = Check(
-    "agent_id", R.RULE_REF, "agent {value} is not an agent of this shop (load agents first)",
-    f"SELECT s.row, s.agent_id FROM {STAGE} s WHERE (SELECT true FROM agents a"
-    " WHERE a.shop_id = $1 AND a.agent_id = s.agent_id LIMIT 1) IS NULL",
-)
+def _not_this_shops(column: str, table: str, message: str) -> Check:
+    """The staged rows whose `column` names no row of this shop in `table` (keyed by (shop_id, column) or by
+    column). The probe is a scalar subquery with LIMIT, which PostgreSQL keeps as a per-row subplan: one probe
+    of the referenced primary key per distinct value of the stage (a file's events come grouped by customer:
+    50,000 events name ~7,000 customers). Written as NOT EXISTS the planner may hash the shop's whole table
+    for every chunk instead (seen: 3.7 s per 50,000 events at a 1M-customer shop)."""
+    return Check(column, R.RULE_REF, message,
+                 f"DELETE FROM {STAGE} s WHERE s.{column} IN (SELECT d.{column} FROM (SELECT DISTINCT {column} FROM {STAGE}) d"
+                 f" WHERE (SELECT true FROM {table} x WHERE x.shop_id = $1 AND x.{column} = d.{column} LIMIT 1) IS NULL)"
+                 f" RETURNING s.row, s.{column}::text")
+
+
+# References to this shop's rows.
+NOT_A_CUSTOMER = _not_this_shops("consumer_id", "shop_customers",
+                                 "consumer {value} is not a customer of this shop (load customers first)")
+NOT_AN_ORDER = _not_this_shops("order_id", "orders", "order {value} is not an order of this shop (load orders first)")
+NOT_AN_AGENT = _not_this_shops("agent_id", "agents", "agent {value} is not an agent of this shop (load agents first)")
 # A customer is a platform consumer first (consumers is platform-wide; the shop adds its own row).
 ENSURE_CONSUMERS = f"INSERT INTO consumers (consumer_id) SELECT consumer_id FROM {STAGE} ON CONFLICT DO NOTHING"
 
@@ -239,27 +268,27 @@ async def stage(conn: asyncpg.Connection, kind: Kind, rows) -> None:
 async def apply(conn: asyncpg.Connection, kind: Kind, shop_id: str) -> Outcome:
     """Refuse, then upsert, the staged rows (inside the batch's transaction). Refusals carry staged row numbers."""
     out = Outcome()
-    refused: set[int] = set()
-    for check in kind.checks:
+    for check in kind.checks:  # each takes its refused rows off the stage
         for r in await conn.fetch(check.sql, shop_id):
-            if r[0] not in refused:
-                refused.add(r[0])
-                out.refused.append(Refusal(r[0], check.field, check.rule, check.message.format(value=r[1])))
-    if refused:
-        await conn.execute(f"DELETE FROM {STAGE} WHERE row = ANY($1::bigint[])", list(refused))
+            out.refused.append(Refusal(r[0], check.field, check.rule, check.message.format(value=r[1])))
     staged = await conn.fetchval(f"SELECT count(*) FROM {STAGE}")
     for sql in kind.before:
         await conn.execute(sql, *_params(sql, shop_id))
+    up = kind.upsert
     try:
         async with conn.transaction():  # a savepoint
-            counts = await conn.fetchrow(kind.upsert, *_params(kind.upsert, shop_id))
-    except asyncpg.CardinalityViolationError:  # two rows of the batch share a key
-        same, differ = await _drop_repeated_keys(conn, kind)
+            status = await conn.execute(up.new, *_params(up.new, shop_id))
+            out.inserted = int(status.split()[-1])
+            if out.inserted < staged:  # some keys were held already: update those rows that differ
+                counts = await conn.fetchrow(up.existing, *_params(up.existing, shop_id))
+                out.inserted, out.updated = out.inserted + counts["inserted"], counts["updated"]
+    except (asyncpg.CardinalityViolationError, asyncpg.UniqueViolationError):  # two rows of the batch share a key
+        same, differ = await _drop_repeated_keys(conn, kind)  # (or a concurrent writer inserted one of the keys)
         out.duplicate += same
         out.refused += differ
         staged -= same + len(differ)
-        counts = await conn.fetchrow(kind.upsert, *_params(kind.upsert, shop_id))
-    out.inserted, out.updated = counts["inserted"], counts["updated"]
+        counts = await conn.fetchrow(up.all, *_params(up.all, shop_id))
+        out.inserted, out.updated = counts["inserted"], counts["updated"]
     out.duplicate += staged - out.inserted - out.updated
     out.refused.sort(key=lambda r: r.row)
     return out
