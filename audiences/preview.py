@@ -8,7 +8,8 @@ on the channel's fatigue row of their own fatigue day (the day of the instant
 their own send window lets the run hand off, R-WIN-1; one whose window does not
 open that day is removed as `outside_recipient_window`) and the template
 group's earlier days, grouped by those counts; the send path's pure
-`cap_verdict` (the test `_RESERVE` applies) judges each group. Then the campaign's own limits (the minimum audience of R-OC-4, the provider quota
+`cap_verdict` (the test `_RESERVE` applies) judges each group. Then the
+campaign's own limits (the minimum audience of R-OC-4, the provider quota
 of R-ED-4, the daily cap of R-PH-7, the coupon's stock, the budget of
 R-COST-BUDGET, each message priced as the run would price it). It runs in
 one transaction that is rolled back: nothing is written, no cap is taken and no consumer row is locked, so a
