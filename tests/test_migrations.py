@@ -55,12 +55,13 @@ async def test_fatigue_map_functions_count(pool, fn, counts, key, expected):
 
 
 async def test_outbox_arrays_skip_pglz(pool):
+    """The batch's per-recipient arrays (0004: ids, addresses; 0031: bodies, senders) are not compressed by pglz."""
     available = await pool.fetchval("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")
     rows = await pool.fetch(
         "SELECT attname, attcompression::text AS compression, attstorage::text AS storage FROM pg_attribute"
-        " WHERE attrelid = 'outbox'::regclass AND attname IN ('consumer_ids', 'addresses')"
+        " WHERE attrelid = 'outbox'::regclass AND attname IN ('consumer_ids', 'addresses', 'bodies', 'senders')"
     )
-    assert len(rows) == 2
+    assert len(rows) == 4
     for r in rows:
         if "lz4" in available:
             assert (r["compression"], r["storage"]) == ("l", "x"), dict(r)
