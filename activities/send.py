@@ -244,6 +244,28 @@ TEMPLATE_WINDOW = """
 """
 
 
+def _hold_offers_sql(ids: int, coupons: int, items: int, at: int, hours: int) -> str:
+    """The claims of a chunk's live deliveries (countdown offers, R-RP-5, shared coupons, R-BEN-1, limited member
+    benefits, R-RP-4), held in the chunk's transaction; their stock units are taken by `_TAKE_STOCK` at its end.
+    $1 campaign, $2 phase, $3 day, $4 channel, $5 shop (the numbering of the ledger's write statement too), then the
+    given parameter numbers: the ids, their coupons, their products (NULL: none pushed), the hand-off instant, the
+    offer's hours (NULL for a shared coupon: expires_at NULL, no end of its own). No rows when the ids are NULL."""
+    ids, coupons, items, at, hours = (int(n) for n in (ids, coupons, items, at, hours))
+    return f"""
+    INSERT INTO claims (campaign_id, phase, consumer_id, day, channel, shop_id, coupon_id, product_id,
+                        held_at, expires_at)
+    SELECT $1, $2, k.id, $3, $4, $5, k.coupon, k.item, ${at}::timestamptz,
+           ${at}::timestamptz + make_interval(hours => ${hours}::int)
+    FROM unnest(${ids}::bigint[], ${coupons}::text[], ${items}::bigint[]) AS k(id, coupon, item)
+    WHERE ${coupons}::text[] IS NOT NULL
+"""
+
+
+# On its own (a chunk whose deliveries go to a provider, and member benefits' units): $6 ids, $7 coupons, $8 products,
+# $9 the hand-off instant, $10 hours.
+_HOLD_OFFERS = _hold_offers_sql(6, 7, 8, 9, 10)
+
+
 def _write_sql(handoff: bool) -> str:
     """The chunk's ledger rows in one statement (the counters were bumped by `_RESERVE`).
 
@@ -263,8 +285,10 @@ def _write_sql(handoff: bool) -> str:
     body (per-recipient content) or NULL], then ($12, or $16 with `handoff`) each row's member benefit
     (R-RP-4), in the order of $9, or NULL, and next each row's cost (deliveries.cost: an SMS's price,
     R-AQ-5), in the order of $9, or NULL, and next each row's sender agent (R-PH-5, channels/chat.py), in the
-    order of $9, or NULL; with `handoff`, $19 the live rows' agents (in the order of $12) or NULL, and $20 the
-    slice's window end (outbox.window_end: the outbox dispatcher hands nothing of the batch over after it, R-WIN-1).
+    order of $9, or NULL; with `handoff`, $19 the live rows' agents (in the order of $12) or NULL, $20 the
+    slice's window end (outbox.window_end: the outbox dispatcher hands nothing of the batch over after it, R-WIN-1),
+    and the live rows' offers held in the same statement (`HOLD_OFFERS_HANDED_OFF`): $21 their coupons, $22 their
+    products (both in the order of $12; NULL: no offers), $23 the hand-off instant, $24 the offer's hours.
     """
     benefits = 16 if handoff else 12
     ref = "CASE WHEN u.reason IS NULL THEN 'outbox:' || (SELECT id FROM b) END" if handoff else "NULL"
@@ -276,6 +300,8 @@ def _write_sql(handoff: bool) -> str:
         SELECT (SELECT id FROM b), $1, $2, $3, $4, $14, $12::bigint[], $13::text[], $15::text[], $19::text[], $20::timestamptz
         WHERE cardinality($12::bigint[]) > 0
     ),"""
+        f"""
+    h AS ({HOLD_OFFERS_HANDED_OFF}),"""
         if handoff
         else ""
     )
@@ -292,6 +318,9 @@ def _write_sql(handoff: bool) -> str:
 """
 
 
+# A handed-off chunk's offers go in with its ledger rows and outbox batch, one statement: the live ids are sent once
+# and a round trip is saved per chunk (the whole-shop K-REPURCHASE day: see docs/benchmarks.md).
+HOLD_OFFERS_HANDED_OFF = _hold_offers_sql(12, 21, 22, 23, 24)
 _WRITE_RESERVED = _write_sql(handoff=False)
 _WRITE_HANDED_OFF = _write_sql(handoff=True)
 # The provider's outcomes of a chunk, on rows still in a live state ($5): a primary-key probe per delivery ($6).
@@ -322,16 +351,6 @@ _FORGET_COST = """
 """
 
 
-# The claims of a chunk's live deliveries (countdown offers, R-RP-5, and shared coupons, R-BEN-1), held in
-# the chunk's transaction; their stock units were taken by _TAKE_STOCK just before. $1 campaign, $2 phase,
-# $3 day, $4 channel, $5 shop, $6 ids, $7 their coupons, $8 their products (NULL: none pushed), $9 the
-# hand-off instant, $10 the offer's hours (NULL for a shared coupon: expires_at NULL, no end of its own).
-_HOLD_OFFERS = """
-    INSERT INTO claims (campaign_id, phase, consumer_id, day, channel, shop_id, coupon_id, product_id,
-                        held_at, expires_at)
-    SELECT $1, $2, u.id, $3, $4, $5, u.coupon, u.item, $9::timestamptz, $9::timestamptz + make_interval(hours => $10::int)
-    FROM unnest($6::bigint[], $7::text[], $8::bigint[]) AS u(id, coupon, item)
-"""
 # The usable stock of the chunk's coupons (0 outside their validity at $3). $1 coupons (ascending), $2 shop, $3 the
 # hand-off instant. Primary-key probes on coupon_id (one to three coupons).
 _COUPON_STOCK = """
@@ -468,6 +487,15 @@ class Personal:
         }
         text = self.template.render(ctx)
         return f"{inp.title}\n{text}" if inp.title else text
+
+
+def _offer_args(inp: SendSliceInput, offered: dict, live_now: list[int], extras: dict, at: datetime) -> list | None:
+    """The held offers' arguments of a chunk (`_hold_offers_sql`'s coupons, products, instant, hours), each live
+    delivery in `live_now` order holding the unit of its offer; None when the chunk holds no offer."""
+    if not offered or not live_now:
+        return None
+    items = [None] * len(live_now) if inp.offer.shared else [extras[c][0] for c in live_now]
+    return [[offered[c].coupon_id for c in live_now], items, at, inp.offer.hours]
 
 
 class SendActivities:
@@ -832,9 +860,11 @@ class SendActivities:
             args.append([benefits[c].benefit_id if c in benefits else None for c in ids] if benefits else None)
             args.append([debit.cost.get(c) for c in ids] if debit is not None and debit.cost else None)
             args.append([senders.get(c) for c in ids] if senders else None)  # R-PH-5: deliveries.sender_agent
+            offers = _offer_args(inp, offered, live_now, extras, handed_at)
             if handoff:
                 args.append([senders[c] for c in live_now] if senders else None)  # R-PH-5: outbox.senders
                 args.append(inp.window_end)  # R-WIN-1: outbox.window_end, the dispatcher's last instant
+                args += offers or [None] * 4  # the offers, held in the same statement (HOLD_OFFERS_HANDED_OFF)
             await conn.execute(_WRITE_HANDED_OFF if handoff else _WRITE_RESERVED, *args)
             quota_cost = Decimal(0)
             if quota is not None and live_now:
@@ -843,13 +873,9 @@ class SendActivities:
             if spend is not None:  # R-COST-BUDGET: the chunk's committed costs, in its own transaction
                 chunk_cost = sum(debit.cost.values(), Decimal(0)) if debit is not None else quota_cost
                 await take_budget(conn, inp.campaign_db_id, chunk_cost, bool(over_budget))
-            if offered and live_now:
-                await conn.execute(
-                    _HOLD_OFFERS, inp.campaign_db_id, inp.phase_index, inp.day, ch, inp.shop_id, live_now,
-                    [offered[c].coupon_id for c in live_now],
-                    [None] * len(live_now) if inp.offer.shared else [extras[c][0] for c in live_now], handed_at,
-                    inp.offer.hours,
-                )  # fmt: skip
+            if offers and not handoff:
+                await conn.execute(_HOLD_OFFERS, inp.campaign_db_id, inp.phase_index, inp.day, ch, inp.shop_id, live_now,
+                                   *offers)  # fmt: skip
             held = [c for c in live_now if c in benefits and benefits[c].coupon_id is not None]
             if held:
                 # A limited member benefit (R-RP-4): its coupon's unit is held like an exclusive offer's.

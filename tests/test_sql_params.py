@@ -50,6 +50,9 @@ ALLOWED_INTERPOLATIONS = {
     ("activities/send.py", "benefits"): "the $n of the benefits array, an int constant chosen by a bool (12 or 16)",
     ("activities/send.py", "benefits + 1"): "the $n after the benefits array, an int constant chosen by a bool",
     ("activities/send.py", "benefits + 2"): "the $n of the sender agents array (R-PH-5), an int constant chosen by a bool",
+    **{("activities/send.py", name): "_hold_offers_sql: int() of a parameter number, a placeholder $n"
+       for name in ("ids", "coupons", "items", "at", "hours")},
+    ("activities/send.py", "HOLD_OFFERS_HANDED_OFF"): "_hold_offers_sql() of constant parameter numbers",
     ("audiences/repurchase.py", "_CATEGORY_PRODUCTS.format(category='p.category')"):
         "a constant subquery with a constant column",
     ("audiences/repurchase.py", "_PURCHASES_OF.format(products='ARRAY(SELECT f.product_id FROM offered f)')"):
@@ -121,7 +124,7 @@ ALLOWED_SQL_ARGUMENTS = {
     ("activities/send.py",
      "_chunk_sql(ch, probe, personal is not None, inp.reaches_non_customers, inp.later_pass, inp.zoned_only)"):
         "built only from the allowed interpolations above",
-    ("audiences/preview.py", "CAPS_READ"): "a module constant of activities/send.py",
+    ("activities/send.py", "_HOLD_OFFERS"): "_hold_offers_sql() of constant parameter numbers",
     ("activities/send.py", "SHOP_BENEFITS"): "a module constant of schemas/benefits.py",
     ("kinds/repurchase.py", "SHOP_BENEFITS"): "a module constant of schemas/benefits.py",
     ("kinds/acquire.py", "SHOP_BENEFITS"): "a module constant of schemas/benefits.py",
