@@ -187,15 +187,14 @@ def refresh_sql(
 PREVIEW_CAP_COUNTS = "cap_counts"
 # The preview's count of eligible consumers per zone of their own (R-WIN-1: when their window opens).
 PREVIEW_ZONE = "zone"
-# The counts a cap is judged on (activities/send.py cap_verdict), in the order of the PREVIEW_CAP_COUNTS columns.
-CAP_COUNT_COLUMNS = ("day_sent", "day_shops", "shop_sent", "template_today", "earlier")
 
 
 def preview_count_sql(
     audience_sql: str, channel: str, filters: list[str] | tuple[str, ...], non_customers: bool, first_param: int,
 ) -> str:
     """The preview's statement of one part (audiences/preview.py): the refresh's `flagged` without writing the
-    snapshot, (reason, n) rows; then (PREVIEW_CAP_COUNTS, n, the five CAP_COUNT_COLUMNS) for the eligible consumers
+    snapshot, (reason, n) rows; then (PREVIEW_CAP_COUNTS, n, day_sent, day_shops, shop_sent, template_today, earlier: the counts
+    send.py's cap_verdict reads) for the eligible consumers
     grouped by the counts a cap judges them on (send.py's CAPS_READ and TEMPLATE_WINDOW, read the same way): on
     the channel's row of their own fatigue day, and the template group's count on the window's earlier days.
     One primary-key range probe of fatigue_day per eligible consumer, aggregated in the statement: the verdict

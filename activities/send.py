@@ -384,7 +384,6 @@ _TAKE_STOCK = """
       AND c.stock >= u.n AND c.valid_from <= $4 AND c.valid_to > $4
     RETURNING c.coupon_id
 """
-# A delivery that was not sent gives its offer's unit back (R-OC-8); a no-op for deliveries without one.
 class StockRaced(Exception):
     """A chunk's optimistic allocation found, at its end, less stock than it had read: re-run it with the lock."""
 
@@ -418,7 +417,8 @@ class StockTaking:
             raise StockRaced(f"coupons {sorted(set(coupons) - took)}: {dict(zip(coupons, wanted, strict=True))} wanted, not left")
 
 
-# Answers how many claims it released (a data-modifying CTE runs whether or not the query reads it).
+# A delivery that was not sent gives its offer's unit back (R-OC-8); a no-op for deliveries without one. Answers how
+# many claims it released (a data-modifying CTE runs whether or not the query reads it).
 _RELEASE_OFFERS = """
     WITH r AS (
         UPDATE claims SET state = 'released', closed_at = now()

@@ -24,13 +24,12 @@ import asyncio
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 
 import asyncpg
 from pydantic import BaseModel, Field
 from sluice.activities.audience import (
-    CAP_COUNT_COLUMNS,
     PREVIEW_CAP_COUNTS,
     PREVIEW_SETTINGS,
     PREVIEW_ZONE,
@@ -117,10 +116,7 @@ async def _phase(
     # path computes it: one with a zone of their own is handed off when their window is first open from then on (the
     # run's later pass, R-WIN-1), or not that day when it does not open before the shop's next day (day None).
     at = max(now, win.send_at)
-    zone_days = {}
-    for z in known_zones():
-        hand_off = first_open(z, at, win.end_at)
-        zone_days[z] = None if hand_off is None else recipient_fatigue_day(hand_off, z, platform_tz)
+    zone_days = zone_fatigue_days(at, win.end_at, platform_tz)
     cap = phase.template_cap
     tkey = template_key(plan.shop_id, cap.group if cap else "")
     # The refresh's own statement without its snapshot: counts, the eligible consumers grouped by the counts the caps
@@ -190,15 +186,26 @@ async def _prices(conn, plan: CampaignPlan, phase: PhasePlan, day, at: datetime,
     return []
 
 
+def zone_fatigue_days(at: datetime, end_at: datetime, platform_tz: str) -> dict[str, date | None]:
+    """R-FAT-DAY with R-WIN-1, per zone of the bundled tzdata: the fatigue day of a recipient in that zone whom the run
+    hands off from `at` on, which is the first instant their own window is open before `end_at` (the shop's next
+    day); None when it does not open by then (not sent that day). A recipient without a zone of their own counts on
+    the platform's day at `at` (`recipient_fatigue_day` without a zone)."""
+    days: dict[str, date | None] = {}
+    for z in known_zones():
+        hand_off = first_open(z, at, end_at)
+        days[z] = None if hand_off is None else recipient_fatigue_day(hand_off, z, platform_tz)
+    return days
+
+
 def _stopped_by_caps(phase: PhasePlan, groups: list, verdicts: Counter) -> int:
     """How many consumers the channel's fatigue caps stop, each counted by their cap in `verdicts`: `groups` are the
-    PREVIEW_CAP_COUNTS rows (eligible consumers per the counts a cap judges, CAP_COUNT_COLUMNS) and the verdict is the
+    PREVIEW_CAP_COUNTS rows (eligible consumers per the counts a cap judges) and the verdict is the
     send path's own (`cap_verdict`, the test `_RESERVE` applies), once per group."""
     policy = policy_for(phase.channel.value)
     stopped = 0
-    for g in groups:
-        today = {k: g[k] for k in CAP_COUNT_COLUMNS}
-        reason = cap_verdict(today, g["earlier"], phase.template_cap, policy)
+    for g in groups:  # a group row carries cap_verdict's counts by name (day_sent, day_shops, shop_sent, template_today)
+        reason = cap_verdict(g, g["earlier"], phase.template_cap, policy)
         if reason is not None:
             verdicts[reason] += g["n"]
             stopped += g["n"]

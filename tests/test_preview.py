@@ -121,3 +121,20 @@ async def test_preview_through_the_api_and_the_cli_shape(clean_db, ts_env):
         assert bad.status_code == 422 and bad.json()["detail"][0]["rule"] == "R-OC-3"
     assert await pool.fetchval("SELECT count(*) FROM campaigns") == 0
     assert json.loads(res.text)["workflow_id"] == f"{SHOP}.p"
+
+
+def test_each_zones_fatigue_day_is_the_day_its_window_first_opens_before_the_shops_next_day():
+    """zone_fatigue_days (R-FAT-DAY, R-WIN-1): 13:00 UTC is 21:00 in Shanghai (open: that day), 22:00 in Tokyo (closed
+    until 08:00 the next local day, after the shop's day ends at 16:00 UTC: not sent), 08:00 in New York (open)."""
+    from datetime import UTC, date, datetime
+
+    from sluice.audiences.preview import zone_fatigue_days
+
+    at, end = datetime(2026, 6, 1, 13, tzinfo=UTC), datetime(2026, 6, 1, 16, tzinfo=UTC)
+    days = zone_fatigue_days(at, end, "Asia/Shanghai")
+    assert days["Asia/Shanghai"] == date(2026, 6, 1)
+    assert days["Asia/Tokyo"] is None
+    assert days["America/New_York"] == date(2026, 6, 1)
+    # Los Angeles: 06:00 at `at`, its window opens at 08:00 = 15:00 UTC, before the end: that local day.
+    assert days["America/Los_Angeles"] == date(2026, 6, 1)
+    assert days["Pacific/Kiritimati"] is None  # 03:00 the next day there, opening only at 18:00 UTC
