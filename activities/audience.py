@@ -195,7 +195,7 @@ def preview_count_sql(
     """The preview's statement of one part (audiences/preview.py): the refresh's `flagged` without writing the
     snapshot, (reason, n) rows; then (PREVIEW_CAP_COUNTS, n, day_sent, day_shops, shop_sent, template_today, earlier: the counts
     send.py's cap_verdict reads) for the eligible consumers
-    grouped by the counts a cap judges them on (send.py's CAPS_READ and TEMPLATE_WINDOW, read the same way): on
+    grouped by the counts a cap judges them on (send.py's CAPS_READ and _EARLIER_IN_WINDOW, read the same way): on
     the channel's row of their own fatigue day, and the template group's count on the window's earlier days.
     One primary-key range probe of fatigue_day per eligible consumer, aggregated in the statement: the verdict
     stays send.py's pure `cap_verdict`, applied once per group (a few hundred at most) instead of a cap reading

@@ -85,14 +85,14 @@ def cap_verdict(today, earlier: int, cap, policy: FatiguePolicy) -> str | None:
     return None
 
 
-def _cap_reason(today, earlier: int, cap, policy: FatiguePolicy) -> str:
-    """Which cap stopped a consumer `_RESERVE` did not reserve."""
-    reason = cap_verdict(today, earlier, cap, policy)
+def _cap_reason(today, cap, policy: FatiguePolicy) -> str:
+    """Which cap stopped a consumer `_RESERVE` did not reserve: `today` a `CAPS_READ` row."""
+    reason = cap_verdict(today, today["earlier"], cap, policy)
     if reason is not None:
         return reason
     # The statement and this reading disagree: fail the chunk (its transaction rolls back) rather
     # than record a reason that is not true.
-    raise errors.cap_reading_raced(f"consumer {today['id']}: not reserved, yet no cap bites ({dict(today)}, earlier {earlier})")
+    raise errors.cap_reading_raced(f"consumer {today['id']}: not reserved, yet no cap bites ({dict(today)})")
 
 
 @dataclass
@@ -173,15 +173,15 @@ def _chunk_sql(
         else "NULL::text"
     )
     # R-EXC-1, checked again at send time: the snapshot is from 00:00 (R-OC-5). The columns are
-    # unpacked in this order by SendActivities._reserve; `personal` adds what per-recipient content
+    # read by position in this order by SendActivities._reserve; `personal` adds what per-recipient content
     # needs: the product the audience chose (R-RP-10), the customer's nickname and, read now, whether they
     # are a member of the shop (R-RP-4: which member benefit they are told of).
     personal_columns = ", s.item, c.nick, coalesce(c.is_member, false)" if personal else ""
     zoned = " AND s.timezone IS NOT NULL" if zoned_only else ""
     return f"""
         SELECT s.seq, s.consumer_id, {recipient_address(channel, non_customers)} AS address, {prior} AS prior,
-               CASE {exclusion_branches(channel, non_customers)} END AS excluded{personal_columns},
-               {fatigue_day_sql("$7", "$8")} AS fday, {window_deferred_sql("$7", later_pass)} AS deferred
+               CASE {exclusion_branches(channel, non_customers)} END AS excluded,
+               {fatigue_day_sql("$7", "$8")} AS fday, {window_deferred_sql("$7", later_pass)} AS deferred{personal_columns}
         FROM audience_snapshots s
         {recipient_rows("$4", "s.consumer_id", non_customers)}
         WHERE s.campaign_id = $1 AND s.phase = $2 AND s.day = $3 AND s.seq >= $5 AND s.seq < $6{zoned}
@@ -189,6 +189,19 @@ def _chunk_sql(
     """
 
 
+# The template window's earlier days (R-FAT-1) before each consumer's own fatigue day, on the channel's rows: a
+# primary-key range probe per consumer (a lateral subquery, so a day newer than the statistics cannot turn it into
+# a scan); only consumers with a message of the group in the window come back, and none without a window ($5 <= 1).
+# $1 ids, $2 each one's fatigue day (in the order of $1), $4 template key, $5 the window's days, $6 channel: the
+# numbering of `_RESERVE` and `CAPS_READ`, which read it inside their own statement.
+_EARLIER_IN_WINDOW = """
+    SELECT u.id, w.n
+    FROM unnest($1::bigint[], $2::date[]) AS u(id, day)
+    CROSS JOIN LATERAL (SELECT sum((f.per_template ->> $4)::int)::int AS n FROM fatigue_day f
+                        WHERE f.consumer_id = u.id AND f.day > u.day - $5::int AND f.day < u.day
+                          AND f.channel = $6 AND f.per_template ? $4) w
+    WHERE $5::int > 1 AND w.n IS NOT NULL
+"""
 # Lock, check and count in one statement (R-FAT-1..3), in consumer order (racing campaigns never
 # deadlock). A consumer without a row today gets one holding this send (nothing went out today, so
 # only the template window's earlier days can stop it: those are filtered out before the insert).
@@ -196,51 +209,47 @@ def _chunk_sql(
 # ON CONFLICT re-reads the latest committed version under the lock, so the check and the bump are
 # one atomic step per consumer. RETURNING names the consumers reserved now; an existing row whose
 # caps said no stays locked and unchanged.
+# The window's earlier days are read first, in the same statement (`earlier`, one jsonb object of the few consumers
+# with such messages, looked up by both checks): they only lose counts (a failed send gives its count back), so
+# reading them before the locks can only err on the safe side. As a statement of its own this read cost a round
+# trip and the chunk's ids and days sent again (10-12 ms of database time per chunk of 2,000 in the whole-shop
+# K-REPURCHASE day, 5% of it).
 # Each consumer counts on the channel's row of their own natural day (R-FAT-DAY, one day per consumer
 # in a chunk); the caps are the channel's policy (schemas/fatigue.py), passed as parameters: one
 # statement for every channel. A send updates only non-key columns: the row's later versions stay HOT.
-# $1 ids (ascending), $2 each one's fatigue day (in the order of $1), $3 shop, $4 template key, $5 the
-# template cap's count, $6 earlier days' template counts {consumer_id: n}, $7 day max, $8 shop-day max,
-# $9 shops max (FatiguePolicy.limits), $10 channel.
-_RESERVE = """
+# $1 ids (ascending), $2 each one's fatigue day (in the order of $1), $3 shop, $4 template key, $5 the template
+# window's days (1: none earlier), $6 channel, $7 the template cap's count, $8 day max, $9 shop-day max, $10 shops
+# max (FatiguePolicy.limits).
+_RESERVE = f"""
+    WITH earlier AS (SELECT coalesce(jsonb_object_agg(e.id, e.n), '{{}}'::jsonb) AS counts FROM ({_EARLIER_IN_WINDOW}) e)
     INSERT INTO fatigue_day AS f (consumer_id, day, channel, sent, shops, per_shop, per_template)
-    SELECT id, day, $10, 1, 1, fatigue_increment('{}', $3), fatigue_increment('{}', $4)
+    SELECT id, day, $6, 1, 1, fatigue_increment('{{}}', $3), fatigue_increment('{{}}', $4)
     FROM unnest($1::bigint[], $2::date[]) AS u(id, day)
-    WHERE coalesce(($6::jsonb ->> id::text)::int, 0) < $5
+    WHERE coalesce(((SELECT counts FROM earlier) ->> id::text)::int, 0) < $7
     ON CONFLICT (consumer_id, day, channel) DO UPDATE
        SET sent = f.sent + 1,
            shops = f.shops + (coalesce((f.per_shop ->> $3)::int, 0) = 0)::int,
            per_shop = fatigue_increment(f.per_shop, $3),
            per_template = fatigue_increment(f.per_template, $4)
-     WHERE f.sent < $7
-       AND coalesce((f.per_shop ->> $3)::int, 0) < $8
-       AND (coalesce((f.per_shop ->> $3)::int, 0) > 0 OR f.shops < $9)
-       AND coalesce((f.per_template ->> $4)::int, 0) + coalesce(($6::jsonb ->> f.consumer_id::text)::int, 0) < $5
+     WHERE f.sent < $8
+       AND coalesce((f.per_shop ->> $3)::int, 0) < $9
+       AND (coalesce((f.per_shop ->> $3)::int, 0) > 0 OR f.shops < $10)
+       AND coalesce((f.per_template ->> $4)::int, 0)
+           + coalesce(((SELECT counts FROM earlier) ->> f.consumer_id::text)::int, 0) < $7
     RETURNING consumer_id
 """
-# Today's counts of the consumers the caps stopped, to name the cap (the ledger's reason). A
-# primary-key probe per consumer as a scalar subquery: as a join, a day newer than the statistics
+# Today's counts of the consumers the caps stopped, and their template window's earlier days, to name the cap (the
+# ledger's reason). A primary-key probe per consumer as a scalar subquery: as a join, a day newer than the statistics
 # planned a hash join over the whole table for every chunk (0.29 s per chunk of
 # 2,000 and 71% of the day's database time on a fresh install).
-# $1 ids, $2 shop, $3 each one's fatigue day (in the order of $1), $4 template key, $5 channel.
-CAPS_READ = """
-    SELECT id, coalesce((f).sent, 0) AS day_sent, coalesce((f).shops, 0) AS day_shops,
-           coalesce(((f).per_shop ->> $2)::int, 0) AS shop_sent,
-           coalesce(((f).per_template ->> $4)::int, 0) AS template_today
-    FROM (SELECT u.id, (SELECT d FROM fatigue_day d WHERE d.consumer_id = u.id AND d.day = u.day AND d.channel = $5) AS f
-          FROM unnest($1::bigint[], $3::date[]) AS u(id, day) OFFSET 0) x
-"""
-# The template window's earlier days (R-FAT-1) before each consumer's own fatigue day, on the channel's
-# rows: a primary-key range probe per consumer (a lateral subquery, so a day newer than the statistics
-# cannot turn it into a scan); only consumers with a message of the group in the window come back.
-# $1 ids, $2 each one's fatigue day (in the order of $1), $3 the window's days, $4 template key, $5 channel.
-TEMPLATE_WINDOW = """
-    SELECT u.id, w.n
-    FROM unnest($1::bigint[], $2::date[]) AS u(id, day)
-    CROSS JOIN LATERAL (SELECT sum((f.per_template ->> $4)::int)::int AS n FROM fatigue_day f
-                        WHERE f.consumer_id = u.id AND f.day > u.day - $3::int AND f.day < u.day
-                          AND f.channel = $5 AND f.per_template ? $4) w
-    WHERE w.n IS NOT NULL
+# $1 ids, $2 each one's fatigue day (in the order of $1), $3 shop, $4 template key, $5 the window's days, $6 channel.
+CAPS_READ = f"""
+    SELECT x.id, coalesce((f).sent, 0) AS day_sent, coalesce((f).shops, 0) AS day_shops,
+           coalesce(((f).per_shop ->> $3)::int, 0) AS shop_sent,
+           coalesce(((f).per_template ->> $4)::int, 0) AS template_today, coalesce(e.n, 0) AS earlier
+    FROM (SELECT u.id, (SELECT d FROM fatigue_day d WHERE d.consumer_id = u.id AND d.day = u.day AND d.channel = $6) AS f
+          FROM unnest($1::bigint[], $2::date[]) AS u(id, day) OFFSET 0) x
+    LEFT JOIN ({_EARLIER_IN_WINDOW}) e ON e.id = x.id
 """
 
 
@@ -472,21 +481,32 @@ class Personal:
     timezone: str
     benefits: list[MemberBenefit] = field(default_factory=list)
 
-    def body(
-        self, inp: SendSliceInput, nick: str | None, item: OfferItem | None, expires_at: datetime | None,
-        benefit: MemberBenefit | None = None,
-    ) -> str:
+    def bodies(
+        self, inp: SendSliceInput, live: list[int], extras: dict, offered: dict[int, OfferItem],
+        benefits: dict[int, MemberBenefit], expires_at: datetime | None,
+    ) -> dict[int, str]:
+        """Each live consumer's message. The template is bound once per distinct (offer, benefit) of the chunk
+        (`Template.bind`: product, coupon, offer end and benefit cleaned and joined into its text once) and only
+        the consumer's name is filled per recipient: a chunk of 2,000 has one to a few such pairs."""
         if self.template is None:
-            return _body(inp)
-        ctx = {
-            "name": nick or "",
-            "product": item.title if item else "",
-            "coupon": item.coupon_name if item else "",
-            "ends_at": format_ends_at(expires_at, self.timezone) if expires_at else "",
-            "benefit": benefit.text() if benefit else "",
-        }
-        text = self.template.render(ctx)
-        return f"{inp.title}\n{text}" if inp.title else text
+            return dict.fromkeys(live, _body(inp))
+        ends_at = format_ends_at(expires_at, self.timezone) if expires_at else ""
+        title = f"{inp.title}\n" if inp.title else ""
+        partials: dict[tuple, object] = {}
+        out: dict[int, str] = {}
+        for c in live:
+            item_id, nick, _ = extras[c]
+            item = offered.get(c) or self.catalog.get(item_id)
+            benefit = benefits.get(c)
+            key = (item, benefit.benefit_id if benefit else None)
+            partial = partials.get(key)
+            if partial is None:
+                partial = partials[key] = self.template.bind({
+                    "product": item.title if item else "", "coupon": item.coupon_name if item else "",
+                    "ends_at": ends_at, "benefit": benefit.text() if benefit else "",
+                })  # fmt: skip
+            out[c] = title + partial.render({"name": nick or ""})
+        return out
 
 
 def _offer_args(inp: SendSliceInput, offered: dict, live_now: list[int], extras: dict, at: datetime) -> list | None:
@@ -728,7 +748,7 @@ class SendActivities:
                                                inp.zoned_only),
                                     *args, *([ch] if probe else []))  # fmt: skip
             # R-FAT-DAY: each recipient's own natural day, in the zone the refresh resolved for them.
-            fdays = {r["consumer_id"]: r["fday"] for r in rows}
+            fdays = {r[1]: r[5] for r in rows}  # by position: a Record's lookup by name cost 4% of the worker's day
             out = ChunkOutcome(next_seq=hi)
             # An SMS is sent and billed with the industry signature and the unsubscribe text (R-AQ-4, R-AQ-6).
             signature = await sms.signature_of(conn, inp.shop_id) if ch == "sms" else None
@@ -739,11 +759,11 @@ class SendActivities:
             decisions: dict[int, str | None] = {}
             addresses: dict[int, str] = {}
             # Per-recipient content: each consumer's (item, nickname, is a member).
-            extras = {r[1]: (r[5], r[6], r[7]) for r in rows} if personal is not None else {}
+            extras = {r[1]: r[7:10] for r in rows} if personal is not None else {}
             # Budget (R-PH-7) counts every delivery this slice stands behind: new
             # candidates, reservations to finish and sends already made.
             committed = 0
-            for seq, consumer, address, prior, excluded, waits in ((*r[:5], r["deferred"]) for r in rows):
+            for seq, consumer, address, prior, excluded, _fday, waits in (r[:7] for r in rows):
                 if waits and prior is None:
                     out.deferred += 1  # R-WIN-1: outside their own window now: undecided, no cap, no budget
                     continue
@@ -783,24 +803,19 @@ class SendActivities:
             tkey = template_key(inp.shop_id, cap.group if cap else "")
             reserved: set[int] = set()
             if live:
-                # Earlier days of the template window only lose counts (a failed send gives its
-                # count back), so reading them before the locks can only err on the safe side.
                 live_days = [fdays[c] for c in live]
-                earlier = (
-                    dict(await conn.fetch(TEMPLATE_WINDOW, live, live_days, cap.days, tkey, ch))
-                    if cap and cap.days > 1 else {}
-                )
+                window = cap.days if cap else 1
                 reserved = {
                     r[0]
                     for r in await conn.fetch(
-                        _RESERVE, live, live_days, inp.shop_id, tkey, cap.count if cap else _NO_TEMPLATE_CAP,
-                        {str(c): n for c, n in earlier.items()}, *policy.limits, ch,
+                        _RESERVE, live, live_days, inp.shop_id, tkey, window, ch, cap.count if cap else _NO_TEMPLATE_CAP,
+                        *policy.limits,
                     )
                 }  # fmt: skip
                 capped = [c for c in live if c not in reserved]
                 if capped:
-                    for r in await conn.fetch(CAPS_READ, capped, inp.shop_id, [fdays[c] for c in capped], tkey, ch):
-                        decisions[r["id"]] = _cap_reason(r, earlier.get(r["id"], 0), cap, policy)
+                    for r in await conn.fetch(CAPS_READ, capped, [fdays[c] for c in capped], inp.shop_id, tkey, window, ch):
+                        decisions[r["id"]] = _cap_reason(r, cap, policy)
             offered: dict[int, OfferItem] = {}
             benefits: dict[int, MemberBenefit] = {}
             # The coupon units the chunk's offers take, from stock read unlocked and applied at the end (StockTaking).
@@ -815,12 +830,7 @@ class SendActivities:
             reasons = [decisions[c] for c in ids]
             live_now = [c for c, why in zip(ids, reasons, strict=True) if why is None]
             expires_at = handed_at + timedelta(hours=inp.offer.hours) if inp.offer and inp.offer.hours else None
-            bodies = (
-                {c: personal.body(inp, extras[c][1], offered.get(c) or personal.catalog.get(extras[c][0]), expires_at,
-                                  benefits.get(c)) for c in live_now}
-                if personal is not None
-                else None
-            )
+            bodies = personal.bodies(inp, live_now, extras, offered, benefits, expires_at) if personal is not None else None
             # ---- R-COST-BUDGET (activities/budget.py): a priced chunk of a campaign with a budget locks its spend
             # row here (after the consumers and coupons, before the SMS credits) and sends the prefix that fits.
             spend = (await hold_budget(conn, inp.campaign_db_id, inp.campaign_budget)

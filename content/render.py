@@ -127,7 +127,6 @@ def clean_value(value: object) -> str:
     return _clean_str(str(value))
 
 
-@lru_cache(maxsize=8192)
 def _clean_str(text: str) -> str:
     # isprintable() is False for every Cc, Cf, Cs, Co, Cn, Zl, Zp and Zs character but " ": a printable
     # text without blank look-alikes holds no refused character.
@@ -191,6 +190,13 @@ class Template:
             return out
         return self.render_liquid(values)
 
+    def bind(self, fixed: Mapping[str, object]) -> Partial:
+        """The template with the placeholders of `fixed` filled in once (cleaned as `render` cleans them): its
+        `render(ctx)` needs only the others (ctx's values for the fixed ones are ignored), and renders what this
+        template renders with the fixed values and ctx's for the others. For a
+        chunk's recipients who share a product, coupon and offer end, only the name is filled per recipient."""
+        return Partial(self, fixed)
+
     def render_liquid(self, values: Mapping[str, str]) -> str:
         """The general path: Liquid renders the cleaned `values` (every placeholder's, as `render` builds them)."""
         try:
@@ -223,6 +229,54 @@ class Template:
                     n *= CASE_GROWTH
             total += n
         return total
+
+
+class Partial:
+    """A template with some placeholders filled (`Template.bind`). A plain template (text and plain outputs) keeps
+    its text as literal segments between the placeholders still open, joined per render; any other renders through
+    `Template.render` with the fixed values."""
+
+    __slots__ = ("_template", "_fixed", "_segments", "_open")
+
+    def __init__(self, template: Template, fixed: Mapping[str, object]):
+        self._template = template
+        self._fixed = {name: fixed[name] for name in template.placeholders if name in fixed}
+        self._segments: tuple[str, ...] | None = None
+        self._open: tuple[str, ...] = ()
+        if template._plain is not None:
+            cleaned = {name: clean_value(value) for name, value in self._fixed.items()}
+            segments, open_names, text = [], [], []
+            for part in template._plain:
+                if part[0] != "\0":
+                    text.append(part)
+                elif part[1:] in cleaned:
+                    text.append(cleaned[part[1:]])
+                else:
+                    segments.append("".join(text))
+                    open_names.append(part[1:])
+                    text = []
+            segments.append("".join(text))
+            self._segments, self._open = tuple(segments), tuple(open_names)
+
+    def render(self, ctx: Mapping[str, object]) -> str:
+        """The message for one recipient: `ctx` maps each placeholder not fixed to its value."""
+        segments = self._segments
+        if segments is None:
+            return self._template.render({**ctx, **self._fixed})
+        try:
+            if len(self._open) == 1:  # the usual case: only the name differs between recipients
+                out = segments[0] + clean_value(ctx[self._open[0]]) + segments[1]
+            else:
+                parts = [segments[0]]
+                for name, segment in zip(self._open, segments[1:], strict=True):
+                    parts.append(clean_value(ctx[name]))
+                    parts.append(segment)
+                out = "".join(parts)
+        except KeyError as err:
+            raise RenderError(f"no value for placeholder {err.args[0]!r}") from None
+        if len(out) > MAX_OUTPUT_CHARS:
+            raise RenderError(f"the message has {len(out)} characters, at most {MAX_OUTPUT_CHARS} allowed")
+        return out
 
 
 def compile_template(source: str, *, allowed: frozenset[str], rule: str,

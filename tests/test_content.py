@@ -341,6 +341,38 @@ def test_fast_path_renders_what_liquid_renders(parts, values):
     assert fast == general, (source, values)
 
 
+@PROPS
+@given(parts=st.lists(st.one_of(_LITERAL, _OUTPUT, st.just("{{ name | upcase }}")), max_size=8),
+       values=st.fixed_dictionaries({name: _VALUE for name in sorted(PLACEHOLDERS)}),
+       fixed=st.sets(st.sampled_from(sorted(PLACEHOLDERS))))
+def test_a_bound_template_renders_what_the_template_renders(parts, values, fixed):
+    """Template.bind (the send path fills product, coupon, offer end and benefit once per chunk): the same text, or
+    the same RenderError, as a whole render, with or without filters (the Liquid path)."""
+    source = "".join(p if isinstance(p, str) else p[1] % p[0] for p in parts)
+    try:
+        tpl = compile_(source)
+    except TemplateError:
+        return
+    try:
+        whole = tpl.render(values)
+    except RenderError:
+        whole = RenderError
+    try:
+        bound = tpl.bind({n: values[n] for n in fixed}).render({n: v for n, v in values.items() if n not in fixed})
+    except RenderError:
+        bound = RenderError
+    assert bound == whole, (source, values, fixed)
+
+
+def test_a_bound_template_needs_the_open_placeholders_and_ignores_fixed_ones_in_the_context():
+    tpl = compile_("Hi {{ name }}, {{ product }} with {{ coupon }}")
+    partial = tpl.bind({"product": " Red\u202eShoes ", "coupon": "SAVE10"})
+    assert partial.render({"name": "Ann", "product": "ignored"}) == "Hi Ann, RedShoes with SAVE10"
+    with pytest.raises(RenderError, match="name"):
+        partial.render({})
+    assert tpl.bind({}).render(CTX) == tpl.render(CTX)
+
+
 def test_fast_path_only_without_filters():
     assert compile_("Hi {{ name }}, {{ coupon }}")._plain is not None
     tpl = compile_("Hi {{ name | upcase }}, {{ coupon }}")

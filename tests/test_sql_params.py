@@ -53,6 +53,7 @@ ALLOWED_INTERPOLATIONS = {
     **{("activities/send.py", name): "_hold_offers_sql: int() of a parameter number, a placeholder $n"
        for name in ("ids", "coupons", "items", "at", "hours")},
     ("activities/send.py", "HOLD_OFFERS_HANDED_OFF"): "_hold_offers_sql() of constant parameter numbers",
+    ("activities/send.py", "_EARLIER_IN_WINDOW"): "a constant statement of the module (the template window's read)",
     ("audiences/repurchase.py", "_CATEGORY_PRODUCTS.format(category='p.category')"):
         "a constant subquery with a constant column",
     ("audiences/repurchase.py", "_PURCHASES_OF.format(products='ARRAY(SELECT f.product_id FROM offered f)')"):
@@ -128,7 +129,6 @@ ALLOWED_SQL_ARGUMENTS = {
     ("activities/send.py", "SHOP_BENEFITS"): "a module constant of schemas/benefits.py",
     ("kinds/repurchase.py", "SHOP_BENEFITS"): "a module constant of schemas/benefits.py",
     ("kinds/acquire.py", "SHOP_BENEFITS"): "a module constant of schemas/benefits.py",
-    ("audiences/preview.py", "TEMPLATE_WINDOW"): "a module constant of activities/send.py",
     ("activities/send.py", "_WRITE_HANDED_OFF if handoff else _WRITE_RESERVED"):
         "_write_sql(True/False) at import: built only from the allowed interpolations above",
     ("activities/audience.py", "sql"): "refresh_sql() or preview_count_sql(): built only from the allowed interpolations above",
