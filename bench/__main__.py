@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench.repurchase import run_repurchase
 
         asyncio.run(run_repurchase(cfg))
-        return 0
-    asyncio.run(run(cfg))
+    else:
+        asyncio.run(run(cfg))
     if cfg.profile and cfg.profile.exists():
         from bench.profile import summarize
 

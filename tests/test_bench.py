@@ -169,6 +169,11 @@ async def test_bench_repurchase_small_run_measures_the_three_figures(admin_dsn, 
     assert day["outbox_messages"] == day["recipients"] and day["outbox_batches_without_bodies"] == 0
     assert day["ledger_check"]["exact"]
     assert r["preview_s"] > 0 and r["recipients_per_s"] > 0
+    # The control: the plain K-PHASED day on the same shop reaches the same consumers with one text and no offer.
+    plain = r["plain_day"]
+    assert plain["recipients"] == plain["sent"] == day["recipients"] and plain["offers_held"] == 0
+    assert plain["outbox_batches_without_bodies"] > 0 and r["share_of_plain_day"] > 0
+    assert "(c) / (p) =" in out
 
 
 def test_each_benchmark_records_its_own_key_and_its_own_docs_block(tmp_path):
