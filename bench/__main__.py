@@ -87,6 +87,9 @@ def run_parser() -> argparse.ArgumentParser:
                    help="K-PHASED: the phase day above (default); K-REPURCHASE: the repurchase-cycle refresh, the "
                         "whole-shop preview and a whole-shop day with per-recipient text and offers, on a shop "
                         "seeded with its repurchase catalogue (bench/repurchase.py)")  # fmt: skip
+    p.add_argument("--pairs", type=int, default=3,
+                   help="K-REPURCHASE: run the plain day (p) and the whole-shop day (c) this many times, alternating; "
+                        "(c)/(p) is the median of the pairs' ratios (the machine's speed drifts between runs)")  # fmt: skip
     p.add_argument("--workers", type=int, default=1, help="worker processes on the one task queue (scaling)")
     p.add_argument(
         "--worker-module",
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         skip_naive=a.naive_sample <= 0, skip_bound=a.skip_bound, log_level=a.log_level, pg_tune=a.pg_tune,
         pg_shared_buffers=a.pg_shared_buffers, pg_stats=a.pg_stats, label=a.label, worker_module=a.worker_module,
         workers=a.workers, worker_env=dict(kv.split("=", 1) for kv in a.worker_env), drop_db=a.drop_db,
-        settle_s=a.settle_s, kind=a.kind,
+        settle_s=a.settle_s, kind=a.kind, pairs=a.pairs,
     )  # fmt: skip
     if cfg.kind == "K-REPURCHASE":
         from bench.repurchase import run_repurchase

@@ -98,6 +98,7 @@ class BenchConfig:
     workers: int = 1  # worker processes on the one task queue (scaling)
     worker_module: str = "sluice.workers.worker"  # a variant of the worker, for comparison
     kind: str = "K-PHASED"  # K-REPURCHASE: bench/repurchase.py on a shop seeded with its repurchase catalogue
+    pairs: int = 3  # K-REPURCHASE: (p) then (c) this many times, alternating; the share is their median ratio
 
 
 def _tuning(cfg: BenchConfig) -> dict:

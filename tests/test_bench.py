@@ -150,6 +150,7 @@ async def test_bench_repurchase_small_run_measures_the_three_figures(admin_dsn, 
         db_name=f"bench_rp_smoke_{uuid.uuid4().hex[:8]}",
         drop_db=True,
         settle_s=0.5,
+        pairs=2,
     )
     r = await run_repurchase(cfg)
     out = capsys.readouterr().out
@@ -173,7 +174,8 @@ async def test_bench_repurchase_small_run_measures_the_three_figures(admin_dsn, 
     plain = r["plain_day"]
     assert plain["recipients"] == plain["sent"] == day["recipients"] and plain["offers_held"] == 0
     assert plain["outbox_batches_without_bodies"] > 0 and r["share_of_plain_day"] > 0
-    assert "(c) / (p) =" in out
+    assert "(c) / (p) =" in out and len(r["pairs"]) == 2
+    assert r["share_of_plain_day"] in [p["share"] for p in r["pairs"]]
 
 
 def test_each_benchmark_records_its_own_key_and_its_own_docs_block(tmp_path):
