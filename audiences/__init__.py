@@ -163,13 +163,11 @@ def custom_with_industry_value(custom_sql: str) -> str:
 # (DISTINCT ON), hashed and joined to the audience, instead of an index range of behaviour_shop_consumer per
 # recipient and coupon (3,000,000 ranges for a 1,000,000-recipient audience with three coupons). The events
 # are an index-only range per product (behaviour_product_engagement, migration 0026), and only the consumers
-# of the refresh's part ({part}) are aggregated: at the 1M bench shop 840,000 events, 0.17 s, then half of
-# the 427,000 (consumer, product) groups per part. Measured: see docs/benchmarks.md (K-REPURCHASE).
-_CHOOSE_ITEM = """
-    SELECT a.consumer_id, coalesce(ch.product_id, (SELECT min(cp.product_id) FROM coupons cp
-        WHERE cp.coupon_id = ANY(${coupons}::text[]) AND cp.shop_id = $1 AND cp.product_id IS NOT NULL)) AS item
-    FROM ({audience}) a
-    LEFT JOIN (
+# of the refresh's part ({part}) are aggregated. At the 1M bench shop (PostgreSQL 15, one of two parts): 840,000
+# index entries read in 0.18 s, their 420,000 of the part aggregated into 213,700 (consumer, product) groups and
+# 206,300 choices in 0.4 s more (a hash aggregate instead of the sort measured the same). Measured: see
+# docs/benchmarks.md (K-REPURCHASE).
+_FAVOURED_ITEM = """
         SELECT DISTINCT ON (b.consumer_id) b.consumer_id, b.product_id
         FROM (
             SELECT e.consumer_id, e.product_id, count(*) AS n, max(e.occurred_at) AS last FROM behaviour_events e
@@ -182,15 +180,40 @@ _CHOOSE_ITEM = """
             GROUP BY e.consumer_id, e.product_id
         ) b
         ORDER BY b.consumer_id, b.n DESC, b.last DESC, b.product_id
-    ) ch ON ch.consumer_id = a.consumer_id
 """
+# The recipient's product over `ch`, a row of _FAVOURED_ITEM; without one (no such events) the coupons' lowest
+# product id.
+_ITEM = """coalesce(ch.product_id, (SELECT min(cp.product_id) FROM coupons cp
+        WHERE cp.coupon_id = ANY(${coupons}::text[]) AND cp.shop_id = $1 AND cp.product_id IS NOT NULL))"""
+_CHOOSE_ITEM = """
+    SELECT a.consumer_id, {item} AS item
+    FROM ({audience}) a
+    LEFT JOIN ({favoured}) ch ON ch.consumer_id = a.consumer_id
+"""
+
+
+@dataclass(frozen=True)
+class ItemChoice:
+    """R-RP-10's choice as SQL pieces: `favoured` yields (consumer_id, product_id) for the consumers with events
+    (LEFT JOIN it as `ch`), `item` the recipient's product over `ch` (the lowest coupon product without a row)."""
+
+    favoured: str
+    item: str
+
+
+def item_choice(coupons_param: int, part: str = "true") -> ItemChoice:
+    """The product choice (R-RP-10) with the coupons at $coupons_param. `part`: a predicate over the events'
+    `e.consumer_id` keeping the consumers of the statement's part (the refresh's parts split the audience by
+    consumer; each needs only its own consumers' choices)."""
+    coupons = str(int(coupons_param))
+    return ItemChoice(_FAVOURED_ITEM.replace("{coupons}", coupons).replace("{part}", part), _ITEM.replace("{coupons}", coupons))
 
 
 def with_item_choice(audience_sql: str, coupons_param: int, part: str = "true") -> str:
     """An audience yielding only consumer_id, given each recipient's product (R-RP-10); the coupons at $n.
-    `part`: a predicate over the events' `e.consumer_id` keeping the consumers of the statement's part (the
-    refresh's parts split the audience by consumer; each needs only its own consumers' choices)."""
-    return (_CHOOSE_ITEM.replace("{coupons}", str(int(coupons_param))).replace("{part}", part)
+    `part` as in `item_choice`."""
+    choice = item_choice(coupons_param, part)
+    return (_CHOOSE_ITEM.replace("{item}", choice.item).replace("{favoured}", choice.favoured)
             .replace("{audience}", audience_sql))
 
 

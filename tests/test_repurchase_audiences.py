@@ -389,21 +389,16 @@ async def test_cross_sell_chooses_b_by_lift_plus_browsing_interest(clean_db):
 # --- R-RP-10 for a custom audience, as the refresh's parts evaluate it ----------------------------
 
 
-async def test_a_custom_audience_gets_each_recipient_the_product_behaviour_favours_in_every_part(clean_db):
-    """with_item_choice over a merchant's audience, evaluated per refresh part ($8 parts, $9 the part, in_part over
-    the events too): the parts split the audience without overlap, and each recipient's product is the one of the
-    campaign's coupon products they engaged with most in the last 30 days (then the most recent, then the lowest
-    id; without such events the lowest id), the same whichever part they fall in (an independent evaluation)."""
-    from sluice.activities.audience import in_part
-    from sluice.audiences import with_item_choice
-
-    shop = await Shop(clean_db, "rp").create()
+async def _browsing_shop(pool) -> tuple[Shop, dict[int, int]]:
+    """Customers 1..40 of shop 'rp', each with their own mix of events on three coupon products (10, 20, 30) and an
+    uncouponed one; with {consumer: the product R-RP-10 chooses for them}, evaluated independently in Python."""
+    shop = await Shop(pool, "rp").create()
     products = [await shop.product(p, "tea", cycle=30) for p in (10, 20, 30)]
     uncouponed = await shop.product(40, "tea", cycle=30, coupon=False)
     views: dict[int, list[tuple[int, float, str]]] = {}
     for c in range(1, 41):
-        await clean_db.execute("INSERT INTO consumers (consumer_id) VALUES ($1) ON CONFLICT DO NOTHING", c)
-        await clean_db.execute("INSERT INTO shop_customers (shop_id, consumer_id) VALUES ('rp', $1)", c)
+        await pool.execute("INSERT INTO consumers (consumer_id) VALUES ($1) ON CONFLICT DO NOTHING", c)
+        await pool.execute("INSERT INTO shop_customers (shop_id, consumer_id) VALUES ('rp', $1)", c)
         # c's own mix: product i gets (c * (i + 1)) % 4 events, i days and more ago; some out of the window or kind
         views[c] = [(products[i], 1 + i + k, "view") for i in range(3) for k in range((c * (i + 1)) % 4)]
         views[c] += [(products[c % 3], 31, "view"), (products[(c + 1) % 3], 2, "order_paid"), (uncouponed, 1, "view")]
@@ -417,6 +412,18 @@ async def test_a_custom_audience_gets_each_recipient_the_product_behaviour_favou
         best = {p: (sum(1 for q, _ in counted if q == p), -min(d for q, d in counted if q == p), -p) for p, _ in counted}
         return max(best, key=best.get)
 
+    return shop, {c: favoured(c) for c in range(1, 41)}
+
+
+async def test_a_custom_audience_gets_each_recipient_the_product_behaviour_favours_in_every_part(clean_db):
+    """with_item_choice over a merchant's audience, evaluated per refresh part ($8 parts, $9 the part, in_part over
+    the events too): the parts split the audience without overlap, and each recipient's product is the one of the
+    campaign's coupon products they engaged with most in the last 30 days (then the most recent, then the lowest
+    id; without such events the lowest id), the same whichever part they fall in (an independent evaluation)."""
+    from sluice.activities.audience import in_part
+    from sluice.audiences import with_item_choice
+
+    shop, favoured = await _browsing_shop(clean_db)
     audience = "SELECT c.consumer_id FROM shop_customers c WHERE c.shop_id = $1"
     sql = with_item_choice(audience, 11, in_part("e.consumer_id"))
     wrapped_sql = f"SELECT a.consumer_id, a.item FROM ({sql}) a WHERE {in_part('a.consumer_id')}" \
@@ -428,4 +435,41 @@ async def test_a_custom_audience_gets_each_recipient_the_product_behaviour_favou
             rows = await clean_db.fetch(wrapped_sql, "rp", S, ago(60), None, None, None, None, parts, part, None, shop.coupons)
             assert not chosen.keys() & {r["consumer_id"] for r in rows}, "a consumer in two parts"
             chosen.update({r["consumer_id"]: r["item"] for r in rows})
-        assert chosen == {c: favoured(c) for c in range(1, 41)}, parts
+        assert chosen == favoured, parts
+
+
+async def test_the_refresh_of_a_custom_audience_snapshots_the_favoured_product_of_each_eligible_recipient(clean_db):
+    """The refresh activity (checked_refresh_sql: the custom filter read over the shop's customers once, the choice
+    joined to them) in 1, 2 and 3 parts: the filter's customers, the exclusions (R-EXC-1), and each eligible
+    recipient's product as the independent evaluation chooses it (R-RP-10); the preview's counts agree."""
+    from sluice.activities.audience import AudienceActivities, checked_preview_sql, checked_refresh_sql
+    from sluice.schemas.activities import RefreshAudienceInput
+    from temporalio.testing import ActivityEnvironment
+
+    from tests.factories import make_campaign
+
+    shop, favoured = await _browsing_shop(clean_db)
+    # 1..40 became customers 100 days ago but every 7th after S (the filter leaves them out); every 5th is blacklisted,
+    # every 11th has no chat id.
+    for c in range(1, 41):
+        await clean_db.execute(
+            "UPDATE shop_customers SET created_at = $2, blacklisted = $3, chat_id = $4 WHERE shop_id = 'rp' AND consumer_id = $1",
+            c, S + timedelta(days=1) if c % 7 == 0 else ago(100), c % 5 == 0, None if c % 11 == 0 else f"chat-{c}",
+        )  # fmt: skip
+    matched = [c for c in range(1, 41) if c % 7]
+    eligible = {c: favoured[c] for c in matched if c % 5 and c % 11}
+    cid = await make_campaign(clean_db, "rp", "custom-choice")
+    inp = RefreshAudienceInput(
+        campaign_db_id=cid, shop_id="rp", kind="K-REPURCHASE", phase_index=0, audience="custom", channel="chat",
+        audience_params={"filter": {"op": "lt", "field": "created_at", "value": S.isoformat()}, "coupon_ids": shop.coupons},
+        day=S.date(), snapshot_at=S, campaign_started_at=ago(1),
+    )  # fmt: skip
+    assert "matched AS" not in checked_refresh_sql(inp).sql  # the shop's customers are read once
+    assert "matched AS" not in checked_preview_sql(inp, []).sql
+    for parts in (1, 2, 3):
+        result = await ActivityEnvironment().run(AudienceActivities(clean_db, parts=parts).refresh_audience, inp)
+        assert (result.matched, result.eligible) == (len(matched), len(eligible)), parts
+        assert result.excluded == {"blacklisted": sum(1 for c in matched if c % 5 == 0),
+                                   "no_contact": sum(1 for c in matched if c % 5 and c % 11 == 0)}, parts  # fmt: skip
+        rows = await clean_db.fetch("SELECT consumer_id, item FROM audience_snapshots WHERE campaign_id = $1", cid)
+        assert {r["consumer_id"]: r["item"] for r in rows} == eligible, parts

@@ -82,7 +82,7 @@ ALLOWED_INTERPOLATIONS = {
         "CASE branches built only from CHANNELS[channel]: an opt-out column and a constant contact"
         " predicate per Channel enum value, over the constant row aliases c and p",
     ("activities/audience.py", "rows"):
-        "recipient_rows(): a constant join of the recipient's rows with the constant '$1' and 'm.consumer_id'",
+        "recipient_rows(): a constant join of the recipient's rows with the constant '$1' and 'm.consumer_id', or nothing",
     ("activities/audience.py", "branches"):
         "CASE branches of audiences/filters.py, chosen by filter names checked against filters.NAMES before",
     ("activities/audience.py", "joins"): "constant joins of audiences/filters.py, chosen as above",
@@ -109,9 +109,17 @@ ALLOWED_INTERPOLATIONS = {
     ("activities/audience.py", "RECIPIENT_ZONE"): "a constant expression over the joined rows (R-FAT-DAY)",
     ("activities/audience.py", "zone_row('m.consumer_id')"): "a constant join of consumers with a constant column",
     ("activities/audience.py", "in_part('a.consumer_id')"): "the refresh part's constant predicate over a constant column",
-    ("activities/audience.py", "_flagged_sql(audience_sql, yields_item, channel, filters, non_customers)"):
+    ("activities/audience.py", "matched"): "_flagged_sql: the `matched` CTE built from the interpolations above, or nothing",
+    ("activities/audience.py", "source"):
+        "_flagged_sql: 'matched m', or the constant _CUSTOMERS with the constant product choice's join",
+    ("activities/audience.py", "recipient_item"):
+        "_flagged_sql: 'm.item', NULL, or the product choice's constant expression over its $n (audiences item_choice)",
+    ("activities/audience.py", "where"):
+        "_flagged_sql: nothing, or the constant _CUSTOMERS_WHERE with in_part() and the custom filter compiled by"
+        " audiences/custom.py compile_predicate from allow-listed fragments with every value bound from $11 on",
+    ("activities/audience.py", "_flagged_sql(audience_sql, yields_item, channel, filters, non_customers, customers)"):
         "the refresh's CTEs, built only from the allowed interpolations above",
-    ("activities/audience.py", "_flagged_sql(audience_sql, False, channel, filters, non_customers)"):
+    ("activities/audience.py", "_flagged_sql(audience_sql, False, channel, filters, non_customers, customers)"):
         "the refresh's CTEs, built only from the allowed interpolations above",
     ("activities/audience.py", "window"): "preview_count_sql: int() of a parameter number, a placeholder $n",
     ("activities/audience.py", "zones"): "preview_count_sql: int() of a parameter number, a placeholder $n",
