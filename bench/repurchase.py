@@ -105,12 +105,30 @@ def _plain_spec(now: datetime, tz: str, channel: str, n: int):
     )  # fmt: skip
 
 
+async def _quiesce(conn: asyncpg.Connection, limit_s: float = 600.0) -> None:
+    """Wait until no other session of the bench database is inside a statement or a transaction: a campaign's
+    last activities (the control's report refresh, or an activity of a terminated workflow still running on the
+    worker) would otherwise run beside the next measurement, or deadlock with the TRUNCATE of the ledger."""
+    t0 = time.perf_counter()
+    while await conn.fetchval(
+        """SELECT count(*) FROM pg_stat_activity
+           WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+             AND state <> 'idle'"""
+    ):
+        if time.perf_counter() - t0 > limit_s:
+            raise TimeoutError(f"the bench database is still busy after {limit_s:.0f} s")
+        await asyncio.sleep(0.25)
+    if (waited := time.perf_counter() - t0) > 1.0:
+        say(f"  waited {waited:.1f} s for the previous campaign's last statements")
+
+
 async def _reset(dsn: str) -> None:
     """An empty ledger, no offers, full coupon stock: the next campaign is the day's first."""
     from sluice.db.seed import REPURCHASE_COUPON_STOCK, zones_into
 
     conn = await asyncpg.connect(dsn)
     try:
+        await _quiesce(conn)
         # Customers with a zone of their own take the shop's, whose window is open now: R-WIN-1 would otherwise send
         # them hours later, in their own window.
         await zones_into(conn, SHOP_ID, await conn.fetchval("SELECT timezone FROM shops WHERE shop_id = $1", SHOP_ID))
