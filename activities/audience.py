@@ -35,6 +35,7 @@ from sluice.audiences import (
 from sluice.audiences import filters as F
 from sluice.audiences.tags import describe as describe_tags
 from sluice.audiences.tags import narrowed_by_tags, parse_tags
+from sluice.outcomes.holdout import held_out_sql
 from sluice.schemas.activities import RefreshAudienceInput, RefreshAudienceResult
 from sluice.schemas.settings import DEFAULT_REFRESH_PARTS
 from temporalio import activity
@@ -226,6 +227,8 @@ def refresh_sql(
 PREVIEW_CAP_COUNTS = "cap_counts"
 # The preview's count of eligible consumers per zone of their own (R-WIN-1: when their window opens).
 PREVIEW_ZONE = "zone"
+# The preview's rows of eligible consumers the run would hold out as the control group (R-HO-1).
+PREVIEW_HELD_OUT = "held_out_counts"
 
 
 def preview_count_sql(
@@ -246,17 +249,22 @@ def preview_count_sql(
     From ${first_param}: the zones (IANA names), each one's fatigue day at the instant the run would hand off to it,
     NULL when its window does not open that day (such consumers are not judged by the caps: R-WIN-1 takes them),
     the platform's fatigue day (consumers without a zone), the template key, the template window's days (1: the
-    fatigue day alone). The channel is a constant of CHANNELS; $1 the shop."""
+    fatigue day alone), the campaign's holdout key and `threshold` of its share (R-HO-1: 0, nobody held out). The
+    eligible consumers the run would hold out that day come back as (PREVIEW_HELD_OUT, n) groups instead of
+    PREVIEW_CAP_COUNTS ones: the run decides them before any cap. The channel is a constant of CHANNELS; $1 the
+    shop."""
     if channel not in CHANNELS:
         raise errors.invalid_input("channel", f"unknown channel {channel!r}")
-    zones, zone_days, platform_day, tkey, window = (f"${int(first_param) + i}" for i in range(5))
+    zones, zone_days, platform_day, tkey, window, hkey, buckets = (f"${int(first_param) + i}" for i in range(7))
+    held = held_out_sql(f"{hkey}::text", "f.consumer_id", f"{buckets}::int")
     return f"""{_flagged_sql(audience_sql, False, channel, filters, non_customers, customers)}
     SELECT coalesce(reason, 'eligible') AS reason, count(*)::int AS n, NULL::text AS zone, NULL::int AS day_sent,
            NULL::int AS day_shops, NULL::int AS shop_sent, NULL::int AS template_today, NULL::int AS earlier
     FROM flagged WHERE $6::date IS NOT NULL  -- typed here: the refresh's day is bound but not needed by the preview
     GROUP BY 1
     UNION ALL
-    SELECT '{PREVIEW_CAP_COUNTS}', count(*)::int, NULL, k.day_sent, k.day_shops, k.shop_sent, k.template_today, k.earlier
+    SELECT CASE WHEN {held} THEN '{PREVIEW_HELD_OUT}' ELSE '{PREVIEW_CAP_COUNTS}' END, count(*)::int, NULL,
+           k.day_sent, k.day_shops, k.shop_sent, k.template_today, k.earlier
     FROM flagged f
     LEFT JOIN unnest({zones}::text[], {zone_days}::date[]) AS zd(zone, day) ON zd.zone = f.zone
     CROSS JOIN LATERAL (SELECT CASE WHEN f.zone IS NULL THEN {platform_day}::date ELSE zd.day END AS fday) d
@@ -271,7 +279,7 @@ def preview_count_sql(
           AND x.channel = '{channel}'
     ) k
     WHERE f.reason IS NULL AND d.fday IS NOT NULL
-    GROUP BY 4, 5, 6, 7, 8
+    GROUP BY 1, 4, 5, 6, 7, 8
     UNION ALL
     SELECT '{PREVIEW_ZONE}', count(*)::int, f.zone, NULL, NULL, NULL, NULL, NULL FROM flagged f
     WHERE f.reason IS NULL AND f.zone IS NOT NULL

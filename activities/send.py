@@ -55,7 +55,7 @@ from sluice.schemas.fatigue import FatiguePolicy, policy_for
 from sluice.schemas.quota import QuotaPlan, costs
 from sluice.schemas.rules import template_key
 from sluice.workers import metrics
-from sluice.workflows.calendar import local_day
+from sluice.workflows.calendar import batch_window_end, local_day
 from temporalio import activity
 
 _LIVE_STATES = ("reserved", "unknown")
@@ -173,7 +173,8 @@ def _chunk_sql(
         else "NULL::text"
     )
     # R-EXC-1, checked again at send time: the snapshot is from 00:00 (R-OC-5). The columns are
-    # read by position in this order by SendActivities._reserve; `personal` adds what per-recipient content
+    # read by position in this order by SendActivities._reserve (the zone, 7th from 0, gives the outbox batch its
+    # window end, R-WIN-1: `batch_window_end`); `personal` adds what per-recipient content
     # needs: the product the audience chose (R-RP-10), the customer's nickname and, read now, whether they
     # are a member of the shop (R-RP-4: which member benefit they are told of).
     personal_columns = ", s.item, c.nick, coalesce(c.is_member, false)" if personal else ""
@@ -181,7 +182,8 @@ def _chunk_sql(
     return f"""
         SELECT s.seq, s.consumer_id, {recipient_address(channel, non_customers)} AS address, {prior} AS prior,
                CASE {exclusion_branches(channel, non_customers)} END AS excluded,
-               {fatigue_day_sql("$7", "$8")} AS fday, {window_deferred_sql("$7", later_pass)} AS deferred{personal_columns}
+               {fatigue_day_sql("$7", "$8")} AS fday, {window_deferred_sql("$7", later_pass)} AS deferred,
+               s.timezone{personal_columns}
         FROM audience_snapshots s
         {recipient_rows("$4", "s.consumer_id", non_customers)}
         WHERE s.campaign_id = $1 AND s.phase = $2 AND s.day = $3 AND s.seq >= $5 AND s.seq < $6{zoned}
@@ -759,7 +761,9 @@ class SendActivities:
             decisions: dict[int, str | None] = {}
             addresses: dict[int, str] = {}
             # Per-recipient content: each consumer's (item, nickname, is a member).
-            extras = {r[1]: r[7:10] for r in rows} if personal is not None else {}
+            extras = {r[1]: r[8:11] for r in rows} if personal is not None else {}
+            # R-WIN-1: the recipients with a zone of their own (most have none: the shop's window is the slice's).
+            zone_of = {r[1]: r[7] for r in rows if r[7] is not None}
             # Budget (R-PH-7) counts every delivery this slice stands behind: new
             # candidates, reservations to finish and sends already made.
             committed = 0
@@ -767,7 +771,8 @@ class SendActivities:
                 if waits and prior is None:
                     out.deferred += 1  # R-WIN-1: outside their own window now: undecided, no cap, no budget
                     continue
-                if excluded is None and prior is None and held_out(inp.campaign_db_id, consumer, inp.holdout_percent):
+                if excluded is None and prior is None and held_out(inp.campaign_db_id, consumer, inp.holdout_percent,
+                                                                      inp.holdout_key):
                     excluded = A.HELD_OUT  # R-HO-1: the control group: decided, never sent, no cap taken
                 live = (excluded is None) if prior is None else prior in _COMMITTED_STATES
                 if live and committed >= budget:
@@ -873,7 +878,9 @@ class SendActivities:
             offers = _offer_args(inp, offered, live_now, extras, handed_at)
             if handoff:
                 args.append([senders[c] for c in live_now] if senders else None)  # R-PH-5: outbox.senders
-                args.append(inp.window_end)  # R-WIN-1: outbox.window_end, the dispatcher's last instant
+                # R-WIN-1: outbox.window_end, the dispatcher's last instant: the slice's, or the first of the batch's
+                # recipients' own windows to close
+                args.append(batch_window_end(inp.window_end, {zone_of[c] for c in live_now if c in zone_of}, handed_at))
                 args += offers or [None] * 4  # the offers, held in the same statement (HOLD_OFFERS_HANDED_OFF)
             await conn.execute(_WRITE_HANDED_OFF if handoff else _WRITE_RESERVED, *args)
             quota_cost = Decimal(0)

@@ -8,7 +8,9 @@ on the channel's fatigue row of their own fatigue day (the day of the instant
 their own send window lets the run hand off, R-WIN-1; one whose window does not
 open that day is removed as `outside_recipient_window`) and the template
 group's earlier days, grouped by those counts; the send path's pure
-`cap_verdict` (the test `_RESERVE` applies) judges each group. Then the
+`cap_verdict` (the test `_RESERVE` applies) judges each group; the consumers the
+run would hold out as the control group (R-HO-1, the same hash in SQL) come
+back apart and are never judged by the caps, as in the run. Then the
 campaign's own limits (the minimum audience of R-OC-4, the provider quota
 of R-ED-4, the daily cap of R-PH-7, the coupon's stock, the budget of
 R-COST-BUDGET, each message priced as the run would price it). It runs in
@@ -31,6 +33,7 @@ import asyncpg
 from pydantic import BaseModel, Field
 from sluice.activities.audience import (
     PREVIEW_CAP_COUNTS,
+    PREVIEW_HELD_OUT,
     PREVIEW_SETTINGS,
     PREVIEW_ZONE,
     checked_preview_sql,
@@ -41,6 +44,7 @@ from sluice.activities.audience import (
 from sluice.activities.quota import quota_left, quota_used
 from sluice.activities.send import _body, cap_verdict, recipient_fatigue_day
 from sluice.channels import sms
+from sluice.outcomes.holdout import threshold
 from sluice.schemas import activities as A
 from sluice.schemas.activities import RefreshAudienceInput
 from sluice.schemas.budget import within_budget
@@ -123,12 +127,13 @@ async def _phase(
     # judge them on, and per zone. Its parts run at once on connections of their own: they read only committed data
     # (the preview's campaigns row has nothing to find), the overlap filter's campaigns being bound from here.
     statement = checked_preview_sql(inp, [list(zone_days), list(zone_days.values()),
-                                          recipient_fatigue_day(at, None, platform_tz), tkey, cap.days if cap else 1])
+                                          recipient_fatigue_day(at, None, platform_tz), tkey, cap.days if cap else 1,
+                                          plan.holdout_key or "", threshold(plan.holdout_percent)])
     part_args = await refresh_args(conn, inp, statement, parts)
     outcomes = await asyncio.gather(*(run_part(pool, statement.sql, part_args(p), PREVIEW_SETTINGS) for p in range(parts)))
     rows = [r for part in outcomes for r in part]
     eligible, removed = count_reasons(
-        (r["reason"], r["n"]) for r in rows if r["reason"] not in (PREVIEW_CAP_COUNTS, PREVIEW_ZONE)
+        (r["reason"], r["n"]) for r in rows if r["reason"] not in (PREVIEW_CAP_COUNTS, PREVIEW_ZONE, PREVIEW_HELD_OUT)
     )
     matched = eligible + sum(removed.values())
     zoned: Counter[str] = Counter()
@@ -142,7 +147,11 @@ async def _phase(
         allowed = 0
     else:
         verdicts[A.NOT_SENT_RECIPIENT_WINDOW] += outside
-        allowed = eligible - outside - _stopped_by_caps(phase, [r for r in rows if r["reason"] == PREVIEW_CAP_COUNTS], verdicts)
+        # R-HO-1: the control group, decided before any cap (only those whose window opens that day)
+        held = sum(r["n"] for r in rows if r["reason"] == PREVIEW_HELD_OUT)
+        verdicts[A.HELD_OUT] += held
+        allowed = eligible - outside - held - _stopped_by_caps(
+            phase, [r for r in rows if r["reason"] == PREVIEW_CAP_COUNTS], verdicts)
         if phase.quota is not None:  # R-ED-4: what the shop's provider quota leaves on the day (read, not held)
             left, reason = await quota_left(conn, phase.quota, plan.shop_id, win.day)
             if allowed > left:

@@ -42,6 +42,7 @@ def compile_plan(spec: SpecBase, *, campaign_db_id: int, shop: Shop, now: dateti
         phases=kind_of(spec).compile(spec, shop, now),
         precedence=kind_of(spec).precedence(spec),
         holdout_percent=spec.holdout_percent,  # R-HO-1
+        holdout_key=workflow_id_for(spec.shop_id, spec.campaign_id),
         budget=spec.budget,  # R-COST-BUDGET
     )
 

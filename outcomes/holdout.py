@@ -2,9 +2,14 @@
 
 A campaign with `holdout_percent` > 0 keeps that share of each phase's audience as a control group:
 the send path decides them `held_out` in the ledger (selected, never sent, no cap taken). Who is held
-out is a hash of the campaign's id and the consumer's id (`held_out`): the same consumers whatever
+out is a hash of the campaign's identity and the consumer's id (`held_out`): the same consumers whatever
 day, phase, chunk or retried attempt decides them, and independent of everything the campaign knows
 about them.
+
+The campaign's identity is its workflow id (`CampaignPlan.holdout_key`, unique per shop for ever, known
+before the campaign exists), hashed with MD5 so that PostgreSQL computes the same test (`held_out_sql`):
+the preview (R-PRE-1) counts the control group exactly, inside its own statement. Campaigns planned
+before the key existed keep the group they started with: a hash (BLAKE2b) of their database id.
 
 `lift` compares per customer what the treated (reached) and the control customers did inside their
 attribution windows (the control customers' windows start at their held-out decision, as a reach
@@ -27,12 +32,34 @@ from sluice.schemas import activities as A
 _BUCKETS = 10_000
 
 
-def held_out(campaign_db_id: int, consumer_id: int, percent: float) -> bool:
-    """Whether the consumer is in the campaign's control group: reproducible, about `percent` % of consumers."""
+# The hex digits of the MD5 a bucket is read from: 60 bits, a positive bigint in PostgreSQL too.
+_HEX_DIGITS = 15
+
+
+def threshold(percent: float) -> int:
+    """The buckets (of _BUCKETS) a share of `percent` % holds out."""
+    return round(percent * _BUCKETS / 100)
+
+
+def held_out(campaign_db_id: int, consumer_id: int, percent: float, key: str | None = None) -> bool:
+    """Whether the consumer is in the campaign's control group: reproducible, about `percent` % of consumers.
+    `key`: the campaign's holdout key (its workflow id, `held_out_sql` computes the same); None: a campaign
+    planned before the key, whose group is keyed on its database id."""
     if percent <= 0:
         return False
-    digest = hashlib.blake2b(f"{campaign_db_id}:{consumer_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % _BUCKETS < round(percent * _BUCKETS / 100)
+    if key is None:
+        digest = hashlib.blake2b(f"{campaign_db_id}:{consumer_id}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") % _BUCKETS < threshold(percent)
+    bucket = int(hashlib.md5(f"{key}:{consumer_id}".encode()).hexdigest()[:_HEX_DIGITS], 16) % _BUCKETS
+    return bucket < threshold(percent)
+
+
+def held_out_sql(key: str, consumer: str, buckets: str) -> str:
+    """`held_out` with a key, as a SQL boolean: `key` a text expression, `consumer` a bigint one, `buckets` an int
+    expression holding `threshold(percent)` (0: nobody, and no hash computed)."""
+    digest = f"md5({key} || ':' || {consumer}::text)"
+    bucket = f"(('x' || substr({digest}, 1, {_HEX_DIGITS}))::bit({4 * _HEX_DIGITS})::bigint % {_BUCKETS})"
+    return f"(CASE WHEN {buckets} > 0 THEN {bucket} < {buckets} ELSE false END)"
 
 
 @dataclass(frozen=True)

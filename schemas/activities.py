@@ -70,6 +70,7 @@ REASON_RULES = {
     EXCLUDED_BUYER: "R-AQ-1",
     NOT_SENT_MIN_AUDIENCE: "R-OC-4",
     NOT_SENT_DAILY_CAP: "R-PH-7",
+    HELD_OUT: "R-HO-1",
     NOT_SENT_YIELDED: "R-RP-9",
     NOT_SENT_RECIPIENT_WINDOW: "R-WIN-1",
     NOT_SENT_DISPATCH_WINDOW: "R-WIN-1",
@@ -125,6 +126,9 @@ class SendSliceInput(BaseModel):
         default=False, description="the audience may yield consumers without a shop row (audiences.reaches_non_customers)"
     )
     holdout_percent: float = Field(default=0.0, description="R-HO-1: the campaign's control group share (held out)")
+    holdout_key: str | None = Field(
+        default=None, description="R-HO-1: what the control group is keyed on (CampaignPlan.holdout_key)"
+    )
     later_pass: bool = Field(
         default=False,
         description="R-WIN-1: a later pass of the day, for recipients who waited for their own window; one without"

@@ -304,6 +304,10 @@ class CampaignPlan(BaseModel):
     precedence: Precedence | None = None
     # R-HO-1: the share of each phase's audience kept as a control group (held out, never sent), in percent.
     holdout_percent: float = 0.0
+    # R-HO-1: what the control group's hash is keyed on (outcomes/holdout.py): the workflow id, known before the
+    # campaign exists, so the preview counts the group exactly. None: a plan made before the key existed, whose group
+    # stays keyed on its database id for the rest of its run.
+    holdout_key: str | None = None
     # R-COST-BUDGET: the most the campaign's deliveries may cost together (schemas/budget.py); None: no cap.
     budget: Decimal | None = None
 

@@ -13,9 +13,9 @@ from sluice.channels.registry import ChannelRegistry
 from sluice.kinds import Shop, compile_plan
 from sluice.kinds.phased import PhasedSpec, PhaseSpec
 from sluice.outcomes.attribution import Window, attribute, save_windows
-from sluice.outcomes.holdout import GroupOutcome, campaign_lift, held_out, lift
+from sluice.outcomes.holdout import GroupOutcome, campaign_lift, held_out, held_out_sql, lift, threshold
 from sluice.schemas import activities as A
-from sluice.schemas.campaign import AttributionMode
+from sluice.schemas.campaign import AttributionMode, CampaignPlan
 from temporalio.testing import ActivityEnvironment
 
 from tests.factories import add_customers, make_campaign
@@ -38,11 +38,40 @@ def test_the_control_group_is_reproducible_and_about_the_share_asked():
     assert 49_000 < sum(held_out(7, c, 50) for c in ids) < 51_000
 
 
+def test_a_keyed_control_group_is_reproducible_and_about_the_share_asked():
+    ids = range(1, 100_001)
+    chosen = {c for c in ids if held_out(1, c, 5, key="shop.spring")}
+    assert chosen == {c for c in ids if held_out(2, c, 5, key="shop.spring")}  # the key decides, not the database id
+    assert 4_500 < len(chosen) < 5_500
+    assert chosen != {c for c in ids if held_out(1, c, 5, key="shop.autumn")}
+    assert chosen != {c for c in ids if held_out(1, c, 5)}  # a campaign planned before the key keeps its own group
+    assert {c for c in ids if held_out(1, c, 2.5, key="shop.spring")} < chosen
+    assert not any(held_out(1, c, 0, key="shop.spring") for c in ids)
+
+
+@pytest.mark.parametrize("key", ["shop.spring", "店铺-1.春季 促销", "x'; DROP TABLE deliveries; --"])
+async def test_postgresql_holds_out_exactly_whom_python_does(pool, key):
+    """held_out_sql (the preview's test, R-PRE-1) against held_out (the send path's) for 200,000 consumers, the
+    key bound as a parameter (request text never reaches the SQL), consumer ids up to 2^62."""
+    ids = [*range(1, 100_001), *(2**62 - i for i in range(100_000))]
+    for percent in (0, 0.01, 5, 33.3, 50):
+        rows = await pool.fetch(
+            f"SELECT u.id FROM unnest($1::bigint[]) AS u(id) WHERE {held_out_sql('$2::text', 'u.id', '$3::int')}",
+            ids, key, threshold(percent),
+        )  # fmt: skip
+        expected = {c for c in ids if held_out(0, c, percent, key=key)}
+        assert {r[0] for r in rows} == expected, percent
+        assert percent == 0 or expected
+
+
 def test_the_spec_carries_the_share_to_the_plan():
     spec = PhasedSpec(kind="K-PHASED", shop_id="s", campaign_id="c", phases=[PhaseSpec(name="promote", text="x")],
                       holdout_percent=5)  # fmt: skip
     plan = compile_plan(spec, campaign_db_id=1, shop=Shop("s", TZ, False), now=datetime(2026, 3, 1, tzinfo=UTC))
     assert plan.holdout_percent == 5
+    assert plan.holdout_key == plan.workflow_id == "s.c"  # R-HO-1: keyed on what a preview knows too
+    # A plan made before the key (a running campaign's workflow input) keeps its group keyed on its database id.
+    assert CampaignPlan.model_validate(plan.model_dump(exclude={"holdout_key"})).holdout_key is None
     for bad in (-1, 50.5):
         with pytest.raises(ValidationError) as err:
             PhasedSpec.model_validate({**spec.model_dump(mode="json"), "holdout_percent": bad})

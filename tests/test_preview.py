@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 from datetime import time, timedelta
 
+import pytest
 from sluice.api.service import preview_campaign
 from sluice.kinds.oldcust import OldCustomerSpec
+from sluice.outcomes.holdout import held_out
 from sluice.workflows.calendar import local_day
 
 from tests.api_helpers import client, running_app, shop_key
@@ -58,20 +60,34 @@ EXPECTED_REMOVED = {
 REFRESH_REASONS = {"blacklisted", "unsubscribed", "no_contact", "low_activity", "overlap"}
 
 
-async def test_the_preview_equals_what_the_run_decides(clean_db, ts_env):
+@pytest.mark.parametrize("holdout", [0, 20])
+async def test_the_preview_equals_what_the_run_decides(clean_db, ts_env, holdout):
+    """With a control group (R-HO-1, 20%) the preview counts exactly whom the run holds out: eligible consumers the
+    hash of the workflow id picks, before any cap (a capped consumer it picks is held out, not suppressed)."""
     pool = clean_db
     now = await ts_env.get_current_time()
     send_day = local_day(now, TZ) + timedelta(days=1)
     await _shop(pool, now, send_day)
     spec = OldCustomerSpec(kind="K-OLDCUST", shop_id=SHOP, campaign_id="c1", scene="Spring", card_text="Hi",
-                           send_date=send_day, send_time=time(9, 30))
+                           send_date=send_day, send_time=time(9, 30), holdout_percent=holdout)
+    # Independently: the eligible are 21..300 (1..20 overlap, 301.. excluded or inactive); 21..40 are capped.
+    held = {c for c in range(21, 301) if held_out(0, c, holdout, key=f"{SHOP}.c1")}
+    assert (len(held) > 30 and held & set(range(21, 41))) if holdout else not held
+    expected = dict(EXPECTED_REMOVED)
+    for first, reason in ((21, "fatigue_global_day"), (26, "fatigue_global_shops"), (31, "fatigue_shop_day"),
+                          (36, "fatigue_template")):  # fmt: skip
+        expected[reason] -= len(held & set(range(first, first + 5)))
+    if held:
+        expected["held_out"] = len(held)
     before = await pool.fetchval("SELECT count(*) FROM campaigns")
     result = await preview_campaign(pool, spec, platform_tz=TZ, now=now)
     [phase] = result.phases
     assert phase.matched == 330 and phase.day == send_day.isoformat()
-    assert phase.removed == EXPECTED_REMOVED, phase.removed
-    assert phase.would_send == 330 - sum(EXPECTED_REMOVED.values()) == 260
+    assert phase.removed == {k: v for k, v in expected.items() if v}, phase.removed
+    assert phase.would_send == 330 - sum(expected.values()) == 260 - len(held - set(range(21, 41)))
     assert phase.rules["fatigue_template"] == "R-FAT-1" and phase.rules["overlap"] == "R-OC-6"
+    if held:
+        assert phase.rules["held_out"] == "R-HO-1"
     # Nothing of the preview stays: no campaign, no snapshot, no counter moved.
     assert await pool.fetchval("SELECT count(*) FROM campaigns") == before
     assert await pool.fetchval("SELECT count(*) FROM audience_snapshots") == 20
@@ -83,7 +99,9 @@ async def test_the_preview_equals_what_the_run_decides(clean_db, ts_env):
         "SELECT coalesce(reason, state), count(*)::int FROM deliveries WHERE campaign_id = $1 GROUP BY 1", cid))
     refresh = await pool.fetchrow("SELECT matched, excluded FROM audience_refreshes WHERE campaign_id = $1", cid)
     assert ledger.pop("sent") == phase.would_send
-    assert ledger == {k: v for k, v in phase.removed.items() if k.startswith("fatigue_")}
+    assert ledger == {k: v for k, v in phase.removed.items() if k.startswith("fatigue_") or k == "held_out"}
+    assert {r[0] for r in await pool.fetch(
+        "SELECT consumer_id FROM deliveries WHERE campaign_id = $1 AND state = 'held_out'", cid)} == held
     assert refresh["matched"] == phase.matched
     assert refresh["excluded"] == {k: v for k, v in phase.removed.items() if k in REFRESH_REASONS}
 

@@ -27,6 +27,7 @@ from sluice.workflows.calendar import (
     WAKE_IN_WINDOW,
     WAKE_MISSED,
     WAKE_ZONED_ONLY,
+    batch_window_end,
     day_window,
     first_open,
     in_window,
@@ -35,6 +36,7 @@ from sluice.workflows.calendar import (
     local_day,
     next_window_open,
     open_at,
+    window_closes,
     window_opens,
 )
 from sluice.workflows.campaign import CampaignWorkflow
@@ -147,6 +149,27 @@ def test_a_wake_after_the_shops_22_00_sends_only_recipients_in_their_own_window_
 
 
 ZONES = [NY, SH, HNL, LON, "Asia/Kathmandu", "Australia/Lord_Howe", "America/St_Johns", "Pacific/Kiritimati"]
+
+
+def test_a_batch_may_leave_until_the_first_of_its_recipients_windows_closes():
+    """R-WIN-1 on the outbox: a batch written at 20:30 Shanghai holding a Tokyo recipient (21:30 there) may leave
+    until 22:00 Tokyo (21:00 Shanghai), not until the shop's 22:00; New York (08:30 there) closes long after the
+    shop; without a zone, or with a name that is no zone, the slice's end stands. London's window across its DST
+    switch closes at 22:00 local, 21:00 UTC in summer and 22:00 UTC in winter."""
+    day = date(2030, 6, 10)
+    at, shop_end = _at(day, 20, 30, SH), _at(day, 22, 0, SH)
+    assert window_closes(TYO, at) == _at(day, 22, 0, TYO) == _at(day, 21, 0, SH)
+    assert window_closes(NY, at) == _at(day, 22, 0, NY)  # 10:00 Shanghai the next morning
+    assert batch_window_end(shop_end, set(), at) == shop_end
+    assert batch_window_end(shop_end, {None, SH}, at) == shop_end
+    assert batch_window_end(shop_end, {NY}, at) == shop_end
+    assert batch_window_end(shop_end, {NY, TYO, None}, at) == _at(day, 21, 0, SH)
+    assert batch_window_end(shop_end, {"Mars/Olympus"}, at) == shop_end
+    for d, utc_hour in ((date(2030, 3, 30), 22), (date(2030, 3, 31), 21), (date(2030, 10, 27), 22)):
+        noon = _at(d, 12, 0, LON)
+        assert window_closes(LON, noon) == datetime.combine(d, time(utc_hour), tzinfo=UTC), d
+        assert open_at(window_closes(LON, noon) - timedelta(microseconds=1), LON)
+        assert not open_at(window_closes(LON, noon), LON)
 
 
 async def test_the_send_paths_sql_is_the_calendars_window(pool):
@@ -264,6 +287,30 @@ async def test_a_later_pass_sends_no_one_without_a_zone(clean_db):
         # The customer without a zone stays undecided (no ledger row): the next day's audience has them.
         assert set(rows) == {2, 3}, rows
     assert A.REASON_RULES[A.NOT_SENT_RECIPIENT_WINDOW] == "R-WIN-1"
+
+
+async def test_an_outbox_batch_ends_when_its_first_recipients_window_closes(clean_db):
+    """A Shanghai shop's day at 20:30 Shanghai, one recipient per batch: the batch of the customer without a zone
+    carries the slice's end (22:00 Shanghai), the Tokyo customer's (21:30 there) ends at 22:00 Tokyo, so a
+    dispatcher held back by a failing provider hands nothing to them after their own 22:00 (R-WIN-1); the New
+    York customer (08:30 there) keeps the slice's end."""
+    pool = clean_db
+    shop, day = "sh-batch-end", date(2030, 6, 10)
+    await make_shop(pool, shop, SH)
+    await add_customers(pool, shop, [1], ordered_at=datetime(2030, 6, 1, tzinfo=UTC))
+    await add_customers(pool, shop, [2], ordered_at=datetime(2030, 6, 1, tzinfo=UTC), timezone=TYO)
+    await add_customers(pool, shop, [3], ordered_at=datetime(2030, 6, 1, tzinfo=UTC), timezone=NY)
+    cid = await make_campaign(pool, shop, "batch-end", state="sending")
+    await _refresh(pool, cid, shop, day, SH)
+    send = SendActivities(pool, ChannelRegistry.outbox_for_all(pool), platform_timezone=PLATFORM_TZ,
+                          clock=lambda: datetime(2000, 1, 1, tzinfo=UTC))  # fmt: skip
+    end = day_window(day, time(10), SH).end_at
+    one_per_batch = _slice(cid, shop, day, _at(day, 20, 30, SH), N, window_end=end).model_copy(update={"chunk_size": 1})
+    res = await ActivityEnvironment().run(send.send_slice, one_per_batch)
+    assert res.sent == 3
+    ends = dict(await pool.fetch(
+        "SELECT o.consumer_ids[1], o.window_end FROM outbox o WHERE o.campaign_id = $1", cid))  # fmt: skip
+    assert ends == {1: end, 2: _at(day, 22, 0, TYO), 3: end}, ends
 
 
 # ---------------------------------------------------------------- the workflow

@@ -46,6 +46,8 @@ ALLOWED_INTERPOLATIONS = {
         "a constant query of the AUDIENCES library (the name checked before), or the custom audience compiled by"
         " audiences/custom.py from allow-listed fragments with every value bound from $11 on",
     ("activities/audience.py", "item"): "a constant column expression chosen by the audience's yields_item",
+    ("activities/audience.py", "held"):
+        "outcomes/holdout.py's held_out_sql over placeholders ($n of int() of a parameter number) and a constant column",
     ("activities/send.py", "personal_columns"): "constant columns (item, nick) chosen by a bool",
     ("activities/send.py", "benefits"): "the $n of the benefits array, an int constant chosen by a bool (12 or 16)",
     ("activities/send.py", "benefits + 1"): "the $n after the benefits array, an int constant chosen by a bool",

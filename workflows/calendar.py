@@ -111,6 +111,21 @@ def open_at(instant: datetime, tz: str) -> bool:
     return in_window(local_time(instant, tz))
 
 
+def window_closes(tz: str, instant: datetime) -> datetime:
+    """The instant zone `tz`'s send window of the local day at `instant` closes (22:00 there). For an instant
+    inside the window: how long a message handed over then may still reach its recipient in their own window."""
+    return local_instant(local_day(instant, tz), WINDOW_CLOSE, tz)
+
+
+def batch_window_end(slice_end: datetime, zones, at: datetime) -> datetime:
+    """R-WIN-1 for a batch handed to the outbox at `at`: the last instant any of its parts may leave. The slice's
+    end (the shop's window) unless a recipient's own zone (`zones`, the distinct zones of the batch's live
+    recipients, each inside its window at `at`) closes earlier: the dispatcher then sends nothing of the batch
+    after the first of its recipients' windows has closed (a batch is never split by zone)."""
+    ends = [window_closes(tz, at) for tz in zones if tz is not None and known_zone(tz)]
+    return min([slice_end, *ends])
+
+
 def window_opens(tz: str, after: datetime, before: datetime) -> datetime | None:
     """The first instant in (after, before) at which zone `tz`'s clock reaches 08:00 (a day whose 08:00 falls in
     a DST gap opens at the gap's end), or None."""

@@ -542,6 +542,7 @@ class CampaignWorkflow:
                 quota=phase.quota,
                 sender_agents=phase.sender_agents,  # R-PH-5
                 holdout_percent=plan.holdout_percent,  # R-HO-1
+                holdout_key=plan.holdout_key,
                 # R-WIN-1: a later pass sends only recipients with a zone; without a daily cap (whose budget counts
                 # the range's earlier sends, R-PH-7) it reads only their rows.
                 later_pass=later_pass,
