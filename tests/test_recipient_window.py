@@ -258,18 +258,23 @@ async def test_new_york_customers_of_a_shanghai_shop_wait_from_10_00_until_20_00
     await assert_fatigue_matches_ledger(pool)
 
 
+async def _shanghai_shop(pool, shop: str, zones: list[str | None]) -> SendActivities:
+    """A Shanghai shop whose customers 1, 2, ... have the zones given (None: none of their own), and the send
+    activities over the outbox with a clock in the past (each chunk's hand-off is its slice's decision instant)."""
+    await make_shop(pool, shop, SH)
+    for c, tz in enumerate(zones, start=1):
+        await add_customers(pool, shop, [c], ordered_at=datetime(2030, 6, 1, tzinfo=UTC), timezone=tz)
+    return SendActivities(pool, ChannelRegistry.outbox_for_all(pool), platform_timezone=PLATFORM_TZ,
+                          clock=lambda: datetime(2000, 1, 1, tzinfo=UTC))  # fmt: skip
+
+
 async def test_a_later_pass_sends_no_one_without_a_zone(clean_db):
     """A day whose first pass never read its rows (22:00 came first): at 23:00 Shanghai a later pass sends the
     New York customer (11:00 there) and leaves the one without a zone for the next day; reading only the zoned
     rows, it does not even read that one. `close_waiting` records nobody without a zone."""
     pool = clean_db
     shop, day = "sh-late", date(2030, 6, 10)
-    await make_shop(pool, shop, SH)
-    await add_customers(pool, shop, [1], ordered_at=datetime(2030, 6, 1, tzinfo=UTC))
-    await add_customers(pool, shop, [2], ordered_at=datetime(2030, 6, 1, tzinfo=UTC), timezone=NY)
-    await add_customers(pool, shop, [3], ordered_at=datetime(2030, 6, 1, tzinfo=UTC), timezone=TYO)
-    send = SendActivities(pool, ChannelRegistry.outbox_for_all(pool), platform_timezone=PLATFORM_TZ,
-                          clock=lambda: datetime(2000, 1, 1, tzinfo=UTC))  # fmt: skip
+    send = await _shanghai_shop(pool, shop, [None, NY, TYO])
     late, end = _at(day, 23, 0, SH), day_window(day, time(10), SH).end_at
     for zoned_only, read in ((False, 2), (True, 1)):
         cid = await make_campaign(pool, shop, f"late-{zoned_only}", state="sending")
@@ -296,14 +301,9 @@ async def test_an_outbox_batch_ends_when_its_first_recipients_window_closes(clea
     York customer (08:30 there) keeps the slice's end."""
     pool = clean_db
     shop, day = "sh-batch-end", date(2030, 6, 10)
-    await make_shop(pool, shop, SH)
-    await add_customers(pool, shop, [1], ordered_at=datetime(2030, 6, 1, tzinfo=UTC))
-    await add_customers(pool, shop, [2], ordered_at=datetime(2030, 6, 1, tzinfo=UTC), timezone=TYO)
-    await add_customers(pool, shop, [3], ordered_at=datetime(2030, 6, 1, tzinfo=UTC), timezone=NY)
+    send = await _shanghai_shop(pool, shop, [None, TYO, NY])
     cid = await make_campaign(pool, shop, "batch-end", state="sending")
     await _refresh(pool, cid, shop, day, SH)
-    send = SendActivities(pool, ChannelRegistry.outbox_for_all(pool), platform_timezone=PLATFORM_TZ,
-                          clock=lambda: datetime(2000, 1, 1, tzinfo=UTC))  # fmt: skip
     end = day_window(day, time(10), SH).end_at
     one_per_batch = _slice(cid, shop, day, _at(day, 20, 30, SH), N, window_end=end).model_copy(update={"chunk_size": 1})
     res = await ActivityEnvironment().run(send.send_slice, one_per_batch)
