@@ -32,6 +32,11 @@ def kind_of(spec: SpecBase) -> Kind:
 
 
 def compile_plan(spec: SpecBase, *, campaign_db_id: int, shop: Shop, now: datetime) -> CampaignPlan:
+    kind = kind_of(spec)
+    # R-ATT-1: a phase whose compile left its attribution window unset gets the kind's (`Kind.attribution`, which
+    # honours the spec's `attribution_days`), so no kind can accept that field and then ignore it.
+    phases = [p if "attribution" in p.model_fields_set else p.model_copy(update={"attribution": kind.attribution(spec)})
+              for p in kind.compile(spec, shop, now)]  # fmt: skip
     return CampaignPlan(
         campaign_db_id=campaign_db_id,
         workflow_id=workflow_id_for(spec.shop_id, spec.campaign_id),
@@ -39,8 +44,8 @@ def compile_plan(spec: SpecBase, *, campaign_db_id: int, shop: Shop, now: dateti
         campaign_id=spec.campaign_id,
         kind=spec.kind,
         timezone=shop.timezone,
-        phases=kind_of(spec).compile(spec, shop, now),
-        precedence=kind_of(spec).precedence(spec),
+        phases=phases,
+        precedence=kind.precedence(spec),
         holdout_percent=spec.holdout_percent,  # R-HO-1
         holdout_key=workflow_id_for(spec.shop_id, spec.campaign_id),
         budget=spec.budget,  # R-COST-BUDGET

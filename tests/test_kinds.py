@@ -118,3 +118,54 @@ def test_an_oldcust_spec_without_a_send_day_takes_the_first_open_day():
     spec = OldCustomerSpec(kind="K-OLDCUST", shop_id="s1", campaign_id="c", scene="S", card_text="Hi", send_time=time(10))
     assert first_send_day(spec, TZ, datetime(2026, 12, 1, 13, 59, tzinfo=UTC)) == date(2026, 12, 1)  # 21:59 local
     assert first_send_day(spec, TZ, datetime(2026, 12, 1, 14, 0, tzinfo=UTC)) == date(2026, 12, 2)  # 22:00 local
+
+
+def test_a_phase_left_without_an_attribution_window_gets_the_kinds(monkeypatch):
+    """R-ATT-1: a kind whose compile does not set `attribution` cannot ignore the spec's `attribution_days`:
+    compile_plan puts the kind's window (Kind.attribution) on such a phase, and keeps one a compile set."""
+    from typing import ClassVar, Literal
+
+    from sluice.kinds.base import Kind, SpecBase
+    from sluice.schemas.campaign import AttributionWindow, Channel, PhasePlan
+
+    class BareSpec(SpecBase):
+        kind: Literal["K-BARE"]
+
+    class Bare(Kind):
+        name: ClassVar[str] = "K-BARE"
+        spec: ClassVar[type[SpecBase]] = BareSpec
+        audiences: ClassVar[tuple[str, ...]] = ("shop_all",)
+
+        async def check(self, conn, spec, shop, now) -> None:
+            return None
+
+        def compile(self, spec, shop, now) -> list[PhasePlan]:
+            day = date(2030, 6, 10)
+            common = dict(start_date=day, end_date=day, send_time=time(10), audience="shop_all", channel=Channel.chat,
+                          template_cap=None, text="hi")  # fmt: skip
+            return [PhasePlan(name="unset", **common),
+                    PhasePlan(name="own", attribution=AttributionWindow.phase_period(), **common)]  # fmt: skip
+
+    monkeypatch.setitem(KINDS, "K-BARE", Bare())
+    now, shop = datetime(2030, 6, 1, tzinfo=UTC), Shop("s", TZ, False)
+    for days, window in ((None, Bare().attribution(BareSpec(kind="K-BARE", shop_id="s", campaign_id="c"))),
+                         (3, AttributionWindow.after(3))):  # fmt: skip
+        spec = BareSpec(kind="K-BARE", shop_id="s", campaign_id="c", attribution_days=days)
+        unset, own = compile_plan(spec, campaign_db_id=1, shop=shop, now=now).phases
+        assert unset.attribution == window, days
+        assert own.attribution == AttributionWindow.phase_period()
+    assert AttributionWindow.after(3) != PhasePlan.model_fields["attribution"].default_factory()
+
+
+def test_every_rule_id_a_kind_or_a_schema_cites_is_explained_in_rules_md():
+    """An error's rule id means something to a user only if docs/rules.md explains it: every id written as a string
+    in kinds/ and schemas/ (what refusals report) has its own `### <id>` section there."""
+    explained = set(re.findall(r"^### (R-[A-Z0-9-]+)", (ROOT / "docs" / "rules.md").read_text(), re.M))
+    cited = {
+        (path.relative_to(ROOT).as_posix(), rule)
+        for folder in ("kinds", "schemas")
+        for path in sorted((ROOT / folder).glob("*.py"))
+        for rule in re.findall(r"""["'](R-[A-Z]+(?:-[A-Z0-9]+)+)["']""", path.read_text())
+    }
+    assert len(cited) > 40
+    assert not {(f, r) for f, r in cited if r not in explained}
