@@ -45,6 +45,7 @@ from sluice.channels.base import Outbound, Outcome, send_and_settle
 from sluice.channels.outbox import InDatabaseChannel
 from sluice.channels.registry import ChannelRegistry
 from sluice.content.render import compile_template, format_ends_at
+from sluice.db.params import Named
 from sluice.outcomes.holdout import held_out
 from sluice.schemas import activities as A
 from sluice.schemas.activities import ReconcileInput, ReconcileResult, SendSliceInput, SendSliceResult
@@ -255,29 +256,24 @@ CAPS_READ = f"""
 """
 
 
-def _hold_offers_sql(ids: int, coupons: int, items: int, at: int, hours: int) -> str:
-    """The claims of a chunk's live deliveries (countdown offers, R-RP-5, shared coupons, R-BEN-1, limited member
-    benefits, R-RP-4), held in the chunk's transaction; their stock units are taken by `_TAKE_STOCK` at its end.
-    $1 campaign, $2 phase, $3 day, $4 channel, $5 shop (the numbering of the ledger's write statement too), then the
-    given parameter numbers: the ids, their coupons, their products (NULL: none pushed), the hand-off instant, the
-    offer's hours (NULL for a shared coupon: expires_at NULL, no end of its own). No rows when the ids are NULL."""
-    ids, coupons, items, at, hours = (int(n) for n in (ids, coupons, items, at, hours))
-    return f"""
+# The claims of a chunk's live deliveries (countdown offers, R-RP-5, shared coupons, R-BEN-1, limited member
+# benefits, R-RP-4), held in the chunk's transaction; their stock units are taken by `_TAKE_STOCK` at its end.
+# :live_ids the deliveries holding a claim, :coupons their coupons, :items their products (NULL: none pushed),
+# :handed_at the hand-off instant, :hours the offer's hours (NULL for a shared coupon: expires_at NULL, no end of its
+# own). No rows when :coupons is NULL. Run on its own (`_HOLD_OFFERS`: a chunk whose deliveries go to a provider, and
+# member benefits' units) or inside the ledger's write statement (`_write_sql`).
+_HOLD_OFFERS_SQL = """
     INSERT INTO claims (campaign_id, phase, consumer_id, day, channel, shop_id, coupon_id, product_id,
                         held_at, expires_at)
-    SELECT $1, $2, k.id, $3, $4, $5, k.coupon, k.item, ${at}::timestamptz,
-           ${at}::timestamptz + make_interval(hours => ${hours}::int)
-    FROM unnest(${ids}::bigint[], ${coupons}::text[], ${items}::bigint[]) AS k(id, coupon, item)
-    WHERE ${coupons}::text[] IS NOT NULL
+    SELECT :campaign, :phase, k.id, :day, :channel, :shop, k.coupon, k.item, :handed_at::timestamptz,
+           :handed_at::timestamptz + make_interval(hours => :hours::int)
+    FROM unnest(:live_ids::bigint[], :coupons::text[], :items::bigint[]) AS k(id, coupon, item)
+    WHERE :coupons::text[] IS NOT NULL
 """
+_HOLD_OFFERS = Named.of(_HOLD_OFFERS_SQL)
 
 
-# On its own (a chunk whose deliveries go to a provider, and member benefits' units): $6 ids, $7 coupons, $8 products,
-# $9 the hand-off instant, $10 hours.
-_HOLD_OFFERS = _hold_offers_sql(6, 7, 8, 9, 10)
-
-
-def _write_sql(handoff: bool) -> str:
+def _write_sql(handoff: bool) -> Named:
     """The chunk's ledger rows in one statement (the counters were bumped by `_RESERVE`).
 
     A plain INSERT (ON CONFLICT DO NOTHING cost 1.7x as much per row here): every row of the
@@ -289,49 +285,43 @@ def _write_sql(handoff: bool) -> str:
     statement: the delivery and its hand-off commit together, and a dispatcher only ever sees
     committed batches.
 
-    $1 campaign, $2 phase, $3 day, $4 channel, $5 shop, $6 template group, $7 each row's fatigue day (R-FAT-DAY,
-    in the order of $9),
-    $8 decided_at, $9 ids, $10 reasons (NULL: live), $11 the live rows' state,
-    [$12 live ids, $13 their addresses (both in the order of $9), $14 body, $15 each live row's own
-    body (per-recipient content) or NULL], then ($12, or $16 with `handoff`) each row's member benefit
-    (R-RP-4), in the order of $9, or NULL, and next each row's cost (deliveries.cost: an SMS's price,
-    R-AQ-5), in the order of $9, or NULL, and next each row's sender agent (R-PH-5, channels/chat.py), in the
-    order of $9, or NULL; with `handoff`, $19 the live rows' agents (in the order of $12) or NULL, $20 the
-    slice's window end (outbox.window_end: the outbox dispatcher hands nothing of the batch over after it, R-WIN-1),
-    and the live rows' offers held in the same statement (`HOLD_OFFERS_HANDED_OFF`): $21 their coupons, $22 their
-    products (both in the order of $12; NULL: no offers), $23 the hand-off instant, $24 the offer's hours.
+    The chunk's rows, each array in the order of :ids: :reasons (NULL: live), :fdays (each one's fatigue day,
+    R-FAT-DAY), :benefits (the member benefit, R-RP-4), :costs (deliveries.cost: an SMS's price, R-AQ-5), :agents
+    (the sender agent, R-PH-5; channels/chat.py), each array or NULL; :live_state the live rows' state.
+    With `handoff`, the outbox batch of the live rows, each array in the order of :live_ids: :addresses, :bodies (each
+    one's own text, or NULL: :body for all), :live_agents (or NULL), :window_end (outbox.window_end: the outbox
+    dispatcher hands nothing of the batch over after it, R-WIN-1); and the live rows' offers held in the same
+    statement (`_HOLD_OFFERS_SQL`: :coupons, :items, :handed_at, :hours; NULL: no offers).
     """
-    benefits = 16 if handoff else 12
     ref = "CASE WHEN u.reason IS NULL THEN 'outbox:' || (SELECT id FROM b) END" if handoff else "NULL"
     # The batch takes the live ids and addresses as sent: no aggregate over the chunk's rows.
     outbox = (
-        """b AS (SELECT nextval('outbox_id_seq') AS id),
+        f"""b AS (SELECT nextval('outbox_id_seq') AS id),
     o AS (
         INSERT INTO outbox (id, campaign_id, phase, day, channel, body, consumer_ids, addresses, bodies, senders, window_end)
-        SELECT (SELECT id FROM b), $1, $2, $3, $4, $14, $12::bigint[], $13::text[], $15::text[], $19::text[], $20::timestamptz
-        WHERE cardinality($12::bigint[]) > 0
-    ),"""
-        f"""
-    h AS ({HOLD_OFFERS_HANDED_OFF}),"""
+        SELECT (SELECT id FROM b), :campaign, :phase, :day, :channel, :body, :live_ids::bigint[], :addresses::text[],
+               :bodies::text[], :live_agents::text[], :window_end::timestamptz
+        WHERE cardinality(:live_ids::bigint[]) > 0
+    ),
+    h AS ({_HOLD_OFFERS_SQL}),"""
         if handoff
         else ""
     )
-    return f"""
-    WITH {outbox} u AS (SELECT * FROM unnest($9::bigint[], $10::text[], ${benefits}::text[], ${benefits + 1}::numeric[],
-                                             $7::date[], ${benefits + 2}::text[]) AS u(id, reason, benefit, cost, fday, agent))
+    return Named.of(f"""
+    WITH {outbox} u AS (SELECT * FROM unnest(:ids::bigint[], :reasons::text[], :benefits::text[], :costs::numeric[],
+                                             :fdays::date[], :agents::text[]) AS u(id, reason, benefit, cost, fday, agent))
     INSERT INTO deliveries (campaign_id, phase, consumer_id, day, channel, shop_id, template_group,
                             fatigue_day, state, reason, provider_ref, decided_at, benefit_id, cost, sender_agent)
-    SELECT $1, $2, u.id, $3, $4, $5, $6, u.fday,
-           CASE WHEN u.reason IS NULL THEN $11 WHEN u.reason = '{A.HELD_OUT}' THEN u.reason
+    SELECT :campaign, :phase, u.id, :day, :channel, :shop, :template_group, u.fday,
+           CASE WHEN u.reason IS NULL THEN :live_state WHEN u.reason = '{A.HELD_OUT}' THEN u.reason
                 WHEN u.reason = '{A.NOT_SENT_BUDGET}' THEN 'not_sent' ELSE 'suppressed' END,
-           nullif(u.reason, '{A.HELD_OUT}'), {ref}, $8, u.benefit, u.cost, CASE WHEN u.reason IS NULL THEN u.agent END
+           nullif(u.reason, '{A.HELD_OUT}'), {ref}, :decided_at, u.benefit, u.cost, CASE WHEN u.reason IS NULL THEN u.agent END
     FROM u
-"""
+""")
 
 
 # A handed-off chunk's offers go in with its ledger rows and outbox batch, one statement: the live ids are sent once
 # and a round trip is saved per chunk (the whole-shop K-REPURCHASE day: see docs/benchmarks.md).
-HOLD_OFFERS_HANDED_OFF = _hold_offers_sql(12, 21, 22, 23, 24)
 _WRITE_RESERVED = _write_sql(handoff=False)
 _WRITE_HANDED_OFF = _write_sql(handoff=True)
 # The provider's outcomes of a chunk, on rows still in a live state ($5): a primary-key probe per delivery ($6).
@@ -511,13 +501,17 @@ class Personal:
         return out
 
 
-def _offer_args(inp: SendSliceInput, offered: dict, live_now: list[int], extras: dict, at: datetime) -> list | None:
-    """The held offers' arguments of a chunk (`_hold_offers_sql`'s coupons, products, instant, hours), each live
+# The write statement's offer parameters when the chunk holds no offer.
+_NO_OFFERS = dict(coupons=None, items=None, handed_at=None, hours=None)
+
+
+def _offer_args(inp: SendSliceInput, offered: dict, live_now: list[int], extras: dict, at: datetime) -> dict | None:
+    """The held offers' parameters of a chunk (`_HOLD_OFFERS_SQL`'s :coupons, :items, :handed_at, :hours), each live
     delivery in `live_now` order holding the unit of its offer; None when the chunk holds no offer."""
     if not offered or not live_now:
         return None
     items = [None] * len(live_now) if inp.offer.shared else [extras[c][0] for c in live_now]
-    return [[offered[c].coupon_id for c in live_now], items, at, inp.offer.hours]
+    return dict(coupons=[offered[c].coupon_id for c in live_now], items=items, handed_at=at, hours=inp.offer.hours)
 
 
 class SendActivities:
@@ -865,24 +859,28 @@ class SendActivities:
                 live_now = [c for c, why in zip(ids, reasons, strict=True) if why is None]
                 out.stopped = A.NOT_SENT_BUDGET
             # ---- end R-COST-BUDGET
-            args = [
-                inp.campaign_db_id, inp.phase_index, inp.day, ch, inp.shop_id, cap.group if cap else "",
-                [fdays[c] for c in ids], inp.decided_at, ids, reasons, "sent" if handoff else "reserved",
-            ]  # fmt: skip
-            if handoff:
-                args += [live_now, [addresses[c] for c in live_now], shared_body,
-                         [bodies[c] for c in live_now] if bodies is not None else None]  # fmt: skip
-            args.append([benefits[c].benefit_id if c in benefits else None for c in ids] if benefits else None)
-            args.append([debit.cost.get(c) for c in ids] if debit is not None and debit.cost else None)
-            args.append([senders.get(c) for c in ids] if senders else None)  # R-PH-5: deliveries.sender_agent
+            chunk = dict(campaign=inp.campaign_db_id, phase=inp.phase_index, day=inp.day, channel=ch, shop=inp.shop_id)
+            write = dict(
+                chunk, template_group=cap.group if cap else "", fdays=[fdays[c] for c in ids], decided_at=inp.decided_at,
+                ids=ids, reasons=reasons, live_state="sent" if handoff else "reserved",
+                benefits=[benefits[c].benefit_id if c in benefits else None for c in ids] if benefits else None,
+                costs=[debit.cost.get(c) for c in ids] if debit is not None and debit.cost else None,
+                agents=[senders.get(c) for c in ids] if senders else None,  # R-PH-5: deliveries.sender_agent
+            )  # fmt: skip
             offers = _offer_args(inp, offered, live_now, extras, handed_at)
             if handoff:
-                args.append([senders[c] for c in live_now] if senders else None)  # R-PH-5: outbox.senders
-                # R-WIN-1: outbox.window_end, the dispatcher's last instant: the slice's, or the first of the batch's
-                # recipients' own windows to close
-                args.append(batch_window_end(inp.window_end, {zone_of[c] for c in live_now if c in zone_of}, handed_at))
-                args += offers or [None] * 4  # the offers, held in the same statement (HOLD_OFFERS_HANDED_OFF)
-            await conn.execute(_WRITE_HANDED_OFF if handoff else _WRITE_RESERVED, *args)
+                write.update(
+                    live_ids=live_now, addresses=[addresses[c] for c in live_now], body=shared_body,
+                    bodies=[bodies[c] for c in live_now] if bodies is not None else None,
+                    live_agents=[senders[c] for c in live_now] if senders else None,  # R-PH-5: outbox.senders
+                    # R-WIN-1: outbox.window_end, the dispatcher's last instant: the slice's, or the first of the
+                    # batch's recipients' own windows to close
+                    window_end=batch_window_end(inp.window_end, {zone_of[c] for c in live_now if c in zone_of},
+                                                handed_at),
+                    **(offers or _NO_OFFERS),  # the offers, held in the same statement
+                )  # fmt: skip
+            statement = _WRITE_HANDED_OFF if handoff else _WRITE_RESERVED
+            await conn.execute(statement.sql, *statement.args(**write))
             quota_cost = Decimal(0)
             if quota is not None and live_now:
                 quota_cost = await take_quota(conn, inp.quota, quota, inp.shop_id,
@@ -891,15 +889,14 @@ class SendActivities:
                 chunk_cost = sum(debit.cost.values(), Decimal(0)) if debit is not None else quota_cost
                 await take_budget(conn, inp.campaign_db_id, chunk_cost, bool(over_budget))
             if offers and not handoff:
-                await conn.execute(_HOLD_OFFERS, inp.campaign_db_id, inp.phase_index, inp.day, ch, inp.shop_id, live_now,
-                                   *offers)  # fmt: skip
+                await conn.execute(_HOLD_OFFERS.sql, *_HOLD_OFFERS.args(**chunk, live_ids=live_now, **offers))
             held = [c for c in live_now if c in benefits and benefits[c].coupon_id is not None]
             if held:
                 # A limited member benefit (R-RP-4): its coupon's unit is held like an exclusive offer's.
-                await conn.execute(
-                    _HOLD_OFFERS, inp.campaign_db_id, inp.phase_index, inp.day, ch, inp.shop_id, held,
-                    [benefits[c].coupon_id for c in held], [extras[c][0] for c in held], handed_at, inp.benefit.hours,
-                )  # fmt: skip
+                await conn.execute(_HOLD_OFFERS.sql, *_HOLD_OFFERS.args(
+                    **chunk, live_ids=held, coupons=[benefits[c].coupon_id for c in held],
+                    items=[extras[c][0] for c in held], handed_at=handed_at, hours=inp.benefit.hours,
+                ))  # fmt: skip
             out.suppressed.update(reason for reason in decisions.values() if reason is not None)
             # A reservation without a live delivery gives its count back (the coupon ran out for it).
             unused = sorted(reserved.difference(live_now))

@@ -49,12 +49,6 @@ ALLOWED_INTERPOLATIONS = {
     ("activities/audience.py", "held"):
         "outcomes/holdout.py's held_out_sql over placeholders ($n of int() of a parameter number) and a constant column",
     ("activities/send.py", "personal_columns"): "constant columns (item, nick) chosen by a bool",
-    ("activities/send.py", "benefits"): "the $n of the benefits array, an int constant chosen by a bool (12 or 16)",
-    ("activities/send.py", "benefits + 1"): "the $n after the benefits array, an int constant chosen by a bool",
-    ("activities/send.py", "benefits + 2"): "the $n of the sender agents array (R-PH-5), an int constant chosen by a bool",
-    **{("activities/send.py", name): "_hold_offers_sql: int() of a parameter number, a placeholder $n"
-       for name in ("ids", "coupons", "items", "at", "hours")},
-    ("activities/send.py", "HOLD_OFFERS_HANDED_OFF"): "_hold_offers_sql() of constant parameter numbers",
     ("activities/send.py", "_EARLIER_IN_WINDOW"): "a constant statement of the module (the template window's read)",
     ("audiences/repurchase.py", "_CATEGORY_PRODUCTS.format(category='p.category')"):
         "a constant subquery with a constant column",
@@ -135,12 +129,13 @@ ALLOWED_SQL_ARGUMENTS = {
     ("activities/send.py",
      "_chunk_sql(ch, probe, personal is not None, inp.reaches_non_customers, inp.later_pass, inp.zoned_only)"):
         "built only from the allowed interpolations above",
-    ("activities/send.py", "_HOLD_OFFERS"): "_hold_offers_sql() of constant parameter numbers",
+    ("activities/send.py", "_HOLD_OFFERS.sql"): "Named.of() of a constant statement (db/params.py: names become $n)",
     ("activities/send.py", "SHOP_BENEFITS"): "a module constant of schemas/benefits.py",
     ("kinds/repurchase.py", "SHOP_BENEFITS"): "a module constant of schemas/benefits.py",
     ("kinds/acquire.py", "SHOP_BENEFITS"): "a module constant of schemas/benefits.py",
-    ("activities/send.py", "_WRITE_HANDED_OFF if handoff else _WRITE_RESERVED"):
-        "_write_sql(True/False) at import: built only from the allowed interpolations above",
+    ("activities/send.py", "statement.sql"):
+        "_WRITE_HANDED_OFF or _WRITE_RESERVED, _write_sql(True/False) at import: built only from the allowed"
+        " interpolations above, its names numbered by Named.of (db/params.py)",
     ("activities/audience.py", "sql"): "refresh_sql() or preview_count_sql(): built only from the allowed interpolations above",
     ("activities/audience.py", "settings"): "REFRESH_SETTINGS or PREVIEW_SETTINGS, module constants",
     ("activities/audience.py", "F.EARLIER_SAME_KIND"): "a constant statement of audiences/filters.py",
