@@ -37,9 +37,10 @@ def compile_plan(spec: SpecBase, *, campaign_db_id: int, shop: Shop, now: dateti
     # honours the spec's `attribution_days`), so no kind can accept that field and then ignore it.
     phases = [p if "attribution" in p.model_fields_set else p.model_copy(update={"attribution": kind.attribution(spec)})
               for p in kind.compile(spec, shop, now)]  # fmt: skip
+    workflow_id = workflow_id_for(spec.shop_id, spec.campaign_id)
     return CampaignPlan(
         campaign_db_id=campaign_db_id,
-        workflow_id=workflow_id_for(spec.shop_id, spec.campaign_id),
+        workflow_id=workflow_id,
         shop_id=spec.shop_id,
         campaign_id=spec.campaign_id,
         kind=spec.kind,
@@ -47,7 +48,7 @@ def compile_plan(spec: SpecBase, *, campaign_db_id: int, shop: Shop, now: dateti
         phases=phases,
         precedence=kind.precedence(spec),
         holdout_percent=spec.holdout_percent,  # R-HO-1
-        holdout_key=workflow_id_for(spec.shop_id, spec.campaign_id),
+        holdout_key=workflow_id,  # R-HO-1: the control group's key, known to a preview too
         budget=spec.budget,  # R-COST-BUDGET
     )
 
